@@ -1,0 +1,123 @@
+"""Cross-entropy with z-loss and label smoothing, per-task weighted and reported.
+
+The multi-task loss is L = sum_t w_t L_t. Every target token gets a scale
+c = w_task(token) / normaliser, computed once from the whole (global) batch, so
+that the loss is a plain sum of c * token_loss: additive over microbatches, and
+the per-task contributions add up to the total exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+import jax
+import jax.numpy as jnp
+
+NORMALIZATIONS = ("tokens", "per_task")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """How token losses become the training loss.
+
+  Attributes:
+    z_loss: coefficient of log(Z)^2, which keeps the softmax normaliser near 1
+      (T5 uses 1e-4).
+    label_smoothing: probability mass spread uniformly over the vocabulary.
+    normalization: "tokens" divides the weighted sum by the number of real target
+      tokens in the batch (T5's choice: tasks count by their tokens); "per_task"
+      averages each task over its own tokens first, so L = sum_t w_t mean_t.
+      A number divides by that constant instead (loss per fixed token budget).
+    task_weights: {task name: w_t}; tasks not named weigh 1.0.
+  """
+  z_loss: float = 1e-4
+  label_smoothing: float = 0.0
+  normalization: str | float = "tokens"
+  task_weights: dict = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if isinstance(self.normalization, str) and self.normalization not in NORMALIZATIONS:
+      raise ValueError(
+          f"LossConfig.normalization={self.normalization!r} is not one of {NORMALIZATIONS} "
+          "or a positive number.")
+    if not isinstance(self.normalization, str) and self.normalization <= 0:
+      raise ValueError(f"LossConfig.normalization must be positive, got {self.normalization}.")
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise ValueError(f"LossConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+    if self.z_loss < 0:
+      raise ValueError(f"LossConfig.z_loss must be >= 0, got {self.z_loss}.")
+
+  def weights_vector(self, task_names: list[str]) -> jnp.ndarray:
+    """Per-task weights [num_tasks] in task-id order; rejects names not in the run."""
+    unknown = set(self.task_weights) - set(task_names)
+    if unknown:
+      raise ValueError(
+          f"LossConfig.task_weights names {sorted(unknown)}, which are not tasks of this "
+          f"run; the run's tasks are {task_names}.")
+    return jnp.asarray([float(self.task_weights.get(t, 1.0)) for t in task_names],
+                       jnp.float32)
+
+
+def token_losses(logits_btv, targets_bt, z_loss: float, label_smoothing: float):
+  """Per-token cross-entropy (+ z-loss) and the z-loss part alone, both [B, T] fp32.
+
+  With label smoothing the constant entropy of the smoothed target is
+  subtracted, so a perfect prediction still has loss 0 (as in T5).
+  """
+  logits_btv = logits_btv.astype(jnp.float32)
+  vocab = logits_btv.shape[-1]
+  log_z_bt = jax.nn.logsumexp(logits_btv, axis=-1)
+  target_logit_bt = jnp.take_along_axis(logits_btv, targets_bt[..., None], axis=-1)[..., 0]
+  if label_smoothing > 0:
+    # q = `confidence` on the target and `low` on every other piece:
+    # -sum_v q_v log p_v = log Z - (confidence - low) logit_target - low sum_v logit_v.
+    confidence = 1.0 - label_smoothing
+    low = label_smoothing / (vocab - 1)
+    sum_logits_bt = jnp.sum(logits_btv, axis=-1)
+    nll_bt = log_z_bt - (confidence - low) * target_logit_bt - low * sum_logits_bt
+    min_entropy = -(confidence * jnp.log(confidence) + (vocab - 1) * low * jnp.log(low))
+    nll_bt = nll_bt - min_entropy
+  else:
+    nll_bt = log_z_bt - target_logit_bt
+  z_bt = z_loss * jnp.square(log_z_bt)
+  return nll_bt + z_bt, z_bt
+
+
+def token_scales(loss_weights_bt, task_ids_bt, task_weights_k, normalization):
+  """The factor c each token's loss is multiplied by, from the whole batch [B, T]."""
+  w_bt = loss_weights_bt.astype(jnp.float32) * task_weights_k[task_ids_bt]
+  if normalization == "tokens":
+    return w_bt / jnp.maximum(jnp.sum(loss_weights_bt.astype(jnp.float32)), 1.0)
+  if normalization == "per_task":
+    onehot_btk = jax.nn.one_hot(task_ids_bt, task_weights_k.shape[0], dtype=jnp.float32)
+    tokens_k = jnp.einsum("BT,BTK->K", loss_weights_bt.astype(jnp.float32), onehot_btk)
+    return w_bt / jnp.maximum(tokens_k, 1.0)[task_ids_bt]
+  return w_bt / float(normalization)
+
+
+def loss_and_stats(logits_btv, batch, scale_bt, num_tasks: int, cfg: LossConfig):
+  """Returns (loss, stats) for one (micro)batch.
+
+  stats holds sums, to be added over microbatches and divided on the host:
+  per task (arrays [K]): token count, summed token loss, correct tokens, and the
+  task's contribution to the loss (these add up to `loss`).
+  """
+  targets_bt = batch["decoder_target_tokens"]
+  weights_bt = batch["decoder_loss_weights"].astype(jnp.float32)
+  task_ids_bt = batch["decoder_task_ids"]
+  loss_bt, z_bt = token_losses(logits_btv, targets_bt, cfg.z_loss, cfg.label_smoothing)
+  loss = jnp.sum(loss_bt * scale_bt)
+  correct_bt = (jnp.argmax(logits_btv, axis=-1) == targets_bt).astype(jnp.float32)
+  onehot_btk = jax.nn.one_hot(task_ids_bt, num_tasks, dtype=jnp.float32) * weights_bt[..., None]
+  per_task = lambda x_bt: jnp.einsum("BT,BTK->K", x_bt, onehot_btk)
+  stats = {
+      "tokens_k": per_task(jnp.ones_like(weights_bt)),
+      "loss_sum_k": per_task(loss_bt),
+      "z_loss_sum_k": per_task(z_bt),
+      "correct_k": per_task(correct_bt),
+      "contribution_k": jnp.einsum("BT,BTK->K", loss_bt * scale_bt,
+                                   jax.nn.one_hot(task_ids_bt, num_tasks, dtype=jnp.float32)),
+  }
+  return loss, stats

@@ -1,0 +1,89 @@
+"""Training metrics: window averages, per-task figures, JSONL, TensorBoard, progress line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def summarize(step_metrics: list[dict], task_names: list[str], seconds: float) -> dict:
+  """Averages a window of per-step device metrics (already on the host).
+
+  Scalars are averaged over steps; per-task figures are ratios of the window's
+  sums, so a task that appears in few tokens is not over-weighted.
+  """
+  out = {}
+  scalars = [k for k, v in step_metrics[0].items() if np.ndim(v) == 0]
+  for k in scalars:
+    out[k] = float(np.mean([m[k] for m in step_metrics]))
+  sums = {k: np.sum([m[k] for m in step_metrics], axis=0)
+          for k in ("tokens_k", "loss_sum_k", "correct_k", "contribution_k")}
+  for i, name in enumerate(task_names):
+    tokens = float(sums["tokens_k"][i])
+    out[f"tasks/{name}/target_tokens"] = tokens / len(step_metrics)
+    if tokens > 0:
+      out[f"tasks/{name}/loss"] = float(sums["loss_sum_k"][i]) / tokens
+      out[f"tasks/{name}/accuracy"] = float(sums["correct_k"][i]) / tokens
+    out[f"tasks/{name}/loss_contribution"] = float(sums["contribution_k"][i]) / len(step_metrics)
+  out["target_tokens_per_s"] = float(np.sum([m["target_tokens"] for m in step_metrics])) / max(seconds, 1e-9)
+  out["steps_per_s"] = len(step_metrics) / max(seconds, 1e-9)
+  return out
+
+
+def progress_line(step: int, num_steps: int, summary: dict, task_names: list[str],
+                  eta_s: float) -> str:
+  tasks = " ".join(
+      f"{n}={summary[f'tasks/{n}/loss']:.3f}" for n in task_names if f"tasks/{n}/loss" in summary)
+  return (f"step {step}/{num_steps} | loss {summary['loss']:.4f} | acc {summary['accuracy']:.3f}"
+          f" | {tasks} | lr {summary['learning_rate']:.2e} | gnorm {summary['grad_norm']:.2f}"
+          f" | {summary['target_tokens_per_s']:,.0f} tgt tok/s | ETA {format_duration(eta_s)}")
+
+
+class MetricsWriter:
+  """Appends metrics to RUN_DIR/metrics.jsonl and TensorBoard events in RUN_DIR/tb.
+
+  Only the primary process writes; on the others every call is a no-op.
+  """
+
+  def __init__(self, run_dir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if not enabled:
+      return
+    os.makedirs(run_dir, exist_ok=True)
+    self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
+    from tensorboardX import SummaryWriter  # heavy import, only where we write
+    self._tb = SummaryWriter(os.path.join(run_dir, "tb"))
+
+  def write(self, step: int, scalars: dict, prefix: str = "train") -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "split": prefix, "time": time.time(), **scalars}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for k, v in scalars.items():
+      if isinstance(v, (int, float)) and np.isfinite(v):
+        self._tb.add_scalar(f"{prefix}/{k}", v, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def print_line(line: str, enabled: bool = True) -> None:
+  if enabled:
+    print(line, file=sys.stdout, flush=True)

@@ -1,0 +1,120 @@
+"""T5 model configuration: one frozen dataclass and one table of published sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+FEED_FORWARD_KINDS = ("relu", "gated-gelu")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "minimal", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Hyper-parameters of a T5 encoder-decoder.
+
+  Attributes:
+    vocab_size: rows of the embedding table (T5 pads 32,100 pieces to 32,128).
+    d_model: width of the residual stream.
+    d_kv: width of one attention head (need not be d_model / num_heads).
+    d_ff: hidden width of the feed-forward block.
+    num_heads: attention heads per layer.
+    num_encoder_layers: encoder depth.
+    num_decoder_layers: decoder depth.
+    relative_attention_num_buckets: buckets of the relative position bias.
+    relative_attention_max_distance: distance beyond which buckets saturate.
+    dropout_rate: dropout on embeddings, sub-layer outputs and attention weights.
+    feed_forward: "relu" (T5 1.0) or "gated-gelu" (T5 1.1, mT5).
+    tie_word_embeddings: output projection shares the input embedding; T5 1.0 then
+      scales the decoder output by d_model**-0.5 (as Mesh TF and Hugging Face do).
+    layer_norm_epsilon: RMS norm epsilon.
+    dtype: activation dtype; parameters stay in param_dtype.
+    param_dtype: parameter dtype.
+    remat_policy: "none", "minimal" (save matmul outputs) or "full" (save nothing)
+      per layer, to trade compute for memory.
+  """
+
+  vocab_size: int = 32128
+  d_model: int = 512
+  d_kv: int = 64
+  d_ff: int = 2048
+  num_heads: int = 8
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  dropout_rate: float = 0.1
+  feed_forward: str = "relu"
+  tie_word_embeddings: bool = True
+  layer_norm_epsilon: float = 1e-6
+  dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    if self.feed_forward not in FEED_FORWARD_KINDS:
+      raise ValueError(
+          f"feed_forward={self.feed_forward!r} is not one of {FEED_FORWARD_KINDS}; "
+          "use 'relu' for T5 1.0 or 'gated-gelu' for T5 1.1 / mT5.")
+    for field in ("dtype", "param_dtype"):
+      if getattr(self, field) not in DTYPES:
+        raise ValueError(f"{field}={getattr(self, field)!r} is not one of {DTYPES}.")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(
+          f"remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}.")
+    for field in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads",
+                  "num_encoder_layers", "num_decoder_layers",
+                  "relative_attention_num_buckets",
+                  "relative_attention_max_distance"):
+      if getattr(self, field) <= 0:
+        raise ValueError(f"{field} must be positive, got {getattr(self, field)}.")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+
+  def replace(self, **changes) -> "T5Config":
+    return dataclasses.replace(self, **changes)
+
+
+_T5_1_0 = dict(feed_forward="relu", tie_word_embeddings=True, dropout_rate=0.1)
+# T5 1.1 / mT5 pretrain without dropout; fine-tuning configs turn it back on.
+_T5_1_1 = dict(feed_forward="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
+
+
+def _layers(n):
+  return dict(num_encoder_layers=n, num_decoder_layers=n)
+
+
+# Published sizes (t5-*, t5-v1_1-*, mt5-*). "tiny" is ours, for tests and the CPU demo.
+SIZES: dict[str, dict] = {
+    "t5_1_0_tiny": dict(_T5_1_0, d_model=128, d_kv=32, d_ff=512, num_heads=4, **_layers(2)),
+    "t5_1_0_small": dict(_T5_1_0, d_model=512, d_kv=64, d_ff=2048, num_heads=8, **_layers(6)),
+    "t5_1_0_base": dict(_T5_1_0, d_model=768, d_kv=64, d_ff=3072, num_heads=12, **_layers(12)),
+    "t5_1_0_large": dict(_T5_1_0, d_model=1024, d_kv=64, d_ff=4096, num_heads=16, **_layers(24)),
+    "t5_1_0_xl": dict(_T5_1_0, d_model=1024, d_kv=128, d_ff=16384, num_heads=32, **_layers(24)),
+    "t5_1_0_xxl": dict(_T5_1_0, d_model=1024, d_kv=128, d_ff=65536, num_heads=128, **_layers(24)),
+    "t5_1_1_tiny": dict(_T5_1_1, d_model=128, d_kv=32, d_ff=320, num_heads=4, **_layers(2)),
+    "t5_1_1_small": dict(_T5_1_1, d_model=512, d_kv=64, d_ff=1024, num_heads=6, **_layers(8)),
+    "t5_1_1_base": dict(_T5_1_1, d_model=768, d_kv=64, d_ff=2048, num_heads=12, **_layers(12)),
+    "t5_1_1_large": dict(_T5_1_1, d_model=1024, d_kv=64, d_ff=2816, num_heads=16, **_layers(24)),
+    "t5_1_1_xl": dict(_T5_1_1, d_model=2048, d_kv=64, d_ff=5120, num_heads=32, **_layers(24)),
+    "t5_1_1_xxl": dict(_T5_1_1, d_model=4096, d_kv=64, d_ff=10240, num_heads=64, **_layers(24)),
+}
+# mT5 is T5 1.1 with a 250k multilingual vocabulary.
+for _size in ("small", "base", "large", "xl", "xxl"):
+  SIZES[f"mt5_{_size}"] = dict(SIZES[f"t5_1_1_{_size}"], vocab_size=250112)
+# mT5-small has 6 heads of 64 and d_ff 1024, 8 layers, like T5 1.1 small.
+
+
+def get_config(name: str, **overrides) -> T5Config:
+  """Returns the named size from SIZES with `overrides` applied.
+
+  Raises:
+    ValueError: one line naming the closest known sizes.
+  """
+  if name not in SIZES:
+    close = difflib.get_close_matches(name, SIZES, n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"Unknown model size {name!r}.{hint} Known sizes: {', '.join(sorted(SIZES))}.")
+  return T5Config(**{**SIZES[name], **overrides})

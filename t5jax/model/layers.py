@@ -1,0 +1,194 @@
+"""T5 building blocks: RMS norm, attention (with a decode cache), feed-forward.
+
+Every parameter is created with logical axis names and every key activation is
+constrained with them; partitioning.py maps the names to mesh axes.
+Shape letters: B batch, T query length, S key length, D d_model, N heads,
+H head width (d_kv), F d_ff.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t5jax.model.config import T5Config
+
+constrain = nn.with_logical_constraint
+
+
+def _normal(std: float):
+  return nn.initializers.normal(stddev=std)
+
+
+def param_with_axes(module: nn.Module, name: str, init, shape, axes, dtype):
+  """Creates a parameter whose logical axis names travel with it."""
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no bias, no mean subtraction, computed in fp32."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x_btd):
+    cfg = self.config
+    scale_d = param_with_axes(self, "scale", nn.initializers.ones, (x_btd.shape[-1],),
+                              ("embed",), jnp.dtype(cfg.param_dtype))
+    x32 = x_btd.astype(jnp.float32)
+    variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(variance + cfg.layer_norm_epsilon)
+    return (y * scale_d.astype(jnp.float32)).astype(cfg.dtype)
+
+
+class FeedForward(nn.Module):
+  """ReLU MLP (T5 1.0) or gated-GELU MLP (T5 1.1)."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x_btd, deterministic: bool):
+    cfg = self.config
+    d, f = cfg.d_model, cfg.d_ff
+    pdt = jnp.dtype(cfg.param_dtype)
+    if cfg.feed_forward == "gated-gelu":
+      wi_0 = param_with_axes(self, "wi_0", _normal(d**-0.5), (d, f), ("embed", "mlp"), pdt)
+      wi_1 = param_with_axes(self, "wi_1", _normal(d**-0.5), (d, f), ("embed", "mlp"), pdt)
+      gate_btf = jnp.einsum("BTD,DF->BTF", x_btd, wi_0.astype(cfg.dtype))
+      lin_btf = jnp.einsum("BTD,DF->BTF", x_btd, wi_1.astype(cfg.dtype))
+      h_btf = nn.gelu(gate_btf, approximate=True) * lin_btf
+    else:
+      wi = param_with_axes(self, "wi", _normal(d**-0.5), (d, f), ("embed", "mlp"), pdt)
+      h_btf = nn.relu(jnp.einsum("BTD,DF->BTF", x_btd, wi.astype(cfg.dtype)))
+    h_btf = constrain(h_btf, ("batch", "length", "mlp"))
+    h_btf = nn.Dropout(cfg.dropout_rate)(h_btf, deterministic=deterministic)
+    wo = param_with_axes(self, "wo", _normal(f**-0.5), (f, d), ("mlp", "embed"), pdt)
+    return jnp.einsum("BTF,FD->BTD", h_btf, wo.astype(cfg.dtype))
+
+
+class Attention(nn.Module):
+  """Multi-head attention without 1/sqrt(H) scaling (folded into the query init).
+
+  In decode mode the self-attention keys and values live in the "cache"
+  collection, preallocated to the maximum decode length; cross-attention keys and
+  values are projected from the encoder output once, when the cache is created.
+  """
+  config: T5Config
+  decode_role: str = "none"  # "none", "self" (causal, cached) or "cross" (cached K/V)
+
+  def _kernel(self, name, shape, axes, std):
+    return param_with_axes(self, name, _normal(std), shape, axes,
+                           jnp.dtype(self.config.param_dtype)).astype(self.config.dtype)
+
+  @nn.compact
+  def __call__(self, x_btd, kv_bsd, mask_bts, bias_nts, deterministic: bool,
+               decode: bool = False, cache_index=None):
+    """Args:
+      x_btd: queries' input.
+      kv_bsd: keys' and values' input (ignored for cross-attention once cached).
+      mask_bts: bool, True where a query may attend to a key (B or 1 leading).
+      bias_nts: additive position bias or None.
+      decode: read and write the "cache" collection.
+      cache_index: scalar int, the position being decoded (self-attention).
+    Returns:
+      [B, T, D] attention output.
+    """
+    cfg = self.config
+    d, n, h = cfg.d_model, cfg.num_heads, cfg.d_kv
+    wq = self._kernel("query", (d, n, h), ("embed", "heads", "kv"), (d * h)**-0.5)
+    wk = self._kernel("key", (d, n, h), ("embed", "heads", "kv"), d**-0.5)
+    wv = self._kernel("value", (d, n, h), ("embed", "heads", "kv"), d**-0.5)
+    wo = self._kernel("out", (n, h, d), ("heads", "kv", "embed"), (n * h)**-0.5)
+
+    q_btnh = jnp.einsum("BTD,DNH->BTNH", x_btd, wq)
+    q_btnh = constrain(q_btnh, ("batch", "length", "heads", "kv"))
+    project_k = lambda y: jnp.einsum("BSD,DNH->BSNH", y, wk)
+    project_v = lambda y: jnp.einsum("BSD,DNH->BSNH", y, wv)
+
+    if decode and self.decode_role == "cross":
+      # The encoder output is fixed during decoding: project it once.
+      cached_k = self.variable("cache", "cross_key", lambda: project_k(kv_bsd))
+      cached_v = self.variable("cache", "cross_value", lambda: project_v(kv_bsd))
+      k_bsnh, v_bsnh = cached_k.value, cached_v.value
+    elif decode and self.decode_role == "self":
+      # kv_bsd holds the full-length dummy on the call that creates the cache.
+      initialized = self.has_variable("cache", "self_key")
+      b, s = kv_bsd.shape[0], kv_bsd.shape[1]
+      cached_k = self.variable("cache", "self_key", jnp.zeros, (b, s, n, h), cfg.dtype)
+      cached_v = self.variable("cache", "self_value", jnp.zeros, (b, s, n, h), cfg.dtype)
+      if initialized:
+        k_new, v_new = project_k(kv_bsd), project_v(kv_bsd)  # [B, 1, N, H]
+        start = (0, cache_index, 0, 0)
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_new, start)
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_new, start)
+      k_bsnh, v_bsnh = cached_k.value, cached_v.value
+    else:
+      k_bsnh, v_bsnh = project_k(kv_bsd), project_v(kv_bsd)
+    k_bsnh = constrain(k_bsnh, ("batch", "length", "heads", "kv"))
+    v_bsnh = constrain(v_bsnh, ("batch", "length", "heads", "kv"))
+
+    logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bsnh).astype(jnp.float32)
+    if bias_nts is not None:
+      logits_bnts = logits_bnts + bias_nts[None].astype(jnp.float32)
+    logits_bnts = jnp.where(mask_bts[:, None], logits_bnts, jnp.finfo(jnp.float32).min)
+    weights_bnts = jax.nn.softmax(logits_bnts, axis=-1).astype(cfg.dtype)
+    weights_bnts = nn.Dropout(cfg.dropout_rate)(weights_bnts, deterministic=deterministic)
+    out_btnh = jnp.einsum("BNTS,BSNH->BTNH", weights_bnts, v_bsnh)
+    out_btnh = constrain(out_btnh, ("batch", "length", "heads", "kv"))
+    return jnp.einsum("BTNH,NHD->BTD", out_btnh, wo)
+
+
+@functools.lru_cache(maxsize=64)
+def relative_position_buckets(query_length: int, key_length: int, bidirectional: bool,
+                              num_buckets: int, max_distance: int) -> np.ndarray:
+  """T5's bucketing of (key position - query position), as an int32 [T, S] table.
+
+  Computed in numpy float32 the way Mesh TF and Hugging Face compute it, so that
+  the buckets match theirs exactly; shapes are static, so this costs nothing at
+  run time.
+  """
+  relative = np.arange(key_length)[None, :] - np.arange(query_length)[:, None]
+  buckets = np.zeros_like(relative)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (relative > 0).astype(relative.dtype) * num_buckets
+    distance = np.abs(relative)
+  else:
+    distance = -np.minimum(relative, 0)
+  max_exact = num_buckets // 2
+  is_small = distance < max_exact
+  with np.errstate(divide="ignore"):
+    log_ratio = np.log(distance.astype(np.float32) / np.float32(max_exact))
+  large = max_exact + (log_ratio / np.float32(np.log(max_distance / max_exact)) *
+                       np.float32(num_buckets - max_exact))
+  large = np.minimum(np.where(is_small, 0, large).astype(np.int64), num_buckets - 1)
+  return (buckets + np.where(is_small, distance, large)).astype(np.int32)
+
+
+class RelativePositionBias(nn.Module):
+  """Learned per-head bias over relative-position buckets, shared by a stack's layers."""
+  config: T5Config
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, query_length: int, key_length: int, query_offset=None):
+    """Returns the [N, T, S] bias; query_offset selects rows while decoding."""
+    cfg = self.config
+    table_kn = param_with_axes(
+        self, "rel_embedding", _normal(cfg.d_model**-0.5),
+        (cfg.relative_attention_num_buckets, cfg.num_heads), ("relpos_buckets", "heads"),
+        jnp.dtype(cfg.param_dtype))
+    if query_offset is None:
+      buckets_ts = relative_position_buckets(
+          query_length, key_length, self.bidirectional,
+          cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
+    else:
+      full_ss = relative_position_buckets(
+          key_length, key_length, self.bidirectional,
+          cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
+      buckets_ts = jax.lax.dynamic_slice_in_dim(jnp.asarray(full_ss), query_offset,
+                                                query_length, axis=0)
+    bias_tsn = jnp.take(table_kn, buckets_ts, axis=0)
+    return jnp.transpose(bias_tsn, (2, 0, 1)).astype(cfg.dtype)

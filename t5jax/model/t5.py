@@ -1,0 +1,219 @@
+"""The T5 encoder-decoder (1.0, 1.1 and mT5 variants), with separate encode/decode.
+
+Parameter tree (the names t5x uses, so that conversion tables stay short):
+  token_embedder/embedding                      [vocab, embed]
+  encoder/relpos_bias/rel_embedding             [relpos_buckets, heads]
+  encoder/layers_{i}/{pre_attention_layer_norm, attention, pre_mlp_layer_norm, mlp}
+  encoder/encoder_norm
+  decoder/relpos_bias/rel_embedding
+  decoder/layers_{i}/{pre_self_attention_layer_norm, self_attention,
+                      pre_cross_attention_layer_norm, encoder_decoder_attention,
+                      pre_mlp_layer_norm, mlp}
+  decoder/decoder_norm
+  decoder/logits_dense/kernel                   [embed, vocab]  (untied only)
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from t5jax.model import layers
+from t5jax.model.config import T5Config
+
+constrain = nn.with_logical_constraint
+
+_REMAT_POLICIES = {
+    "minimal": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def _maybe_remat(layer_cls, config: T5Config):
+  if config.remat_policy == "none":
+    return layer_cls
+  return nn.remat(layer_cls, policy=_REMAT_POLICIES[config.remat_policy])
+
+
+def attention_masks(encoder_segment_ids_bs, decoder_segment_ids_bt):
+  """Boolean masks that keep attention inside packed segments and off padding.
+
+  Args:
+    encoder_segment_ids_bs: [B, S] int, 0 on padding.
+    decoder_segment_ids_bt: [B, T] int (0 on padding) or None (one segment).
+  Returns:
+    (encoder self mask [B,S,S], decoder self mask [B,T,T], cross mask [B,T,S]).
+  """
+  enc = encoder_segment_ids_bs
+  enc_valid_b1s = (enc > 0)[:, None, :]
+  encoder_mask = (enc[:, :, None] == enc[:, None, :]) & enc_valid_b1s
+  if decoder_segment_ids_bt is None:
+    return encoder_mask, None, enc_valid_b1s
+  dec = decoder_segment_ids_bt
+  cross_mask = (dec[:, :, None] == enc[:, None, :]) & enc_valid_b1s
+  decoder_mask = dec[:, :, None] == dec[:, None, :]
+  return encoder_mask, decoder_mask, cross_mask
+
+
+def causal_mask(length: int):
+  return jnp.tril(jnp.ones((length, length), bool))[None]
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x_btd, mask_bts, bias_nts):
+    cfg = self.config
+    dropout = nn.Dropout(cfg.dropout_rate)
+    h = layers.RMSNorm(cfg, name="pre_attention_layer_norm")(x_btd)
+    h = layers.Attention(cfg, name="attention")(h, h, mask_bts, bias_nts, self.deterministic)
+    x_btd = x_btd + dropout(h, deterministic=self.deterministic)
+    h = layers.RMSNorm(cfg, name="pre_mlp_layer_norm")(x_btd)
+    h = layers.FeedForward(cfg, name="mlp")(h, self.deterministic)
+    x_btd = x_btd + dropout(h, deterministic=self.deterministic)
+    return constrain(x_btd, ("batch", "length", "embed"))
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+  deterministic: bool
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, y_btd, encoded_bsd, self_mask_btt, cross_mask_bts, bias_ntt,
+               cache_index=None):
+    cfg = self.config
+    dropout = nn.Dropout(cfg.dropout_rate)
+    h = layers.RMSNorm(cfg, name="pre_self_attention_layer_norm")(y_btd)
+    h = layers.Attention(cfg, decode_role="self", name="self_attention")(
+        h, h, self_mask_btt, bias_ntt, self.deterministic, self.decode, cache_index)
+    y_btd = y_btd + dropout(h, deterministic=self.deterministic)
+    h = layers.RMSNorm(cfg, name="pre_cross_attention_layer_norm")(y_btd)
+    h = layers.Attention(cfg, decode_role="cross", name="encoder_decoder_attention")(
+        h, encoded_bsd, cross_mask_bts, None, self.deterministic, self.decode)
+    y_btd = y_btd + dropout(h, deterministic=self.deterministic)
+    h = layers.RMSNorm(cfg, name="pre_mlp_layer_norm")(y_btd)
+    h = layers.FeedForward(cfg, name="mlp")(h, self.deterministic)
+    y_btd = y_btd + dropout(h, deterministic=self.deterministic)
+    return constrain(y_btd, ("batch", "length", "embed"))
+
+
+class Encoder(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x_bsd, mask_bss, deterministic: bool):
+    cfg = self.config
+    s = x_bsd.shape[1]
+    bias_nss = layers.RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(s, s)
+    x_bsd = nn.Dropout(cfg.dropout_rate)(x_bsd, deterministic=deterministic)
+    layer_cls = _maybe_remat(EncoderLayer, cfg)
+    for i in range(cfg.num_encoder_layers):
+      x_bsd = layer_cls(cfg, deterministic, name=f"layers_{i}")(x_bsd, mask_bss, bias_nss)
+    x_bsd = layers.RMSNorm(cfg, name="encoder_norm")(x_bsd)
+    return nn.Dropout(cfg.dropout_rate)(x_bsd, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  """Decoder stack and output projection; in decode mode it keeps its position in
+  the "cache" collection, created by one call over a full-length dummy input."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, y_btd, encoded_bsd, self_mask_btt, cross_mask_bts, embedding_vd,
+               deterministic: bool, decode: bool = False):
+    cfg = self.config
+    t = y_btd.shape[1]
+    relpos = layers.RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
+    cache_index = None
+    if decode and self.has_variable("cache", "index"):
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      cache_index = index.value
+      max_length = self.get_variable("cache", "max_length_marker").shape[0]
+      bias_ntt = relpos(t, max_length, query_offset=cache_index)
+      self_mask_btt = (jnp.arange(max_length) <= cache_index)[None, None, :]
+      index.value = cache_index + t
+    else:
+      if decode:  # the call that creates the cache: remember its length
+        self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        self.variable("cache", "max_length_marker", lambda: jnp.zeros((t,), jnp.int8))
+      bias_ntt = relpos(t, t)
+      causal = causal_mask(t)
+      self_mask_btt = causal if self_mask_btt is None else causal & self_mask_btt
+
+    y_btd = nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)
+    layer_cls = _maybe_remat(DecoderLayer, cfg)
+    for i in range(cfg.num_decoder_layers):
+      y_btd = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")(
+          y_btd, encoded_bsd, self_mask_btt, cross_mask_bts, bias_ntt, cache_index)
+    y_btd = layers.RMSNorm(cfg, name="decoder_norm")(y_btd)
+    y_btd = nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)
+
+    if cfg.tie_word_embeddings:
+      # Mesh TF rescales before the tied projection; Hugging Face does the same.
+      y_btd = y_btd * (cfg.d_model**-0.5)
+      logits_btv = jnp.einsum("BTD,VD->BTV", y_btd, embedding_vd.astype(cfg.dtype),
+                              preferred_element_type=jnp.float32)
+    else:
+      kernel_dv = layers.param_with_axes(
+          self, "logits_dense", nn.initializers.normal(cfg.d_model**-0.5),
+          (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), jnp.dtype(cfg.param_dtype))
+      logits_btv = jnp.einsum("BTD,DV->BTV", y_btd, kernel_dv.astype(cfg.dtype),
+                              preferred_element_type=jnp.float32)
+    return constrain(logits_btv, ("batch", "length", "vocab"))
+
+
+class Transformer(nn.Module):
+  """T5 encoder-decoder. `encode` and `decode` can be applied separately."""
+  config: T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.embedding_vd = layers.param_with_axes(
+        self, "token_embedder", nn.initializers.normal(1.0), (cfg.vocab_size, cfg.d_model),
+        ("vocab", "embed"), jnp.dtype(cfg.param_dtype))
+    self.encoder = Encoder(cfg)
+    self.decoder = Decoder(cfg)
+
+  def _embed(self, tokens_bt):
+    x_btd = jnp.take(self.embedding_vd, tokens_bt, axis=0).astype(self.config.dtype)
+    return constrain(x_btd, ("batch", "length", "embed"))
+
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=False):
+    """Returns the encoder output [B, S, D]."""
+    enc_seg = _segment_ids(encoder_input_tokens, encoder_segment_ids)
+    encoder_mask, _, _ = attention_masks(enc_seg, None)
+    return self.encoder(self._embed(encoder_input_tokens), encoder_mask,
+                        deterministic=not enable_dropout)
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
+             encoder_segment_ids=None, decoder_segment_ids=None, enable_dropout=False,
+             decode=False):
+    """Returns fp32 logits [B, T, V].
+
+    With decode=True the first call (over a full-length dummy decoder input)
+    creates the "cache" collection; each later call consumes one position.
+    """
+    enc_seg = _segment_ids(encoder_input_tokens, encoder_segment_ids)
+    if decode:
+      decoder_segment_ids = None
+    _, self_mask, cross_mask = attention_masks(enc_seg, decoder_segment_ids)
+    return self.decoder(self._embed(decoder_input_tokens), encoded, self_mask, cross_mask,
+                        self.embedding_vd, deterministic=not enable_dropout, decode=decode)
+
+  def __call__(self, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
+               decoder_segment_ids=None, enable_dropout=False):
+    """Teacher-forced logits [B, T, V] (fp32)."""
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                       encoder_segment_ids, decoder_segment_ids, enable_dropout)
+
+
+def _segment_ids(tokens_bt, segment_ids_bt):
+  """Without packing, every non-padding token is in segment 1."""
+  if segment_ids_bt is not None:
+    return segment_ids_bt
+  return (tokens_bt > 0).astype(jnp.int32)

@@ -1,0 +1,169 @@
+"""The training loop: one linear function from configuration to a trained model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import gin
+import jax
+import numpy as np
+
+from t5jax import decoding, losses, metrics, optim, partitioning, train_step
+from t5jax.data import pipeline, vocab
+from t5jax.model import config as model_config
+from t5jax.model import t5
+
+InputSpec = gin.external_configurable(pipeline.InputSpec, name="InputSpec")
+MeshConfig = gin.external_configurable(partitioning.MeshConfig, name="MeshConfig")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """A training run.
+
+  Attributes:
+    model: a size from t5jax.model.config.SIZES, e.g. "t5_1_1_base".
+    model_overrides: T5Config fields to change, e.g. {"dtype": "float32"}.
+    data: what to read (task or mixture, lengths, packing, seed).
+    batch_size: global batch size in sequences (packed rows).
+    num_steps: optimizer steps.
+    microbatches: gradient accumulation: the batch runs as this many slices.
+    mesh: device mesh shape.
+    optimizer: optimiser and learning-rate schedule.
+    loss: z-loss, label smoothing, normalisation, per-task weights.
+    seed: parameter initialisation and dropout.
+    log_every: steps between metric lines.
+    num_sample_predictions: validation examples greedily decoded at the end.
+    max_decode_length: decode length for those predictions.
+  """
+  model: str = "t5_1_0_tiny"
+  model_overrides: dict = dataclasses.field(default_factory=dict)
+  data: pipeline.InputSpec = dataclasses.field(default_factory=InputSpec)
+  batch_size: int = 32
+  num_steps: int = 300
+  microbatches: int = 1
+  mesh: partitioning.MeshConfig = dataclasses.field(default_factory=MeshConfig)
+  optimizer: optim.OptimizerConfig = dataclasses.field(default_factory=optim.OptimizerConfig)
+  loss: losses.LossConfig = dataclasses.field(default_factory=losses.LossConfig)
+  seed: int = 0
+  log_every: int = 10
+  num_sample_predictions: int = 4
+  max_decode_length: int = 64
+
+  def __post_init__(self):
+    for field in ("batch_size", "num_steps", "microbatches", "log_every"):
+      if getattr(self, field) <= 0:
+        raise ValueError(f"TrainConfig.{field} must be positive, got {getattr(self, field)}.")
+
+
+def build_model(config: TrainConfig) -> t5.Transformer:
+  """The model, checked against the vocabulary the data is tokenized with."""
+  cfg = model_config.get_config(config.model, **config.model_overrides)
+  needed = vocab.get_vocabulary().vocab_size
+  if cfg.vocab_size < needed:
+    raise ValueError(
+        f"Model {config.model} has {cfg.vocab_size} embedding rows but the vocabulary has "
+        f"{needed} pieces; set model_overrides={{'vocab_size': {vocab.EMBEDDING_VOCAB_SIZE}}}.")
+  return t5.Transformer(cfg)
+
+
+def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
+  """Trains, logging to run_dir; returns the logged metric summaries."""
+  config = config or TrainConfig()
+  primary = jax.process_index() == 0
+  mesh = partitioning.make_mesh(config.mesh)
+  partitioning.check_batch_size(config.batch_size, mesh, config.microbatches)
+  task_names = pipeline.task_names(config.data.mixture_or_task)
+  model = build_model(config)
+  tx = optim.make_optimizer(config.optimizer)
+  lengths = (config.data.inputs_length, config.data.targets_length)
+
+  with partitioning.sharding_context(mesh):
+    state, shardings = train_step.create_train_state(model, tx, mesh, config.seed, *lengths)
+    step_fn = train_step.jit_train_step(
+        mesh, shardings, model=model, tx=tx, loss_cfg=config.loss,
+        task_weights_k=config.loss.weights_vector(task_names),
+        microbatches=config.microbatches,
+        schedule=optim.learning_rate_schedule(config.optimizer))
+
+  writer = metrics.MetricsWriter(run_dir, enabled=primary)
+  if primary:
+    from t5jax import config as gin_config
+    gin_config.write_operative_config(run_dir)
+  batches = pipeline.make_batches(config.data, config.batch_size, jax.process_index(),
+                                  jax.process_count(), start_step=int(state.step))
+  metrics.print_line(
+      f"Training {config.model} ({_num_params(state.params):,} parameters) on "
+      f"{config.data.mixture_or_task} {task_names} for {config.num_steps} steps; "
+      f"mesh {dict(mesh.shape)}, batch {config.batch_size}; logs in {run_dir}", primary)
+
+  summaries, window, start = [], [], int(state.step)
+  window_start = run_start = time.time()
+  with partitioning.sharding_context(mesh):
+    for step in range(start, config.num_steps):
+      batch = partitioning.host_batch_to_global(next(batches), mesh)
+      state, step_metrics = step_fn(state, batch)
+      window.append(step_metrics)
+      done = step + 1
+      if done % config.log_every == 0 or done == config.num_steps:
+        window = jax.device_get(window)
+        _check_finite(window, done - len(window) + 1)
+        now = time.time()
+        summary = metrics.summarize(window, task_names, now - window_start)
+        eta = (now - run_start) / (done - start) * (config.num_steps - done)
+        writer.write(done, summary)
+        metrics.print_line(
+            metrics.progress_line(done, config.num_steps, summary, task_names, eta), primary)
+        summaries.append({"step": done, **summary})
+        window, window_start = [], time.time()
+
+  if config.num_sample_predictions and primary:
+    _sample_predictions(run_dir, model, state.params, config)
+  writer.close()
+  return summaries
+
+
+def _num_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def _check_finite(window: list[dict], first_step: int) -> None:
+  """Fail fast: a NaN or Inf loss stops the run, naming the step."""
+  for i, m in enumerate(window):
+    if not np.isfinite(m["loss"]):
+      raise FloatingPointError(
+          f"Loss is {m['loss']} at step {first_step + i}; lower the learning rate, check the "
+          "data, or use float32 activations (TrainConfig.model_overrides={'dtype': 'float32'}).")
+
+
+def _sample_predictions(run_dir: str, model, params, config: TrainConfig) -> None:
+  """Greedy-decodes a few validation examples and writes them to predictions.jsonl."""
+  spec = dataclasses.replace(config.data, split="validation", pack=False, shuffle=False)
+  n = config.num_sample_predictions
+  batch = next(pipeline.make_batches(spec, n, repeat=False))
+  params = jax.device_get(params)
+  tokens, scores = decoding.greedy_decode(model, params, batch["encoder_input_tokens"],
+                                          config.max_decode_length)
+  voc = vocab.get_vocabulary()
+  task_names = pipeline.task_names(config.data.mixture_or_task)
+  with open(os.path.join(run_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
+    for i in range(n):
+      record = {
+          "task": task_names[int(batch["decoder_task_ids"][i, 0])],
+          "inputs": voc.decode(_until_eos(batch["encoder_input_tokens"][i])),
+          "targets": voc.decode(_until_eos(batch["decoder_target_tokens"][i])),
+          "prediction": voc.decode(_until_eos(np.asarray(tokens[i]))),
+          "log_likelihood": float(scores[i]),
+      }
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+      print(f"[{record['task']}] {record['inputs']}\n  target:     {record['targets']}\n"
+            f"  prediction: {record['prediction']}", flush=True)
+
+
+def _until_eos(ids) -> list[int]:
+  ids = [int(t) for t in ids]
+  return ids[:ids.index(decoding.EOS_ID)] if decoding.EOS_ID in ids else [t for t in ids if t]

@@ -1,0 +1,166 @@
+"""The training state, created already sharded, and the pure training step."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec
+
+from t5jax import losses, partitioning
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes. `rng` is raw key data; each step folds
+  its step number in, so dropout does not depend on how the run was resumed."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def _dummy_inputs(inputs_length: int, targets_length: int):
+  return (jnp.ones((1, inputs_length), jnp.int32), jnp.ones((1, targets_length), jnp.int32))
+
+
+def abstract_boxed_params(model: nn.Module, inputs_length: int, targets_length: int):
+  """Parameter shapes with their logical-axis boxes, without allocating anything."""
+  enc, dec = _dummy_inputs(inputs_length, targets_length)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), enc, dec))["params"]
+
+
+def strip_boxes(tree):
+  """Drops the logical-axis boxes without adding sharding constraints (which
+  abstract values outside jit cannot take)."""
+  return jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, tree,
+                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def param_shardings(model: nn.Module, mesh, inputs_length=8, targets_length=8):
+  boxed = abstract_boxed_params(model, inputs_length, targets_length)
+  return partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
+
+
+def state_shardings(model, tx, mesh, inputs_length=8, targets_length=8):
+  """NamedShardings for every leaf of the TrainState (parameters by the rules
+  table, optimizer state like the parameters it shadows, counters replicated)."""
+  boxed = abstract_boxed_params(model, inputs_length, targets_length)
+  p_shard = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
+  abstract = strip_boxes(boxed)
+  abstract_opt = jax.eval_shape(tx.init, abstract)
+  o_shard = partitioning.opt_state_shardings(abstract_opt, abstract, p_shard, mesh)
+  rep = partitioning.replicated(mesh)
+  return TrainState(step=rep, params=p_shard, opt_state=o_shard, rng=rep)
+
+
+def create_train_state(model, tx, mesh, seed: int, inputs_length=8, targets_length=8):
+  """Initialises parameters and optimizer state directly into their shardings
+  (no host copy of the full model ever exists). Returns (state, shardings)."""
+  shardings = state_shardings(model, tx, mesh, inputs_length, targets_length)
+  enc, dec = _dummy_inputs(inputs_length, targets_length)
+
+  def init(key):
+    params_key, rng_key = jax.random.split(key)
+    params = nn.meta.unbox(model.init(params_key, enc, dec)["params"])
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=jax.random.key_data(rng_key))
+
+  state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+  return state, shardings
+
+
+def _split_microbatches(tree, microbatches: int):
+  """[B, ...] -> [M, B/M, ...] taking rows m, m+M, ... for microbatch m, so each
+  device keeps its own rows in every microbatch (no resharding)."""
+  def split(x):
+    x = x.reshape((x.shape[0] // microbatches, microbatches) + x.shape[1:]).swapaxes(0, 1)
+    spec = PartitionSpec(None, partitioning.BATCH_MESH_AXES)
+    return jax.lax.with_sharding_constraint(x, spec)
+  return jax.tree.map(split, tree)
+
+
+def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
+                   loss_cfg: losses.LossConfig, task_weights_k: jax.Array, microbatches: int):
+  """The weighted loss, its per-task sums and the gradients, over microbatches.
+
+  Returns:
+    (loss, stats, grads): stats are per-task sums `*_k` [num_tasks].
+  """
+  num_tasks = task_weights_k.shape[0]
+  scale_bt = losses.token_scales(batch["decoder_loss_weights"], batch["decoder_task_ids"],
+                                 task_weights_k, loss_cfg.normalization)
+
+  def loss_fn(params, micro, micro_scale_bt, key):
+    logits_btv = model.apply(
+        {"params": params}, micro["encoder_input_tokens"], micro["decoder_input_tokens"],
+        micro["encoder_segment_ids"], micro["decoder_segment_ids"], enable_dropout=True,
+        rngs={"dropout": key})
+    return losses.loss_and_stats(logits_btv, micro, micro_scale_bt, num_tasks, loss_cfg)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if microbatches == 1:
+    (loss, stats), grads = grad_fn(params, batch, scale_bt, key)
+    return loss, stats, grads
+
+  micro_batches, micro_scales = _split_microbatches((batch, scale_bt), microbatches)
+
+  def accumulate(carry, xs):
+    micro, micro_scale, index = xs
+    (loss_m, stats_m), grads_m = grad_fn(params, micro, micro_scale,
+                                         jax.random.fold_in(key, index))
+    return jax.tree.map(jnp.add, carry, (loss_m, stats_m, grads_m)), None
+
+  zeros_like = lambda t: jax.tree.map(jnp.zeros_like, t)
+  first = jax.tree.map(lambda x: x[0], (micro_batches, micro_scales))
+  stats_shape = jax.eval_shape(lambda: grad_fn(params, *first, key)[0][1])
+  init = (jnp.zeros((), jnp.float32), zeros_like(stats_shape), zeros_like(params))
+  (loss, stats, grads), _ = jax.lax.scan(
+      accumulate, init, (micro_batches, micro_scales, jnp.arange(microbatches)))
+  return loss, stats, grads
+
+
+def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
+               tx: optax.GradientTransformation, loss_cfg: losses.LossConfig,
+               task_weights_k: jax.Array, microbatches: int,
+               schedule: Callable) -> tuple[TrainState, dict]:
+  """One optimizer update on a global batch. Pure: jit it with shardings.
+
+  Returns:
+    (new state, metrics): scalar metrics plus per-task sums `*_k` [num_tasks].
+  """
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  loss, stats, grads = loss_and_grads(
+      state.params, batch, step_key, model=model, loss_cfg=loss_cfg,
+      task_weights_k=task_weights_k, microbatches=microbatches)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  tokens = jnp.sum(stats["tokens_k"])
+  metrics = {
+      "loss": loss,
+      "cross_entropy": jnp.sum(stats["loss_sum_k"] - stats["z_loss_sum_k"]) / jnp.maximum(tokens, 1),
+      "z_loss": jnp.sum(stats["z_loss_sum_k"]) / jnp.maximum(tokens, 1),
+      "accuracy": jnp.sum(stats["correct_k"]) / jnp.maximum(tokens, 1),
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(state.params),
+      "learning_rate": schedule(state.step),
+      "target_tokens": tokens,
+      **stats,
+  }
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, metrics
+
+
+def jit_train_step(mesh, shardings: TrainState, **step_kwargs):
+  """train_step jitted with explicit shardings, the state donated."""
+  step = functools.partial(train_step, **step_kwargs)
+  return jax.jit(step, in_shardings=(shardings, partitioning.batch_sharding(mesh)),
+                 out_shardings=(shardings, partitioning.replicated(mesh)),
+                 donate_argnums=(0,))

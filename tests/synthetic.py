@@ -1,0 +1,44 @@
+"""Packed encoder-decoder batches with known structure, for model-level tests."""
+import numpy as np
+
+
+def packed_batch(batch_size=8, length=16, vocab=500, num_tasks=2, seed=0):
+  """Each row packs two examples (segments 1 and 2) followed by padding."""
+  rng = np.random.default_rng(seed)
+  feats = {k: np.zeros((batch_size, length), np.int32) for k in (
+      "encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
+      "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+      "decoder_segment_ids", "decoder_positions", "decoder_task_ids")}
+  for b in range(batch_size):
+    for prefix in ("encoder", "decoder"):
+      cut = int(rng.integers(3, length // 2))
+      end = int(rng.integers(cut + 2, length + 1))
+      for seg, (lo, hi) in enumerate([(0, cut), (cut, end)], start=1):
+        n = hi - lo
+        tokens = rng.integers(2, vocab, n).astype(np.int32)
+        if prefix == "encoder":
+          feats["encoder_input_tokens"][b, lo:hi] = tokens
+        else:
+          feats["decoder_target_tokens"][b, lo:hi] = tokens
+          feats["decoder_input_tokens"][b, lo:hi] = np.concatenate([[0], tokens[:-1]])
+          feats["decoder_loss_weights"][b, lo:hi] = 1
+          feats["decoder_task_ids"][b, lo:hi] = int(rng.integers(0, num_tasks))
+        feats[f"{prefix}_segment_ids"][b, lo:hi] = seg
+        feats[f"{prefix}_positions"][b, lo:hi] = np.arange(n)
+  return feats
+
+
+def unpack_row(batch, row, segment):
+  """One packed example as its own unpacked single-row batch (same length)."""
+  out = {}
+  for prefix in ("encoder", "decoder"):
+    mask = batch[f"{prefix}_segment_ids"][row] == segment
+    n = int(mask.sum())
+    for k, v in batch.items():
+      if k.startswith(prefix):
+        x = np.zeros((1, v.shape[1]), np.int32)
+        x[0, :n] = v[row][mask]
+        out[k] = x
+  out["encoder_segment_ids"] = (out["encoder_input_tokens"] > 0).astype(np.int32)
+  out["decoder_segment_ids"] = out["decoder_loss_weights"].copy()
+  return out
