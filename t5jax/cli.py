@@ -13,6 +13,7 @@ import sys
 
 def _hide_accelerators_from_tensorflow() -> None:
   """TensorFlow (under SeqIO) must never take the accelerator memory JAX needs."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")
 

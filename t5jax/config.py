@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from pathlib import Path
 
@@ -40,6 +41,14 @@ def _first_line(error: Exception) -> str:
   return text.splitlines()[0] if text else type(error).__name__
 
 
+class _QuietIncludeLookups(logging.Filter):
+  """gin logs an ERROR for every search path an include is not in; only a file
+  found nowhere is an error, and that one raises."""
+
+  def filter(self, record):
+    return not record.getMessage().startswith("Path not found:")
+
+
 def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
   """Clears gin, then applies the files in order and the bindings after them.
 
@@ -48,6 +57,16 @@ def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
     ValueError: a binding or a file's content names an unknown configurable or
       parameter, or has a syntax error; the message names the culprit.
   """
+  root = logging.getLogger()
+  quiet = _QuietIncludeLookups()
+  root.addFilter(quiet)
+  try:
+    _parse(gin_files, bindings)
+  finally:
+    root.removeFilter(quiet)
+
+
+def _parse(gin_files: list[str], bindings: list[str]) -> None:
   gin.clear_config()
   for path in gin_search_paths():
     if path.is_dir():

@@ -11,7 +11,8 @@ import gin
 import jax
 import numpy as np
 
-from t5jax import decoding, losses, metrics, optim, partitioning, train_step
+from t5jax import checkpoint, decoding, losses, metrics, optim, partitioning, preemption, train_step
+from t5jax import config as gin_config
 from t5jax.data import pipeline, vocab
 from t5jax.model import config as model_config
 from t5jax.model import t5
@@ -35,6 +36,7 @@ class TrainConfig:
     mesh: device mesh shape.
     optimizer: optimiser and learning-rate schedule.
     loss: z-loss, label smoothing, normalisation, per-task weights.
+    checkpoint: saving, keeping, resuming and fine-tuning.
     seed: parameter initialisation and dropout.
     log_every: steps between metric lines.
     num_sample_predictions: validation examples greedily decoded at the end.
@@ -49,6 +51,8 @@ class TrainConfig:
   mesh: partitioning.MeshConfig = dataclasses.field(default_factory=MeshConfig)
   optimizer: optim.OptimizerConfig = dataclasses.field(default_factory=optim.OptimizerConfig)
   loss: losses.LossConfig = dataclasses.field(default_factory=losses.LossConfig)
+  checkpoint: checkpoint.CheckpointConfig = dataclasses.field(
+      default_factory=checkpoint.CheckpointConfig)
   seed: int = 0
   log_every: int = 10
   num_sample_predictions: int = 4
@@ -72,7 +76,8 @@ def build_model(config: TrainConfig) -> t5.Transformer:
 
 
 def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
-  """Trains, logging to run_dir; returns the logged metric summaries."""
+  """Trains (resuming from RUN_DIR/checkpoints if there are any); returns the
+  logged metric summaries."""
   config = config or TrainConfig()
   primary = jax.process_index() == 0
   mesh = partitioning.make_mesh(config.mesh)
@@ -80,10 +85,10 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
   task_names = pipeline.task_names(config.data.mixture_or_task)
   model = build_model(config)
   tx = optim.make_optimizer(config.optimizer)
-  lengths = (config.data.inputs_length, config.data.targets_length)
+  ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoint)
 
   with partitioning.sharding_context(mesh):
-    state, shardings = train_step.create_train_state(model, tx, mesh, config.seed, *lengths)
+    state, shardings = _initial_state(config, model, tx, mesh, ckpt)
     step_fn = train_step.jit_train_step(
         mesh, shardings, model=model, tx=tx, loss_cfg=config.loss,
         task_weights_k=config.loss.weights_vector(task_names),
@@ -92,26 +97,29 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
 
   writer = metrics.MetricsWriter(run_dir, enabled=primary)
   if primary:
-    from t5jax import config as gin_config
     gin_config.write_operative_config(run_dir)
+  start = int(state.step)
   batches = pipeline.make_batches(config.data, config.batch_size, jax.process_index(),
-                                  jax.process_count(), start_step=int(state.step))
+                                  jax.process_count(), start_step=start)
   metrics.print_line(
       f"Training {config.model} ({_num_params(state.params):,} parameters) on "
-      f"{config.data.mixture_or_task} {task_names} for {config.num_steps} steps; "
+      f"{config.data.mixture_or_task} {task_names} from step {start} to {config.num_steps}; "
       f"mesh {dict(mesh.shape)}, batch {config.batch_size}; logs in {run_dir}", primary)
 
-  summaries, window, start = [], [], int(state.step)
+  meta = _checkpoint_meta(config, model)
+  summaries, window = [], []
   window_start = run_start = time.time()
-  with partitioning.sharding_context(mesh):
+  every = config.checkpoint.every_steps
+  with partitioning.sharding_context(mesh), preemption.PreemptionGuard() as guard:
     for step in range(start, config.num_steps):
       batch = partitioning.host_batch_to_global(next(batches), mesh)
       state, step_metrics = step_fn(state, batch)
       window.append(step_metrics)
       done = step + 1
-      if done % config.log_every == 0 or done == config.num_steps:
+      stop = guard.requested()
+      if done % config.log_every == 0 or done == config.num_steps or stop:
         window = jax.device_get(window)
-        _check_finite(window, done - len(window) + 1)
+        _check_finite(window, done - len(window) + 1, ckpt)
         now = time.time()
         summary = metrics.summarize(window, task_names, now - window_start)
         eta = (now - run_start) / (done - start) * (config.num_steps - done)
@@ -120,24 +128,87 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
             metrics.progress_line(done, config.num_steps, summary, task_names, eta), primary)
         summaries.append({"step": done, **summary})
         window, window_start = [], time.time()
+      if stop or done == config.num_steps or (every and done % every == 0):
+        _check_finite(jax.device_get(window), done - len(window) + 1, ckpt)
+        ckpt.save(state, {**meta, "data": {**meta["data"], "next_step": done}})
+      if stop:
+        ckpt.close()
+        writer.close()
+        metrics.print_line(
+            f"{guard.signal_name} received: saved step {done} in {ckpt.directory}; run the "
+            "same command again to resume.", primary)
+        return summaries
 
+  ckpt.close()
   if config.num_sample_predictions and primary:
     _sample_predictions(run_dir, model, state.params, config)
   writer.close()
   return summaries
 
 
+def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkpointer):
+  """Resumes from the run's own latest good checkpoint, else starts fresh
+  (from `checkpoint.init_from`'s parameters when fine-tuning)."""
+  lengths = (config.data.inputs_length, config.data.targets_length)
+  shardings = train_step.state_shardings(model, tx, mesh, *lengths)
+  abstract = train_step.abstract_train_state(model, tx, *lengths)
+  restored = ckpt.restore_latest(abstract, shardings)
+  if restored is not None:
+    state, meta = restored
+    _check_same_architecture(meta, model.config, ckpt.directory)
+    print(f"Resumed from step {int(state.step)} in {ckpt.directory}", flush=True)
+    return state, shardings
+  state, shardings = train_step.create_train_state(model, tx, mesh, config.seed, *lengths)
+  if config.checkpoint.init_from:
+    source = config.checkpoint.init_from
+    _check_same_architecture(checkpoint.read_meta(source), model.config, source)
+    params = checkpoint.load_params(source, abstract.params, shardings.params)
+    state = state.replace(params=params)
+    print(f"Fine-tuning from the parameters in {source}", flush=True)
+  return state, shardings
+
+
+ARCHITECTURE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads",
+                       "num_encoder_layers", "num_decoder_layers", "feed_forward",
+                       "tie_word_embeddings", "relative_attention_num_buckets")
+
+
+def _check_same_architecture(meta: dict, cfg, source: str) -> None:
+  saved = meta.get("model_config", {})
+  for field in ARCHITECTURE_FIELDS:
+    if field in saved and saved[field] != getattr(cfg, field):
+      raise ValueError(
+          f"Checkpoint {source} has {field}={saved[field]!r} but the configured model has "
+          f"{getattr(cfg, field)!r}; select the matching model size or another checkpoint.")
+
+
+def _checkpoint_meta(config: TrainConfig, model) -> dict:
+  voc = vocab.get_vocabulary()
+  return {
+      "model_config": dataclasses.asdict(model.config),
+      "model": config.model,
+      "vocab": {"size": voc.vocab_size, "extra_ids": voc.extra_ids},
+      "data": {"mixture_or_task": config.data.mixture_or_task, "seed": config.data.seed,
+               "batch_size": config.batch_size},
+      "gin": gin.config_str(),
+  }
+
+
 def _num_params(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-def _check_finite(window: list[dict], first_step: int) -> None:
-  """Fail fast: a NaN or Inf loss stops the run, naming the step."""
+def _check_finite(window: list[dict], first_step: int, ckpt: checkpoint.Checkpointer) -> None:
+  """Fail fast: a NaN or Inf loss stops the run, naming the step. It runs before
+  every save, so only finite states are ever saved."""
   for i, m in enumerate(window):
     if not np.isfinite(m["loss"]):
+      ckpt.close()
+      kept = ckpt.steps()
       raise FloatingPointError(
-          f"Loss is {m['loss']} at step {first_step + i}; lower the learning rate, check the "
-          "data, or use float32 activations (TrainConfig.model_overrides={'dtype': 'float32'}).")
+          f"Loss is {m['loss']} at step {first_step + i}; the last good checkpoint is step "
+          f"{kept[-1] if kept else 'none'} in {ckpt.directory}. Lower the learning rate, check "
+          "the data, or use float32 activations.")
 
 
 def _sample_predictions(run_dir: str, model, params, config: TrainConfig) -> None:

@@ -61,10 +61,8 @@ def state_shardings(model, tx, mesh, inputs_length=8, targets_length=8):
   return TrainState(step=rep, params=p_shard, opt_state=o_shard, rng=rep)
 
 
-def create_train_state(model, tx, mesh, seed: int, inputs_length=8, targets_length=8):
-  """Initialises parameters and optimizer state directly into their shardings
-  (no host copy of the full model ever exists). Returns (state, shardings)."""
-  shardings = state_shardings(model, tx, mesh, inputs_length, targets_length)
+def make_init_fn(model, tx, inputs_length=8, targets_length=8):
+  """key -> fresh TrainState (parameters, optimizer state, step 0, RNG)."""
   enc, dec = _dummy_inputs(inputs_length, targets_length)
 
   def init(key):
@@ -73,6 +71,20 @@ def create_train_state(model, tx, mesh, seed: int, inputs_length=8, targets_leng
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), rng=jax.random.key_data(rng_key))
 
+  return init
+
+
+def abstract_train_state(model, tx, inputs_length=8, targets_length=8):
+  """The TrainState's shapes and dtypes, without allocating it."""
+  return jax.eval_shape(make_init_fn(model, tx, inputs_length, targets_length),
+                        jax.random.key(0))
+
+
+def create_train_state(model, tx, mesh, seed: int, inputs_length=8, targets_length=8):
+  """Initialises parameters and optimizer state directly into their shardings
+  (no host copy of the full model ever exists). Returns (state, shardings)."""
+  shardings = state_shardings(model, tx, mesh, inputs_length, targets_length)
+  init = make_init_fn(model, tx, inputs_length, targets_length)
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
   return state, shardings
 

@@ -1,0 +1,213 @@
+"""Orbax checkpoints: asynchronous, atomic, restorable onto any mesh and dtype.
+
+A checkpoint directory RUN_DIR/checkpoints/STEP/ holds three items:
+  params     the model parameters (all a fine-tune or inference needs);
+  train      optimizer state, step and RNG (what exact resume needs besides);
+  meta       JSON: step, the model's T5Config, the data position, the vocabulary
+             and the run's resolved gin config.
+Orbax writes each step into a temporary directory and renames it when complete,
+so a save killed half-way is never listed, let alone restored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import gin
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from t5jax.model.config import T5Config
+
+log = logging.getLogger(__name__)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """When to save, what to keep, and where to start from.
+
+  Attributes:
+    every_steps: save every this many steps (and always at the end); 0: only at the end.
+    keep: keep the latest this many checkpoints.
+    best_metric: also keep the best checkpoint by this evaluation metric
+      (a key of the evaluation summary, e.g. "multi30k_en_fr/bleu").
+    best_mode: "max" or "min" for best_metric.
+    async_save: write in the background while training continues.
+    init_from: start a fresh run (new optimizer state, step 0) from the
+      parameters of this checkpoint: a run directory, its checkpoints/ directory
+      or one step directory. Ignored when the run has checkpoints of its own.
+  """
+  every_steps: int = 200
+  keep: int = 3
+  best_metric: str | None = None
+  best_mode: str = "max"
+  async_save: bool = True
+  init_from: str | None = None
+
+  def __post_init__(self):
+    if self.every_steps < 0 or self.keep < 1:
+      raise ValueError("CheckpointConfig.every_steps must be >= 0 and keep >= 1.")
+    if self.best_mode not in ("max", "min"):
+      raise ValueError(f"CheckpointConfig.best_mode={self.best_mode!r} is not 'max' or 'min'.")
+
+
+def checkpoints_dir(path: str) -> str:
+  """Accepts a run directory or its checkpoints/ directory; returns the latter."""
+  sub = os.path.join(path, "checkpoints")
+  return sub if os.path.isdir(sub) else path
+
+
+def ensure_writable(directory: str) -> None:
+  """Fails before training, not at the first save, if `directory` cannot be written."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, f".write_probe_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(
+        f"Checkpoint directory {directory} is not writable ({e.strerror}); choose another "
+        "--run_dir or fix its permissions.") from None
+
+
+def _manager(directory: str, cfg: CheckpointConfig | None = None, read_only=False):
+  cfg = cfg or CheckpointConfig()
+  policies = [checkpoint_managers.LatestN(n=cfg.keep)]
+  if cfg.best_metric:
+    policies.append(checkpoint_managers.BestN(
+        get_metric_fn=lambda m: m[cfg.best_metric], reverse=cfg.best_mode == "max", n=1,
+        keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      enable_async_checkpointing=cfg.async_save and not read_only,
+      preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+      create=not read_only, read_only=read_only)
+  return ocp.CheckpointManager(directory, options=options,
+                               item_names=("params", "train", "meta"))
+
+
+def _abstract(tree, shardings=None):
+  """ShapeDtypeStructs (with target shardings) that tell Orbax how to restore."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+class Checkpointer:
+  """Saves and restores a run's TrainState with Orbax."""
+
+  def __init__(self, directory: str, cfg: CheckpointConfig):
+    self.directory = os.path.abspath(directory)
+    self.cfg = cfg
+    ensure_writable(self.directory)
+    self._manager = _manager(self.directory, cfg)
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, state, meta: dict, metrics: dict | None = None) -> None:
+    """Saves at state.step (asynchronously if configured)."""
+    step = int(state.step)
+    train = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+    self._manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params),
+        train=ocp.args.StandardSave(train),
+        meta=ocp.args.JsonSave({**meta, "step": step})), metrics=metrics, force=True)
+
+  def restore_latest(self, abstract_state, shardings) -> tuple[Any, dict] | None:
+    """Restores the newest readable checkpoint onto `shardings`, or None if there is none.
+
+    A checkpoint that fails to read (corrupt or truncated files) is skipped with
+    a warning, and the one before it is tried; nothing is deleted.
+    """
+    for step in reversed(self.steps()):
+      try:
+        return self._restore(step, abstract_state, shardings)
+      except Exception as e:  # noqa: BLE001 - any read failure means "try the previous one"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        log.warning("Checkpoint at step %d in %s is unreadable (%s); falling back to the "
+                    "previous one.", step, self.directory, msg[:300])
+        print(f"warning: checkpoint at step {step} is unreadable ({msg[:200]}); "
+              "trying the previous one", flush=True)
+    return None
+
+  def _restore(self, step, abstract_state, shardings):
+    train = {"opt_state": abstract_state.opt_state, "step": abstract_state.step,
+             "rng": abstract_state.rng}
+    train_shardings = {"opt_state": shardings.opt_state, "step": shardings.step,
+                       "rng": shardings.rng}
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(_abstract(abstract_state.params, shardings.params)),
+        train=ocp.args.StandardRestore(_abstract(train, train_shardings)),
+        meta=ocp.args.JsonRestore()))
+    t = restored["train"]
+    state = abstract_state.replace(params=restored["params"], opt_state=t["opt_state"],
+                                   step=t["step"], rng=t["rng"])
+    if int(state.step) != step:
+      raise ValueError(f"step {int(state.step)} stored under directory step {step}")
+    return state, restored["meta"]
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def latest_step(path: str) -> int:
+  """The newest complete checkpoint step under a run or checkpoints directory."""
+  directory = checkpoints_dir(path)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"Checkpoint directory {directory} does not exist.")
+  manager = _manager(directory, read_only=True)
+  step = manager.latest_step()
+  manager.close()
+  if step is None:
+    raise FileNotFoundError(f"No complete checkpoint in {directory}.")
+  return step
+
+
+def read_meta(path: str, step: int | None = None) -> dict:
+  """The JSON metadata (model config, vocabulary, gin config) of a checkpoint."""
+  directory = checkpoints_dir(path)
+  step = latest_step(directory) if step is None else step
+  manager = _manager(directory, read_only=True)
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  manager.close()
+  return meta
+
+
+def model_config_from_meta(meta: dict) -> T5Config:
+  return T5Config(**meta["model_config"])
+
+
+def load_params(path: str, abstract_params, shardings=None, step: int | None = None):
+  """Parameters only (for fine-tuning, evaluation and inference), restored onto
+  `shardings` and into the dtypes of `abstract_params`."""
+  directory = checkpoints_dir(path)
+  step = latest_step(directory) if step is None else step
+  manager = _manager(directory, read_only=True)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(_abstract(abstract_params, shardings))))
+  manager.close()
+  return restored["params"]
+
+
+def save_params(path: str, params, meta: dict, step: int = 0) -> str:
+  """Writes a parameters-only checkpoint (e.g. converted from Hugging Face)."""
+  directory = os.path.join(os.path.abspath(path), "checkpoints")
+  ensure_writable(directory)
+  manager = _manager(directory, CheckpointConfig(async_save=False))
+  manager.save(step, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(params),
+      meta=ocp.args.JsonSave({**meta, "step": step})), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return directory
