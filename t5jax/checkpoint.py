@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from typing import Any
 
 import gin
@@ -131,11 +132,24 @@ class Checkpointer:
         return self._restore(step, abstract_state, shardings)
       except Exception as e:  # noqa: BLE001 - any read failure means "try the previous one"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        log.warning("Checkpoint at step %d in %s is unreadable (%s); falling back to the "
-                    "previous one.", step, self.directory, msg[:300])
-        print(f"warning: checkpoint at step {step} is unreadable ({msg[:200]}); "
-              "trying the previous one", flush=True)
+        kept = self._set_aside(step)
+        log.warning("Checkpoint at step %d is unreadable (%s); kept as %s.", step, msg, kept)
+        print(f"warning: checkpoint at step {step} is unreadable ({msg[:200]}); kept as "
+              f"{kept}; falling back to the previous one", flush=True)
     return None
+
+  def _set_aside(self, step: int) -> str:
+    """Renames an unreadable step out of Orbax's sight (so training can save that
+    step again) without deleting anything."""
+    source = os.path.join(self.directory, str(step))
+    target = f"{source}.unreadable-{int(time.time())}"
+    if jax.process_index() == 0 and os.path.isdir(source):
+      os.rename(source, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"t5jax_set_aside_{step}")
+    self._manager.reload()
+    return target
 
   def _restore(self, step, abstract_state, shardings):
     train = {"opt_state": abstract_state.opt_state, "step": abstract_state.step,

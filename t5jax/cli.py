@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
   train.add_argument("--run_dir", default="runs/demo", help="where logs and checkpoints go")
   train.add_argument("--module", action="append", default=[],
                      help="Python module(s) to import first, e.g. to register your tasks")
+  train.add_argument("--init_from", default=None,
+                     help="fine-tune: start from this run's (or converted) parameters")
 
   tasks = sub.add_parser("tasks", help="list registered tasks and mixtures")
   tasks.add_argument("--module", action="append", default=[])
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if args.command == "train":
       from t5jax import config, train
+      if args.init_from:
+        bindings.append(f"CheckpointConfig.init_from = {args.init_from!r}")
       config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
       train.train(args.run_dir, train.TrainConfig())
     elif args.command == "tasks":

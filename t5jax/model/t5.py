@@ -1,7 +1,7 @@
 """The T5 encoder-decoder (1.0, 1.1 and mT5 variants), with separate encode/decode.
 
 Parameter tree (the names t5x uses, so that conversion tables stay short):
-  token_embedder/embedding                      [vocab, embed]
+  token_embedder                                [vocab, embed]
   encoder/relpos_bias/rel_embedding             [relpos_buckets, heads]
   encoder/layers_{i}/{pre_attention_layer_norm, attention, pre_mlp_layer_norm, mlp}
   encoder/encoder_norm
@@ -10,7 +10,7 @@ Parameter tree (the names t5x uses, so that conversion tables stay short):
                       pre_cross_attention_layer_norm, encoder_decoder_attention,
                       pre_mlp_layer_norm, mlp}
   decoder/decoder_norm
-  decoder/logits_dense/kernel                   [embed, vocab]  (untied only)
+  decoder/logits_dense                          [embed, vocab]  (untied only)
 """
 
 from __future__ import annotations
