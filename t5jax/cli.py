@@ -1,4 +1,6 @@
-"""Command line: `t5jax train | tasks` (each subcommand a thin wrapper over the API).
+"""Command line: `t5jax train | tasks | convert` (thin wrappers over the Python API).
+
+Errors print as one line; set T5JAX_TRACEBACK=1 to see the full traceback.
 
     t5jax train --gin_file=runs/demo.gin --gin.TrainConfig.num_steps=100 --run_dir=runs/x
 """
@@ -59,6 +61,17 @@ def _parser() -> argparse.ArgumentParser:
 
   tasks = sub.add_parser("tasks", help="list registered tasks and mixtures")
   tasks.add_argument("--module", action="append", default=[])
+
+  convert = sub.add_parser("convert", help="Hugging Face directory <-> t5jax checkpoint")
+  direction = convert.add_mutually_exclusive_group(required=True)
+  direction.add_argument("--from-hf", dest="from_hf", metavar="HF_DIR",
+                         help="config.json + (sharded) safetensors or pytorch_model.bin")
+  direction.add_argument("--to-hf", dest="to_hf", metavar="CKPT_DIR",
+                         help="a t5jax run or checkpoint directory")
+  convert.add_argument("--out", required=True, help="directory to write")
+  convert.add_argument("--max_shard_bytes", type=int, default=None,
+                       help="with --to-hf: shard model.safetensors above this size")
+  convert.set_defaults(module=[])
   return parser
 
 
@@ -76,10 +89,20 @@ def main(argv: list[str] | None = None) -> int:
         bindings.append(f"CheckpointConfig.init_from = {args.init_from!r}")
       config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
       train.train(args.run_dir, train.TrainConfig())
+    elif args.command == "convert":
+      from t5jax.interop import convert
+      if args.from_hf:
+        path = convert.hf_to_checkpoint(args.from_hf, args.out)
+        print(f"Wrote t5jax checkpoint {path}")
+      else:
+        convert.checkpoint_to_hf(args.to_hf, args.out, args.max_shard_bytes)
+        print(f"Wrote Hugging Face directory {args.out}")
     elif args.command == "tasks":
       from t5jax.data import listing
       print(listing.format_registry())
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+  except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+    if os.environ.get("T5JAX_TRACEBACK"):
+      raise
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -1,0 +1,221 @@
+"""T5 span corruption (Raffel et al. 2020, sec. 3.1.4), written for t5jax.
+
+Follows `t5.data.preprocessors.span_corruption`: concatenate tokenized documents, split them into
+segments that corrupt to exactly `inputs_length` tokens, drop ~15% of tokens in spans of mean
+length 3, replace each dropped span by a sentinel in the inputs and list the spans after their
+sentinels in the targets. Sentinels count down from the top of the vocabulary:
+`<extra_id_0>` = vocab_size - 1 (32099 for T5).
+"""
+
+from typing import Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+NOISE_DENSITY = 0.15
+MEAN_NOISE_SPAN_LENGTH = 3.0
+# Documents concatenated before splitting, as in T5's `reduce_concat_tokens`.
+CONCAT_BATCH = 128
+
+
+def _corrupted_lengths(tokens_length: int, noise_density: float,
+                       mean_noise_span_length: float) -> tuple[int, int]:
+  num_noise_tokens = int(round(tokens_length * noise_density))
+  num_nonnoise_tokens = tokens_length - num_noise_tokens
+  num_noise_spans = int(round(num_noise_tokens / mean_noise_span_length))
+  # Inputs keep the non-noise tokens plus one sentinel per span; targets hold the noise
+  # tokens plus one sentinel per span; both end with EOS.
+  return (num_nonnoise_tokens + num_noise_spans + 1, num_noise_tokens + num_noise_spans + 1)
+
+
+def span_corruption_lengths(inputs_length: int,
+                            noise_density: float = NOISE_DENSITY,
+                            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
+                           ) -> tuple[int, int]:
+  """T5's `random_spans_helper`: how many raw tokens fill `inputs_length` after corruption.
+
+  Args:
+    inputs_length: encoder length, EOS included (e.g. 512).
+    noise_density: fraction of tokens dropped.
+    mean_noise_span_length: mean length of a dropped span.
+
+  Returns:
+    (tokens_length_before_noise, targets_length), e.g. (568, 114) for 512.
+  """
+  if inputs_length < 2:
+    raise ValueError(f"inputs_length={inputs_length} is too short for span corruption; use >= 2")
+  tokens_length = inputs_length - 1
+  while _corrupted_lengths(tokens_length + 1, noise_density,
+                           mean_noise_span_length)[0] <= inputs_length:
+    tokens_length += 1
+  _, targets_length = _corrupted_lengths(tokens_length, noise_density, mean_noise_span_length)
+  # T5's tweak so that targets are not longer than inputs at density 0.5.
+  if noise_density == 0.5 and targets_length > inputs_length:
+    tokens_length -= 1
+    targets_length -= 1
+  return tokens_length, targets_length
+
+
+def random_spans_noise_mask(length: tf.Tensor, noise_density: float,
+                            mean_noise_span_length: float, seeds: tf.Tensor) -> tf.Tensor:
+  """Boolean mask of `length` with noise spans; the first token is never noise.
+
+  Same algorithm as T5: split the noise and the non-noise tokens each into `num_spans` random
+  non-empty segments and interleave them, non-noise first.
+
+  Args:
+    length: number of tokens.
+    noise_density: fraction of tokens that are noise.
+    mean_noise_span_length: mean length of a noise span.
+    seeds: int32 [2, 2], one stateless seed for each of the two segmentations.
+
+  Returns:
+    bool [length].
+  """
+  orig_length = length
+  length = tf.maximum(length, 2)  # Guarantees at least one noise and one non-noise token.
+  num_noise_tokens = tf.cast(tf.round(tf.cast(length, tf.float32) * noise_density), tf.int32)
+  num_noise_tokens = tf.minimum(tf.maximum(num_noise_tokens, 1), length - 1)
+  num_noise_spans = tf.cast(
+      tf.round(tf.cast(num_noise_tokens, tf.float32) / mean_noise_span_length), tf.int32)
+  num_noise_spans = tf.maximum(num_noise_spans, 1)
+  num_nonnoise_tokens = length - num_noise_tokens
+
+  def random_segmentation(num_items, num_segments, seed):
+    first_in_segment = tf.pad(
+        seqio.stateless_shuffle(
+            tf.cast(tf.range(num_items - 1) < num_segments - 1, tf.int32), seed),
+        [[1, 0]])
+    segment_id = tf.cumsum(first_in_segment)
+    return tf.math.segment_sum(tf.ones_like(segment_id), segment_id)
+
+  noise_span_lengths = random_segmentation(num_noise_tokens, num_noise_spans, seeds[0])
+  nonnoise_span_lengths = random_segmentation(num_nonnoise_tokens, num_noise_spans, seeds[1])
+  interleaved = tf.reshape(
+      tf.stack([nonnoise_span_lengths, noise_span_lengths], axis=1), [num_noise_spans * 2])
+  span_starts = tf.cumsum(interleaved)[:-1]
+  span_start_indicator = tf.math.unsorted_segment_sum(
+      tf.ones_like(span_starts), span_starts, length)
+  is_noise = tf.equal(tf.cumsum(span_start_indicator) % 2, 1)
+  return is_noise[:orig_length]
+
+
+def replace_spans_with_sentinels(tokens: tf.Tensor, noise_mask: tf.Tensor,
+                                 vocab_size: int) -> tf.Tensor:
+  """Replaces each run of masked tokens by one sentinel, counting down from vocab_size - 1."""
+  prev_is_noise = tf.pad(noise_mask[:-1], [[1, 0]])
+  first_noise = tf.logical_and(noise_mask, tf.logical_not(prev_is_noise))
+  later_noise = tf.logical_and(noise_mask, prev_is_noise)
+  sentinel = vocab_size - tf.cumsum(tf.cast(first_noise, tokens.dtype))
+  tokens = tf.where(first_noise, sentinel, tokens)
+  return tf.boolean_mask(tokens, tf.logical_not(later_noise))
+
+
+def corrupt(tokens: tf.Tensor, seeds: tf.Tensor, vocab_size: int,
+            noise_density: float = NOISE_DENSITY,
+            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
+           ) -> tuple[tf.Tensor, tf.Tensor]:
+  """Span-corrupts one token sequence; returns (inputs, targets) without EOS."""
+  noise_mask = random_spans_noise_mask(
+      tf.size(tokens), noise_density, mean_noise_span_length, seeds)
+  inputs = replace_spans_with_sentinels(tokens, noise_mask, vocab_size)
+  targets = replace_spans_with_sentinels(tokens, tf.logical_not(noise_mask), vocab_size)
+  return inputs, targets
+
+
+def _concat_tokens(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  # Concatenating documents before splitting wastes no tokens on short documents.
+  dataset = dataset.map(lambda ex: {"targets": ex["targets"]})
+  dataset = dataset.padded_batch(CONCAT_BATCH, padded_shapes={"targets": [-1]})
+  return dataset.map(
+      lambda ex: {"targets": tf.boolean_mask(tf.reshape(ex["targets"], [-1]),
+                                             tf.reshape(ex["targets"], [-1]) > 0)})
+
+
+def _split_tokens(dataset: tf.data.Dataset, segment_length: int) -> tf.data.Dataset:
+  def split(ex):
+    tokens = ex["targets"]
+    n = tf.size(tokens)
+    num_segments = (n + segment_length - 1) // segment_length
+    padded = tf.pad(tokens, [[0, num_segments * segment_length - n]])
+    segments = tf.reshape(padded, [num_segments, segment_length])
+    lengths = tf.minimum(segment_length, n - tf.range(num_segments) * segment_length)
+    return tf.data.Dataset.from_tensor_slices((segments, lengths)).map(
+        lambda s, k: {"targets": s[:k]})
+
+  return dataset.flat_map(split)
+
+
+def _token_hash(tokens: tf.Tensor) -> tf.Tensor:
+  weights = tf.range(1, tf.size(tokens) + 1, dtype=tf.int64) * 2654435761  # Knuth's constant.
+  return tf.reduce_sum(tf.cast(tokens, tf.int64) * weights) % (1 << 31)
+
+
+def span_corruption(dataset: tf.data.Dataset,
+                    sequence_length: Mapping[str, int],
+                    output_features: Mapping[str, seqio.Feature],
+                    noise_density: float = NOISE_DENSITY,
+                    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> tf.data.Dataset:
+  """SeqIO preprocessor: tokenized "targets" documents -> span-corrupted inputs/targets.
+
+  Run after `seqio.preprocessors.tokenize` and before `append_eos_after_trim`. T5's
+  `select_random_chunk` (which caps documents at 65,536 tokens) is left out: no shipped
+  document comes close to that.
+  """
+  tokens_length, targets_length = span_corruption_lengths(
+      sequence_length["inputs"], noise_density, mean_noise_span_length)
+  if sequence_length["targets"] < targets_length:
+    raise ValueError(
+        f"targets_length={sequence_length['targets']} is too short for span corruption with "
+        f"inputs_length={sequence_length['inputs']}; use targets_length >= {targets_length}")
+  vocab_size = output_features["targets"].vocabulary.vocab_size
+  dataset = _split_tokens(_concat_tokens(dataset), tokens_length)
+
+  @seqio.map_over_dataset(num_seeds=2)
+  def denoise(ex, seeds):
+    # SeqIO gives every stream built with the same seed the same seed sequence; the batch
+    # pipeline builds one stream per batch row, so mixing in a hash of the tokens keeps the
+    # rows' noise masks independent while staying deterministic.
+    seeds = tf.cast(seeds, tf.int64) + _token_hash(ex["targets"])
+    inputs, targets = corrupt(
+        ex["targets"], seeds, vocab_size, noise_density, mean_noise_span_length)
+    return {"inputs": inputs, "targets": targets}
+
+  return denoise(dataset)
+
+
+def fill_sentinels(inputs: np.ndarray, targets: np.ndarray, vocab_size: int,
+                   num_sentinels: int = 100) -> np.ndarray:
+  """Undoes span corruption: puts each target span back in place of its sentinel.
+
+  Args:
+    inputs: corrupted input ids (EOS and padding, ids <= 1, are dropped).
+    targets: sentinel-delimited spans, as made by `corrupt`.
+    vocab_size: vocabulary size; sentinels are ids counting down from vocab_size - 1.
+    num_sentinels: how many top ids are sentinels (T5: the 100 extra ids).
+
+  Returns:
+    The original token ids.
+  """
+  targets = [int(t) for t in targets if t > 1]
+  spans: dict[int, list[int]] = {}
+  current = None
+  for t in targets:
+    if vocab_size - num_sentinels <= t < vocab_size:
+      current = t
+      spans[current] = []
+    elif current is None:
+      raise ValueError(f"targets must start with a sentinel, got id {t} first")
+    else:
+      spans[current].append(t)
+  restored = []
+  for t in inputs:
+    t = int(t)
+    if t <= 1:
+      continue
+    if t in spans:
+      restored.extend(spans[t])
+    else:
+      restored.append(t)
+  return np.asarray(restored, dtype=np.int32)
