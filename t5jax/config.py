@@ -66,8 +66,14 @@ def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
     root.removeFilter(quiet)
 
 
+# Bound before any file, so that a run that names no data trains on the demo mixture.
+DEFAULT_BINDINGS = ("InputSpec.mixture_or_task = 'multi30k_mix'",)
+
+
 def _parse(gin_files: list[str], bindings: list[str]) -> None:
   gin.clear_config()
+  for binding in DEFAULT_BINDINGS:
+    gin.parse_config(binding)
   for path in gin_search_paths():
     if path.is_dir():
       gin.add_config_file_search_path(str(path))
