@@ -1,4 +1,4 @@
-"""Command line: `t5jax train | tasks | convert` (thin wrappers over the Python API).
+"""Command line: `t5jax train | eval | infer | score | convert | tasks` (thin wrappers).
 
 Errors print as one line; set T5JAX_TRACEBACK=1 to see the full traceback.
 
@@ -72,7 +72,63 @@ def _parser() -> argparse.ArgumentParser:
   convert.add_argument("--max_shard_bytes", type=int, default=None,
                        help="with --to-hf: shard model.safetensors above this size")
   convert.set_defaults(module=[])
+
+  infer = sub.add_parser("infer", help="generate outputs for inputs, one JSON line each")
+  infer.add_argument("--checkpoint", required=True, help="run or converted checkpoint dir")
+  infer.add_argument("--input", required=True, help="text or JSONL ('inputs' field); - is stdin")
+  infer.add_argument("--output", default="-", help="JSONL to write; - is stdout")
+  infer.add_argument("--prefix", default="", help='prepended to each input, e.g. "summarize: "')
+  infer.add_argument("--max_decode_length", type=int, default=64)
+  _add_decode_flags(infer)
+  _add_common_model_flags(infer)
+
+  score = sub.add_parser("score", help="log-likelihood of targets given inputs")
+  score.add_argument("--checkpoint", required=True)
+  score.add_argument("--input", required=True, help="JSONL with 'inputs' and 'targets'")
+  score.add_argument("--output", default="-")
+  score.add_argument("--max_target_length", type=int, default=512)
+  _add_common_model_flags(score)
+
+  evaluate = sub.add_parser("eval", help="decode a task's split and compute its metrics")
+  evaluate.add_argument("--checkpoint", required=True)
+  which = evaluate.add_mutually_exclusive_group(required=True)
+  which.add_argument("--task")
+  which.add_argument("--mixture")
+  evaluate.add_argument("--split", default="validation")
+  evaluate.add_argument("--max_examples", type=int, default=None)
+  evaluate.add_argument("--targets_length", type=int, default=128)
+  evaluate.add_argument("--output_dir", default=None,
+                        help="where eval.jsonl and TensorBoard events go (default CHECKPOINT/eval)")
+  evaluate.add_argument("--module", action="append", default=[])
+  _add_decode_flags(evaluate)
+  _add_common_model_flags(evaluate)
   return parser
+
+
+def _add_common_model_flags(parser):
+  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--max_input_length", type=int, default=512)
+  parser.add_argument("--dtype", default="float32", help="activation dtype: float32 or bfloat16")
+  parser.set_defaults(module=getattr(parser, "module", []))
+
+
+def _add_decode_flags(parser):
+  parser.add_argument("--method", default=None, choices=("greedy", "sample", "beam"))
+  parser.add_argument("--temperature", type=float, default=None)
+  parser.add_argument("--top_k", type=int, default=None)
+  parser.add_argument("--top_p", type=float, default=None)
+  parser.add_argument("--num_beams", type=int, default=None)
+  parser.add_argument("--alpha", type=float, default=None, help="T5 length penalty (beam)")
+  parser.add_argument("--seed", type=int, default=None)
+
+
+def _decode_config(args):
+  """DecodeConfig from gin bindings, overridden by the flags that were given."""
+  from t5jax import decoding
+  flags = {k: getattr(args, k) for k in ("method", "temperature", "top_k", "top_p",
+                                         "num_beams", "alpha", "seed")
+           if getattr(args, k) is not None}
+  return decoding.DecodeConfig(**flags)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
   bindings, rest = _split_gin_flags(argv)
   args = _parser().parse_args(rest)
   _hide_accelerators_from_tensorflow()
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and SeqIO chatter; errors still show
   import t5jax.data.tasks  # noqa: F401  (registers the shipped tasks and mixtures)
   _import_user_modules(args.module)
   try:
@@ -97,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
       else:
         convert.checkpoint_to_hf(args.to_hf, args.out, args.max_shard_bytes)
         print(f"Wrote Hugging Face directory {args.out}")
+    elif args.command in ("infer", "score", "eval"):
+      from t5jax import config, evaluate, inference_cli  # noqa: F401 (gin configurables)
+      config.parse_gin([], bindings)
+      getattr(inference_cli, args.command)(args, _decode_config(args) if args.command != "score" else None)
     elif args.command == "tasks":
       from t5jax.data import listing
       print(listing.format_registry())

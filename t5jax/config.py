@@ -72,8 +72,8 @@ DEFAULT_BINDINGS = ("InputSpec.mixture_or_task = 'multi30k_mix'",)
 
 def _parse(gin_files: list[str], bindings: list[str]) -> None:
   gin.clear_config()
-  for binding in DEFAULT_BINDINGS:
-    gin.parse_config(binding)
+  for binding in DEFAULT_BINDINGS:  # skipped where training is not imported (e.g. infer)
+    gin.parse_config(binding, skip_unknown=True)
   for path in gin_search_paths():
     if path.is_dir():
       gin.add_config_file_search_path(str(path))

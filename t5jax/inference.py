@@ -1,0 +1,174 @@
+"""The Python API for a trained or converted model: generate text, score pairs.
+
+    from t5jax.inference import Predictor
+    model = Predictor.from_checkpoint("runs/demo")
+    model.generate(["translate English to French: The cat sat on the mat."])
+    model.score(["translate English to German: Hello."], ["Hallo."])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+
+from t5jax import checkpoint, decoding
+from t5jax.model import t5
+from t5jax.model.config import T5Config
+
+SPIECE_NAME = "spiece.model"
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  """One decoded output: the text, its tokens, its log-likelihood and rank score."""
+  text: str
+  tokens: list[int]
+  log_likelihood: float
+  score: float
+
+
+def vocabulary_for(path: str) -> seqio.SentencePieceVocabulary:
+  """The checkpoint's own SentencePiece model (converted checkpoints carry one)
+  or else the shipped T5 vocabulary the training tasks use."""
+  own = os.path.join(path, SPIECE_NAME)
+  if os.path.isfile(own):
+    return seqio.SentencePieceVocabulary(own, extra_ids=100)
+  from t5jax.data import vocab
+  return vocab.get_vocabulary()
+
+
+def _bucket(n: int, cap: int) -> int:
+  """Pads lengths to powers of two (at most `cap`) so few shapes get compiled."""
+  return min(cap, max(8, 1 << (max(n, 1) - 1).bit_length()))
+
+
+class Predictor:
+  """A model, its parameters and its vocabulary, ready to generate and score."""
+
+  def __init__(self, config: T5Config, params, vocabulary: seqio.Vocabulary):
+    if vocabulary.vocab_size > config.vocab_size:
+      raise ValueError(
+          f"The vocabulary has {vocabulary.vocab_size} pieces but the model has only "
+          f"{config.vocab_size} embedding rows; use the vocabulary the checkpoint was "
+          "trained with (put its spiece.model in the checkpoint directory).")
+    self.config = config
+    self.model = t5.Transformer(config)
+    self.params = params
+    self.vocabulary = vocabulary
+    self.truncated = 0  # inputs (or targets) cut to the maximum length so far
+
+  @classmethod
+  def from_checkpoint(cls, path: str, *, dtype: str = "float32",
+                      step: int | None = None) -> "Predictor":
+    """Loads a run directory, its checkpoints/ directory, or a converted checkpoint."""
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"Checkpoint directory {path} does not exist.")
+    meta = checkpoint.read_meta(path, step)
+    config = checkpoint.model_config_from_meta(meta).replace(dtype=dtype, dropout_rate=0.0)
+    model = t5.Transformer(config)
+    tokens = jnp.ones((1, 8), jnp.int32)
+    from t5jax.train_step import strip_boxes
+    abstract = strip_boxes(jax.eval_shape(
+        lambda: model.init(jax.random.key(0), tokens, tokens))["params"])
+    params = checkpoint.load_params(path, abstract, step=step)
+    # The vocabulary sits beside checkpoints/, in the run or converted directory.
+    root = os.path.dirname(os.path.abspath(checkpoint.checkpoints_dir(path)))
+    return cls(config, params, vocabulary_for(root))
+
+  # Tokenization ------------------------------------------------------------
+
+  def encode(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids with EOS, cut to max_length (counted in self.truncated)."""
+    out = []
+    for text in texts:
+      ids = list(self.vocabulary.encode(text))
+      if len(ids) > max_length - 1:
+        self.truncated += 1
+      out.append(ids[:max_length - 1] + [decoding.EOS_ID])
+    return out
+
+  def _pad(self, rows: list[list[int]], rows_to: int, cap: int) -> np.ndarray:
+    length = _bucket(max(len(r) for r in rows), cap)
+    array = np.zeros((rows_to, length), np.int32)
+    for i, r in enumerate(rows):
+      array[i, :len(r)] = r
+    return array
+
+  def decode_tokens(self, ids) -> str:
+    ids = [int(t) for t in ids]
+    if decoding.EOS_ID in ids:
+      ids = ids[:ids.index(decoding.EOS_ID)]
+    return self.vocabulary.decode([t for t in ids if t != 0])
+
+  # Generation and scoring --------------------------------------------------
+
+  def generate(self, inputs: Sequence[str], *,
+               strategy: decoding.DecodeConfig = decoding.DecodeConfig(),
+               max_input_length: int = 512, max_decode_length: int = 64,
+               batch_size: int = 32) -> list[Generation]:
+    """Decodes each input string; returns one Generation per input, in order."""
+    results = []
+    encoded = self.encode(inputs, max_input_length)
+    for start in range(0, len(encoded), batch_size):
+      rows = encoded[start:start + batch_size]
+      tokens = self._pad(rows, batch_size, max_input_length)
+      out = self.generate_tokens(tokens, strategy, max_decode_length)
+      for i in range(len(rows)):
+        ids = [int(t) for t in out.tokens_bl[i]]
+        results.append(Generation(self.decode_tokens(ids), ids, float(out.logprob_b[i]),
+                                  float(out.score_b[i])))
+    return results
+
+  def score(self, inputs: Sequence[str], targets: Sequence[str], *,
+            max_input_length: int = 512, max_target_length: int = 512,
+            batch_size: int = 32) -> list[float]:
+    """Log-likelihood of each target given its input: the sum of the target
+    tokens' log-probabilities, EOS included."""
+    if len(inputs) != len(targets):
+      raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets; give one each.")
+    enc_rows = self.encode(inputs, max_input_length)
+    dec_rows = self.encode(targets, max_target_length)
+    scores = []
+    for start in range(0, len(enc_rows), batch_size):
+      enc = self._pad(enc_rows[start:start + batch_size], batch_size, max_input_length)
+      tgt = self._pad(dec_rows[start:start + batch_size], batch_size, max_target_length)
+      loglik = self.log_likelihood_tokens(enc, tgt)
+      scores.extend(float(x) for x in loglik[:len(enc_rows[start:start + batch_size])])
+    return scores
+
+
+  def generate_tokens(self, encoder_input_tokens: np.ndarray,
+                      strategy: decoding.DecodeConfig, max_decode_length: int):
+    """Decodes a padded [B, S] token array; returns DecodeOutput on the host."""
+    return jax.device_get(_generate(self.model, self.params, encoder_input_tokens,
+                                    max_decode_length, strategy))
+
+  def log_likelihood_tokens(self, encoder_input_tokens: np.ndarray,
+                            target_tokens: np.ndarray) -> np.ndarray:
+    """Teacher-forced log-likelihood [B] of padded target tokens (EOS included)."""
+    return np.asarray(jax.device_get(
+        _log_likelihood(self.model, self.params, encoder_input_tokens, target_tokens)))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "strategy"))
+def _generate(model, params, tokens, max_decode_length, strategy):
+  return decoding.generate(model, params, tokens, max_decode_length=max_decode_length,
+                           strategy=strategy)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _log_likelihood(model, params, encoder_tokens, targets):
+  """Teacher-forced sum of log p(target token) over non-padding targets [B]."""
+  decoder_inputs = jnp.concatenate(
+      [jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+  logits = model.apply({"params": params}, encoder_tokens, decoder_inputs)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  return jnp.sum(token_logp * (targets > 0), axis=-1)
