@@ -82,7 +82,7 @@ def _manager(directory: str, cfg: CheckpointConfig | None = None, read_only=Fals
   policies = [checkpoint_managers.LatestN(n=cfg.keep)]
   if cfg.best_metric:
     policies.append(checkpoint_managers.BestN(
-        get_metric_fn=lambda m: m[cfg.best_metric], reverse=cfg.best_mode == "max", n=1,
+        get_metric_fn=lambda m: m[cfg.best_metric], reverse=cfg.best_mode == "min", n=1,  # keeps the last n after sorting
         keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
       enable_async_checkpointing=cfg.async_save and not read_only,

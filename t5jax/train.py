@@ -11,7 +11,8 @@ import gin
 import jax
 import numpy as np
 
-from t5jax import checkpoint, decoding, losses, metrics, optim, partitioning, preemption, train_step
+from t5jax import (checkpoint, decoding, evaluate, losses, metrics, optim, partitioning,
+                   preemption, train_step)
 from t5jax import config as gin_config
 from t5jax.data import pipeline, vocab
 from t5jax.model import config as model_config
@@ -37,6 +38,7 @@ class TrainConfig:
     optimizer: optimiser and learning-rate schedule.
     loss: z-loss, label smoothing, normalisation, per-task weights.
     checkpoint: saving, keeping, resuming and fine-tuning.
+    eval: periodic evaluation (SeqIO metrics per task) during training.
     seed: parameter initialisation and dropout.
     log_every: steps between metric lines.
     num_sample_predictions: validation examples greedily decoded at the end.
@@ -53,6 +55,7 @@ class TrainConfig:
   loss: losses.LossConfig = dataclasses.field(default_factory=losses.LossConfig)
   checkpoint: checkpoint.CheckpointConfig = dataclasses.field(
       default_factory=checkpoint.CheckpointConfig)
+  eval: evaluate.EvalConfig = dataclasses.field(default_factory=evaluate.EvalConfig)
   seed: int = 0
   log_every: int = 10
   num_sample_predictions: int = 4
@@ -128,9 +131,15 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
             metrics.progress_line(done, config.num_steps, summary, task_names, eta), primary)
         summaries.append({"step": done, **summary})
         window, window_start = [], time.time()
-      if stop or done == config.num_steps or (every and done % every == 0):
+      eval_metrics = None
+      if config.eval.every_steps and (done % config.eval.every_steps == 0
+                                      or done == config.num_steps):
+        eval_metrics = _evaluate(config, model, state.params, writer, done, primary)
+      if (stop or done == config.num_steps or (every and done % every == 0)
+          or (eval_metrics and config.checkpoint.best_metric)):
         _check_finite(jax.device_get(window), done - len(window) + 1, ckpt)
-        ckpt.save(state, {**meta, "data": {**meta["data"], "next_step": done}})
+        ckpt.save(state, {**meta, "data": {**meta["data"], "next_step": done}},
+                  metrics=eval_metrics)
       if stop:
         ckpt.close()
         writer.close()
@@ -192,6 +201,18 @@ def _checkpoint_meta(config: TrainConfig, model) -> dict:
                "batch_size": config.batch_size},
       "gin": gin.config_str(),
   }
+
+
+def _evaluate(config: TrainConfig, model, params, writer, step: int, primary: bool) -> dict:
+  """Runs the evaluation of `config.eval` on the current parameters."""
+  from t5jax.inference import Predictor
+  predictor = Predictor(model.config.replace(dropout_rate=0.0), params, vocab.get_vocabulary())
+  name = config.eval.mixture_or_task or config.data.mixture_or_task
+  results = evaluate.evaluate(predictor, config.eval, name)
+  flat = evaluate.flatten(results)
+  writer.write(step, flat, prefix="eval")
+  metrics.print_line(f"eval at step {step}:\n{evaluate.format_table(results)}", primary)
+  return flat
 
 
 def _num_params(params) -> int:
