@@ -1,4 +1,4 @@
-"""Command line: `t5jax train | eval | infer | score | convert | tasks` (thin wrappers).
+"""Command line: `t5jax train | eval | infer | score | convert | tasks | plot` (thin wrappers).
 
 Errors print as one line; set T5JAX_TRACEBACK=1 to see the full traceback.
 
@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
   convert.add_argument("--max_shard_bytes", type=int, default=None,
                        help="with --to-hf: shard model.safetensors above this size")
   convert.set_defaults(module=[])
+
+  plot = sub.add_parser("plot", help="draw a run's per-task loss curves into a PNG")
+  plot.add_argument("run_dir")
+  plot.add_argument("--output", default=None, help="PNG path (default RUN_DIR/loss_by_task.png)")
+  plot.set_defaults(module=[])
 
   infer = sub.add_parser("infer", help="generate outputs for inputs, one JSON line each")
   infer.add_argument("--checkpoint", required=True, help="run or converted checkpoint dir")
@@ -159,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
       from t5jax import config, evaluate, inference_cli  # noqa: F401 (gin configurables)
       config.parse_gin([], bindings)
       getattr(inference_cli, args.command)(args, _decode_config(args) if args.command != "score" else None)
+    elif args.command == "plot":
+      from t5jax import plot
+      print(f"Wrote {plot.plot_run(args.run_dir, args.output)}")
     elif args.command == "tasks":
       from t5jax.data import listing
       print(listing.format_registry())

@@ -149,3 +149,14 @@ def test_converted_hugging_face_model_scores_like_transformers(tmp_path, capsys)
   back = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "back")
   for (name, a), (_, b) in zip(hf.state_dict().items(), back.state_dict().items()):
     assert torch.equal(a, b), name
+
+
+def test_plot_draws_per_task_loss_curves(trained_run, tmp_path, capsys):
+  out = tmp_path / "curves.png"
+  code, stdout, err = run(["plot", trained_run, f"--output={out}"], capsys)
+  assert code == 0, err
+  data = out.read_bytes()
+  assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+  from t5jax import plot
+  records = plot.read_metrics(trained_run)
+  assert {r["split"] for r in records} == {"train", "eval"}
