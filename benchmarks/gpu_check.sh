@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# One-shot GPU run of benchmarks/train_step.py: T5 1.1 base and large, bf16, t5jax
+# against Hugging Face PyTorch, in well under 8 minutes on one H100/H200-class GPU.
+#
+#   bash benchmarks/gpu_check.sh            # from the repository root or anywhere
+#   OUT=/some/dir bash benchmarks/gpu_check.sh
+#
+# Results (JSON lines, logs, nvidia-smi) go to $OUT if set, else benchmarks/results/gpu/.
+# On a GPU host whose python lacks a GPU jax, it pip-installs jax[cuda12] at the version
+# pyproject.toml pins. On an offline host (no registry), carry wheels in .whl/
+# (gin-config at least; see docs/performance.md) and they are installed from there.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+OUT_DIR="${OUT:-benchmarks/results/gpu}"
+PYTHON="${PYTHON:-python3}"
+# The lower bound of pyproject's jax pin ("jax>=0.10.2,<0.11"): the version we test.
+JAX_VERSION="${JAX_VERSION:-$(sed -n 's/.*"jax>=\([0-9.]*\),.*/\1/p' pyproject.toml)}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+START=$SECONDS
+
+if ! command -v nvidia-smi >/dev/null; then
+  echo "gpu_check.sh: no nvidia-smi on this machine; it is for a GPU host." >&2
+  exit 2
+fi
+mkdir -p "$OUT_DIR"
+nvidia-smi | tee "$OUT_DIR/nvidia-smi.txt"
+
+if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+
+jax_gpu() {
+  "$PYTHON" -c "import jax; assert jax.devices()[0].platform == 'gpu'; print(jax.__version__)" \
+    2>/dev/null
+}
+have="$(jax_gpu || true)"
+if [ "$have" != "$JAX_VERSION" ]; then
+  echo "python's jax on GPU: '${have:-none}'; installing jax[cuda12]==$JAX_VERSION"
+  if ! "$PYTHON" -m pip install -q --retries 1 --timeout 10 "jax[cuda12]==$JAX_VERSION"; then
+    if [ -z "$have" ]; then
+      echo "gpu_check.sh: pip could not install jax[cuda12]==$JAX_VERSION and no GPU jax" \
+           "is installed; carry the wheels in .whl/ (docs/performance.md)." >&2
+      exit 3
+    fi
+    echo "WARNING: pip failed (offline?); going on with the installed jax $have," \
+         "not the pinned $JAX_VERSION." | tee "$OUT_DIR/WARNING.txt"
+  fi
+fi
+missing="$("$PYTHON" -c "
+import importlib.util as u
+print(' '.join(m for m in ('gin', 'flax', 'optax', 'torch', 'transformers') if not u.find_spec(m)))")"
+if [ -n "$missing" ]; then
+  echo "installing missing modules: $missing"
+  "$PYTHON" -m pip install -q --retries 1 --timeout 10 $(echo "$missing" | sed 's/\bgin\b/gin-config/') || {
+    echo "gpu_check.sh: missing $missing and pip cannot install them; carry wheels in .whl/." >&2
+    exit 3
+  }
+fi
+"$PYTHON" - <<'EOF' | tee "$OUT_DIR/env.txt"
+import flax, jax, optax, torch, transformers
+print(f"jax {jax.__version__} {jax.devices()}; flax {flax.__version__}; optax {optax.__version__}")
+print(f"torch {torch.__version__} cuda {torch.cuda.is_available()}; transformers {transformers.__version__}")
+EOF
+echo "set-up took $((SECONDS - START)) s"
+
+# model, batch, timeout in seconds. The timeouts keep the whole script under 8 minutes
+# even if a compile is slow; a run cut off loses only its own line.
+run() {
+  local model=$1 batch=$2 limit=$3
+  echo "== $model bf16 batch $batch x 512/114 (limit ${limit} s)"
+  timeout "$limit" "$PYTHON" benchmarks/train_step.py --model "$model" --dtype bfloat16 \
+    --batch "$batch" --inputs_length 512 --targets_length 114 --steps 5 --rounds 3 \
+    --json_out "$OUT_DIR/gpu_results.jsonl" 2>&1 | tee "$OUT_DIR/$model.log" \
+    || echo "$model: exit status $? (124 = timed out)" | tee -a "$OUT_DIR/$model.log"
+}
+run t5_1_1_base 32 170
+run t5_1_1_large 32 250
+echo "gpu_check.sh done in $((SECONDS - START)) s; results in $OUT_DIR"
