@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="Python module(s) to import first, e.g. to register your tasks")
   train.add_argument("--init_from", default=None,
                      help="fine-tune: start from this run's (or converted) parameters")
+  train.add_argument("--coordinator_address", default=None,
+                     help="multi-process: HOST:PORT of process 0")
+  train.add_argument("--num_processes", type=int, default=None)
+  train.add_argument("--process_id", type=int, default=None)
+  train.add_argument("--distributed", default=None, choices=("auto", "none"),
+                     help="auto: let JAX detect Cloud TPU / SLURM / Kubernetes "
+                     "(also T5JAX_DISTRIBUTED=auto)")
 
   tasks = sub.add_parser("tasks", help="list registered tasks and mixtures")
   tasks.add_argument("--module", action="append", default=[])
@@ -147,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
   _import_user_modules(args.module)
   try:
     if args.command == "train":
-      from t5jax import config, train
+      from t5jax import config, distributed, train
+      distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                             args.distributed)
       if args.init_from:
         bindings.append(f"CheckpointConfig.init_from = {args.init_from!r}")
       config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)

@@ -33,6 +33,9 @@ class T5Config:
     param_dtype: parameter dtype.
     remat_policy: "none", "minimal" (save matmul outputs) or "full" (save nothing)
       per layer, to trade compute for memory.
+    scan_layers: run each stack's layers as one `nn.scan` over stacked
+      parameters (leading logical axis "layers"): one layer is compiled instead
+      of N, which makes large models compile quickly. Same numbers.
   """
 
   vocab_size: int = 32128
@@ -51,6 +54,7 @@ class T5Config:
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
   remat_policy: str = "none"
+  scan_layers: bool = False
 
   def __post_init__(self):
     if self.feed_forward not in FEED_FORWARD_KINDS:

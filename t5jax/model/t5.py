@@ -36,6 +36,40 @@ def _maybe_remat(layer_cls, config: T5Config):
   return nn.remat(layer_cls, policy=_REMAT_POLICIES[config.remat_policy])
 
 
+class _ScanStep(nn.Module):
+  """Adapts a layer to nn.scan's (carry, x) -> (carry, y) signature."""
+  layer_cls: type
+  config: T5Config
+  deterministic: bool
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x_btd, *args):
+    kwargs = {"decode": self.decode} if self.layer_cls is not EncoderLayer else {}
+    layer = _maybe_remat(self.layer_cls, self.config)(
+        self.config, self.deterministic, name="layer", **kwargs)
+    return layer(x_btd, *args), None
+
+
+def run_layers(module: nn.Module, layer_cls, num_layers: int, x_btd, args, deterministic,
+               decode=None):
+  """Applies `num_layers` layers: unrolled (layers_0 ... layers_N-1) or as one scan
+  over parameters stacked on a leading "layers" axis (config.scan_layers)."""
+  cfg = module.config
+  kwargs = {} if decode is None else {"decode": decode}
+  if not cfg.scan_layers:
+    layer = _maybe_remat(layer_cls, cfg)
+    for i in range(num_layers):
+      x_btd = layer(cfg, deterministic, name=f"layers_{i}", **kwargs)(x_btd, *args)
+    return x_btd
+  scanned = nn.scan(
+      _ScanStep, variable_axes={"params": 0, "cache": 0},
+      split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
+      length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+  x_btd, _ = scanned(layer_cls, cfg, deterministic, name="layers", **kwargs)(x_btd, *args)
+  return x_btd
+
+
 def attention_masks(encoder_segment_ids_bs, decoder_segment_ids_bt):
   """Boolean masks that keep attention inside packed segments and off padding.
 
@@ -110,9 +144,8 @@ class Encoder(nn.Module):
     s = x_bsd.shape[1]
     bias_nss = layers.RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(s, s)
     x_bsd = nn.Dropout(cfg.dropout_rate)(x_bsd, deterministic=deterministic)
-    layer_cls = _maybe_remat(EncoderLayer, cfg)
-    for i in range(cfg.num_encoder_layers):
-      x_bsd = layer_cls(cfg, deterministic, name=f"layers_{i}")(x_bsd, mask_bss, bias_nss)
+    x_bsd = run_layers(self, EncoderLayer, cfg.num_encoder_layers, x_bsd,
+                       (mask_bss, bias_nss), deterministic)
     x_bsd = layers.RMSNorm(cfg, name="encoder_norm")(x_bsd)
     return nn.Dropout(cfg.dropout_rate)(x_bsd, deterministic=deterministic)
 
@@ -145,10 +178,9 @@ class Decoder(nn.Module):
       self_mask_btt = causal if self_mask_btt is None else causal & self_mask_btt
 
     y_btd = nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)
-    layer_cls = _maybe_remat(DecoderLayer, cfg)
-    for i in range(cfg.num_decoder_layers):
-      y_btd = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")(
-          y_btd, encoded_bsd, self_mask_btt, cross_mask_bts, bias_ntt, cache_index)
+    y_btd = run_layers(self, DecoderLayer, cfg.num_decoder_layers, y_btd,
+                       (encoded_bsd, self_mask_btt, cross_mask_bts, bias_ntt, cache_index),
+                       deterministic, decode)
     y_btd = layers.RMSNorm(cfg, name="decoder_norm")(y_btd)
     y_btd = nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)
 
