@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="multi-process: HOST:PORT of process 0")
   train.add_argument("--num_processes", type=int, default=None)
   train.add_argument("--process_id", type=int, default=None)
+  train.add_argument("--heartbeat_timeout_seconds", type=int, default=100,
+                     help="multi-process: a process silent this long is declared dead and "
+                     "the others exit with an error")
   train.add_argument("--distributed", default=None, choices=("auto", "none"),
                      help="auto: let JAX detect Cloud TPU / SLURM / Kubernetes "
                      "(also T5JAX_DISTRIBUTED=auto)")
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
       from t5jax import config, distributed, train
       distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                             args.distributed)
+                             args.distributed, args.heartbeat_timeout_seconds)
       if args.init_from:
         bindings.append(f"CheckpointConfig.init_from = {args.init_from!r}")
       config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
