@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --to-hf: shard model.safetensors above this size")
   convert.set_defaults(module=[])
 
+  aot = sub.add_parser("compile", help="compile the train step for N devices and print "
+                       "per-device memory and FLOPs (fake CPU devices, no real arrays)")
+  aot.add_argument("--gin_file", action="append", default=[])
+  aot.add_argument("--devices", type=int, required=True, help="devices of the target mesh")
+  aot.add_argument("--module", action="append", default=[])
+
   plot = sub.add_parser("plot", help="draw a run's per-task loss curves into a PNG")
   plot.add_argument("run_dir")
   plot.add_argument("--output", default=None, help="PNG path (default RUN_DIR/loss_by_task.png)")
@@ -150,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   bindings, rest = _split_gin_flags(argv)
   args = _parser().parse_args(rest)
+  if args.command == "compile":
+    # Before any backend starts: N fake CPU devices stand in for the target's.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={args.devices}")
+    os.environ["JAX_PLATFORMS"] = "cpu"
   _hide_accelerators_from_tensorflow()
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and SeqIO chatter; errors still show
@@ -176,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
       from t5jax import config, evaluate, inference_cli  # noqa: F401 (gin configurables)
       config.parse_gin([], bindings)
       getattr(inference_cli, args.command)(args, _decode_config(args) if args.command != "score" else None)
+    elif args.command == "compile":
+      import json
+      from t5jax import aot, config, train
+      config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
+      report = aot.compile_train_step(train.TrainConfig())
+      print(aot.format_report(report))
+      print(json.dumps(report))
     elif args.command == "plot":
       from t5jax import plot
       print(f"Wrote {plot.plot_run(args.run_dir, args.output)}")

@@ -42,10 +42,17 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """Mesh axis sizes; one of them may be -1, meaning all remaining devices."""
+  """Mesh axis sizes; one of them may be -1, meaning all remaining devices.
+
+  `slices` > 1 builds a multi-slice (or multi-host) mesh: the data axis is split
+  into an outer part across slices (TPU slices over DCN, or processes when the
+  devices have no slice index), and fsdp and tensor stay inside a slice, on the
+  fast links. `data` must be a multiple of `slices`.
+  """
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
+  slices: int = 1
 
   def resolve(self, num_devices: int) -> tuple[int, int, int]:
     """Returns the concrete (data, fsdp, tensor) shape for `num_devices` devices."""
@@ -69,13 +76,29 @@ class MeshConfig:
     return tuple(shape)
 
 
+def _hybrid_device_array(shape, slices: int, devices):
+  """Devices ordered so the outer `slices` part of the data axis crosses slices."""
+  from jax.experimental import mesh_utils
+  by_slice = hasattr(devices[0], "slice_index")
+  granules = {getattr(d, "slice_index", None) if by_slice else d.process_index for d in devices}
+  if shape[0] % slices or len(granules) != slices:
+    raise ValueError(
+        f"MeshConfig.slices={slices} needs data={shape[0]} divisible by it and the devices in "
+        f"{slices} {'slices' if by_slice else 'processes'}, but they are in {len(granules)}.")
+  per_slice = (shape[0] // slices,) + tuple(shape[1:])
+  return mesh_utils.create_hybrid_device_mesh(per_slice, (slices, 1, 1), devices,
+                                              process_is_granule=not by_slice)
+
+
 def make_mesh(mesh_config: MeshConfig = MeshConfig(), devices=None) -> Mesh:
   """Builds the (data, fsdp, tensor) mesh over `devices` (default: all devices)."""
   devices = jax.devices() if devices is None else list(devices)
   shape = mesh_config.resolve(len(devices))
   n = math.prod(shape)
   device_array = np.asarray(devices[:n]).reshape(shape)
-  if n == len(devices):
+  if mesh_config.slices > 1:
+    device_array = _hybrid_device_array(shape, mesh_config.slices, devices[:n])
+  elif n == len(devices):
     try:  # topology-aware order where the platform offers one (TPU, GPU)
       from jax.experimental import mesh_utils
       device_array = mesh_utils.create_device_mesh(shape, devices=devices)

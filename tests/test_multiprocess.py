@@ -68,11 +68,17 @@ def single(tmp_path_factory):
   return losses(run_dir)
 
 
-@pytest.mark.parametrize("num_processes", [2, 4])
-def test_processes_match_one_process(single, tmp_path, num_processes):
+@pytest.mark.parametrize("num_processes, mesh_files, mesh", [
+    (2, [], "{'data': 4, 'fsdp': 1, 'tensor': 1}"),
+    (4, [], "{'data': 4, 'fsdp': 1, 'tensor': 1}"),
+    # Each process is a "slice": data across processes, FSDP inside each.
+    (2, ["--gin_file=runs/demo.gin", "--gin_file=mesh/multislice.gin"],
+     "{'data': 2, 'fsdp': 2, 'tensor': 1}"),
+], ids=["2proc", "4proc", "2proc_multislice"])
+def test_processes_match_one_process(single, tmp_path, num_processes, mesh_files, mesh):
   run_dir = str(tmp_path)
-  outs = wait_all(launch(run_dir, num_processes))
-  assert "mesh {'data': 4, 'fsdp': 1, 'tensor': 1}" in outs[0]
+  outs = wait_all(launch(run_dir, num_processes, extra=mesh_files))
+  assert f"mesh {mesh}" in outs[0]
   assert "step 6/6" in outs[0] and "step 6/6" not in outs[1]  # only process 0 logs
   got = losses(run_dir)
   assert sorted(got) == list(range(1, STEPS + 1))
@@ -81,7 +87,7 @@ def test_processes_match_one_process(single, tmp_path, num_processes):
   # Orbax wrote the checkpoints from all processes together; they resume together.
   assert sorted(int(p) for p in os.listdir(os.path.join(run_dir, "checkpoints"))
                 if p.isdigit()) == [3, 6]
-  if num_processes == 2:
+  if num_processes == 2 and not mesh_files:
     outs = wait_all(launch(run_dir, num_processes, steps=STEPS + 2))
     assert all(f"Resumed from step {STEPS}" in o for o in outs)
     assert losses(run_dir)[STEPS + 2] > 0

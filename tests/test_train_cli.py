@@ -29,7 +29,11 @@ def test_every_gin_file_parses_and_builds_its_model(name):
   tokens = jnp.ones((1, 8), jnp.int32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens))  # no memory
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) > 0
-  partitioning.make_mesh(config.mesh)  # every mesh preset fits the 8 test devices
+  if config.mesh.slices > 1:  # needs several processes or TPU slices; one process says so
+    with pytest.raises(ValueError, match=r"slices=2 needs .* in 2 processes, but they are in 1"):
+      partitioning.make_mesh(config.mesh)
+  else:
+    partitioning.make_mesh(config.mesh)  # every mesh preset fits the 8 test devices
   assert pipeline.task_names(config.data.mixture_or_task)
 
 
@@ -129,3 +133,22 @@ def test_user_task_module_trains_through_the_cli(tmp_path, capsys, monkeypatch):
   assert code == 0, capsys.readouterr().err
   out = capsys.readouterr().out
   assert "['my_reverse']" in out and "reverse: " in out
+
+
+def test_compile_reports_per_device_memory_and_flops(capsys, monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", ""))
+  code = cli.main(["compile", "--devices=8", "--gin_file=runs/demo.gin",
+                   "--gin_file=models/t5_1_1_small.gin", "--gin_file=mesh/fsdp.gin",
+                   "--gin.TrainConfig.model_overrides={'scan_layers': True}"])
+  assert code == 0
+  out = capsys.readouterr().out
+  report = json.loads(out.strip().splitlines()[-1])
+  assert report["parameters"] == 76_961_152 and report["devices"] == 8
+  assert report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  # FSDP over 8: each device holds an eighth of the fp32 parameters (and more for the
+  # optimizer and the batch shard), far less than the whole model.
+  assert 76_961_152 * 4 / 8 < report["argument_size_in_bytes"] < 76_961_152 * 4 / 2
+  assert report["peak_bytes_per_device"] > report["argument_size_in_bytes"]
+  assert report["model_flops_per_device"] > 0
+  assert "per device: arguments" in out
