@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5jax import optim, partitioning, train_step
+from t5jax import optim, partitioning, task_weighting, train_step
 from t5jax.model.flops import model_flops_per_step
 
 
@@ -36,8 +36,9 @@ def compile_train_step(config, num_tasks: int = 1) -> dict:
   lengths = (config.data.inputs_length, config.data.targets_length)
   start = time.time()
   with partitioning.sharding_context(mesh):
-    shardings = train_step.state_shardings(model, tx, mesh, *lengths)
-    abstract = train_step.abstract_train_state(model, tx, *lengths)
+    task_state = task_weighting.init_state(config.loss, num_tasks)
+    shardings = train_step.state_shardings(model, tx, mesh, *lengths, task_state)
+    abstract = train_step.abstract_train_state(model, tx, *lengths, task_state)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             abstract, shardings)
     step = train_step.jit_train_step(

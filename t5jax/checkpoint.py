@@ -2,7 +2,8 @@
 
 A checkpoint directory RUN_DIR/checkpoints/STEP/ holds three items:
   params     the model parameters (all a fine-tune or inference needs);
-  train      optimizer state, step and RNG (what exact resume needs besides);
+  train      optimizer state, step and RNG (what exact resume needs besides),
+             and the task state of dynamic task weighting when there is one;
   meta       JSON: step, the model's T5Config, the data position, the vocabulary
              and the run's resolved gin config.
 Orbax writes each step into a temporary directory and renames it when complete,
@@ -115,11 +116,16 @@ class Checkpointer:
   def save(self, state, meta: dict, metrics: dict | None = None) -> None:
     """Saves at state.step (asynchronously if configured)."""
     step = int(state.step)
-    train = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+    train = _train_item(state)
     self._manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         train=ocp.args.StandardSave(train),
         meta=ocp.args.JsonSave({**meta, "step": step})), metrics=metrics, force=True)
+
+  def read_meta(self, step: int) -> dict:
+    """The JSON metadata of one of this run's checkpoints (nothing else is read)."""
+    return self._manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def restore_latest(self, abstract_state, shardings) -> tuple[Any, dict] | None:
     """Restores the newest readable checkpoint onto `shardings`, or None if there is none.
@@ -152,17 +158,16 @@ class Checkpointer:
     return target
 
   def _restore(self, step, abstract_state, shardings):
-    train = {"opt_state": abstract_state.opt_state, "step": abstract_state.step,
-             "rng": abstract_state.rng}
-    train_shardings = {"opt_state": shardings.opt_state, "step": shardings.step,
-                       "rng": shardings.rng}
+    train = _train_item(abstract_state)
+    train_shardings = _train_item(shardings)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(_abstract(abstract_state.params, shardings.params)),
         train=ocp.args.StandardRestore(_abstract(train, train_shardings)),
         meta=ocp.args.JsonRestore()))
     t = restored["train"]
     state = abstract_state.replace(params=restored["params"], opt_state=t["opt_state"],
-                                   step=t["step"], rng=t["rng"])
+                                   step=t["step"], rng=t["rng"],
+                                   task_state=t.get("task_state", {}))
     if int(state.step) != step:
       raise ValueError(f"step {int(state.step)} stored under directory step {step}")
     return state, restored["meta"]
@@ -173,6 +178,16 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _train_item(state) -> dict:
+  """The `train` item of a TrainState (or of its abstract values or shardings).
+  Fixed task weights have no task state, and their `train` item is the same as
+  before task weighting existed, so older checkpoints still restore."""
+  item = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+  if jax.tree.leaves(state.task_state):
+    item["task_state"] = state.task_state
+  return item
 
 
 def latest_step(path: str) -> int:

@@ -145,11 +145,11 @@ def _add_decode_flags(parser):
 
 def _decode_config(args):
   """DecodeConfig from gin bindings, overridden by the flags that were given."""
-  from t5jax import decoding
+  from t5jax import evaluate
   flags = {k: getattr(args, k) for k in ("method", "temperature", "top_k", "top_p",
                                          "num_beams", "alpha", "seed")
            if getattr(args, k) is not None}
-  return decoding.DecodeConfig(**flags)
+  return evaluate.DecodeConfig(**flags)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
   except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
     if os.environ.get("T5JAX_TRACEBACK"):
       raise
-    print(f"error: {e}", file=sys.stderr)
+    # One line: gin appends its call context to errors of configurables it builds.
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    print(f"error: {message}", file=sys.stderr)
     return 2
   return 0
 

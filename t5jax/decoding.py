@@ -15,7 +15,6 @@ import dataclasses
 import functools
 from typing import NamedTuple
 
-import gin
 import jax
 import jax.numpy as jnp
 
@@ -29,7 +28,6 @@ _UNBATCHED_CACHE_LEAVES = ("index", "max_length_marker")
 _CROSS_CACHE_LEAVES = ("cross_key", "cross_value")  # layers.Attention's, fixed per input
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
   """How `generate` decodes.

@@ -13,6 +13,10 @@ from t5jax import decoding
 from t5jax.data import registry
 from t5jax.inference import Predictor
 
+# Registered here rather than decorated, so that errors raised by DecodeConfig in plain
+# Python stay one line (gin appends its call context to errors of what it wraps).
+DecodeConfig = gin.external_configurable(decoding.DecodeConfig, name="DecodeConfig")
+
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +40,7 @@ class EvalConfig:
   inputs_length: int = 512
   targets_length: int = 128
   batch_size: int = 32
-  strategy: decoding.DecodeConfig = dataclasses.field(default_factory=decoding.DecodeConfig)
+  strategy: decoding.DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
 
 
 def _batches(dataset, batch_size: int):

@@ -3,7 +3,9 @@
 The multi-task loss is L = sum_t w_t L_t. Every target token gets a scale
 c = w_task(token) / normaliser, computed once from the whole (global) batch, so
 that the loss is a plain sum of c * token_loss: additive over microbatches, and
-the per-task contributions add up to the total exactly.
+the per-task contributions add up to the total exactly. The weights w_t are fixed
+or dynamic (LossConfig.task_weighting; t5jax/task_weighting.py computes them in the
+step).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 NORMALIZATIONS = ("tokens", "per_task")
+TASK_WEIGHTINGS = ("fixed", "uncertainty", "dwa")
 
 
 @gin.configurable
@@ -31,11 +34,28 @@ class LossConfig:
       averages each task over its own tokens first, so L = sum_t w_t mean_t.
       A number divides by that constant instead (loss per fixed token budget).
     task_weights: {task name: w_t}; tasks not named weigh 1.0.
+    task_weighting: "fixed" uses task_weights as they are. "uncertainty" learns a
+      log-variance s_t per task (Kendall et al. 2018): L = sum_t (exp(-s_t) w_t L_t
+      + s_t) over the tasks in the batch, with L_t the task's mean token loss (so
+      it needs normalization="per_task"). "dwa" is Dynamic Weight Averaging (Liu et
+      al. 2019): w_t times K softmax_t(r_t / dwa_temperature), r_t the ratio of
+      the task's mean loss over the last two windows of dwa_window steps.
+      See t5jax/task_weighting.py.
+    uncertainty_learning_rate: Adam learning rate of the log-variances s_t
+      (their own optimizer; the model's optimizer never sees them).
+    dwa_window: steps per DWA window (the paper's "epoch"); the weights are 1 for
+      the first two windows and change once per window after that.
+    dwa_temperature: DWA's softmax temperature; larger is closer to equal weights
+      (2.0 as in the paper).
   """
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
   normalization: str | float = "tokens"
   task_weights: dict = dataclasses.field(default_factory=dict)
+  task_weighting: str = "fixed"
+  uncertainty_learning_rate: float = 1e-2
+  dwa_window: int = 100
+  dwa_temperature: float = 2.0
 
   def __post_init__(self):
     if isinstance(self.normalization, str) and self.normalization not in NORMALIZATIONS:
@@ -48,6 +68,21 @@ class LossConfig:
       raise ValueError(f"LossConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}.")
     if self.z_loss < 0:
       raise ValueError(f"LossConfig.z_loss must be >= 0, got {self.z_loss}.")
+    if self.task_weighting not in TASK_WEIGHTINGS:
+      raise ValueError(
+          f"LossConfig.task_weighting={self.task_weighting!r} is not one of {TASK_WEIGHTINGS}.")
+    if self.task_weighting == "uncertainty" and self.normalization != "per_task":
+      raise ValueError(
+          "LossConfig.task_weighting='uncertainty' weighs each task's mean token loss, so it "
+          f"needs normalization='per_task' (got {self.normalization!r}); add "
+          "--gin.LossConfig.normalization=\"'per_task'\".")
+    if self.uncertainty_learning_rate <= 0:
+      raise ValueError("LossConfig.uncertainty_learning_rate must be positive, got "
+                       f"{self.uncertainty_learning_rate}.")
+    if self.dwa_window < 1 or self.dwa_temperature <= 0:
+      raise ValueError(
+          f"LossConfig.dwa_window must be >= 1 and dwa_temperature > 0, got "
+          f"{self.dwa_window} and {self.dwa_temperature}.")
 
   def weights_vector(self, task_names: list[str]) -> jnp.ndarray:
     """Per-task weights [num_tasks] in task-id order; rejects names not in the run."""

@@ -21,7 +21,8 @@ def summarize(step_metrics: list[dict], task_names: list[str], seconds: float) -
   """Averages a window of per-step device metrics (already on the host).
 
   Scalars are averaged over steps; per-task figures are ratios of the window's
-  sums, so a task that appears in few tokens is not over-weighted.
+  sums, so a task that appears in few tokens is not over-weighted. Dynamic task
+  weights (`task_weight_k`, `log_var_k`) are averaged over the window's steps.
   """
   out = {}
   scalars = [k for k, v in step_metrics[0].items() if np.ndim(v) == 0]
@@ -36,6 +37,11 @@ def summarize(step_metrics: list[dict], task_names: list[str], seconds: float) -
       out[f"tasks/{name}/loss"] = float(sums["loss_sum_k"][i]) / tokens
       out[f"tasks/{name}/accuracy"] = float(sums["correct_k"][i]) / tokens
     out[f"tasks/{name}/loss_contribution"] = float(sums["contribution_k"][i]) / len(step_metrics)
+  for key, field in (("task_weight_k", "weight"), ("log_var_k", "log_var")):
+    if key in step_metrics[0]:
+      mean_k = np.mean([m[key] for m in step_metrics], axis=0)
+      for i, name in enumerate(task_names):
+        out[f"tasks/{name}/{field}"] = float(mean_k[i])
   out["target_tokens_per_s"] = float(np.sum([m["target_tokens"] for m in step_metrics])) / max(seconds, 1e-9)
   out["steps_per_s"] = len(step_metrics) / max(seconds, 1e-9)
   return out

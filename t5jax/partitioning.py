@@ -79,8 +79,10 @@ class MeshConfig:
 def _hybrid_device_array(shape, slices: int, devices):
   """Devices ordered so the outer `slices` part of the data axis crosses slices."""
   from jax.experimental import mesh_utils
-  by_slice = hasattr(devices[0], "slice_index")
-  granules = {getattr(d, "slice_index", None) if by_slice else d.process_index for d in devices}
+  # TPU slices have distinct slice indices; elsewhere (GPU/CPU hosts) processes are the
+  # granules that the slow network connects.
+  by_slice = len({getattr(d, "slice_index", 0) for d in devices}) > 1
+  granules = {d.slice_index if by_slice else d.process_index for d in devices}
   if shape[0] % slices or len(granules) != slices:
     raise ValueError(
         f"MeshConfig.slices={slices} needs data={shape[0]} divisible by it and the devices in "

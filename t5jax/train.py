@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from t5jax import (checkpoint, decoding, evaluate, losses, metrics, optim, partitioning,
-                   preemption, train_step)
+                   preemption, task_weighting, train_step)
 from t5jax import config as gin_config
 from t5jax.data import pipeline, vocab
 from t5jax.model import config as model_config
@@ -36,7 +36,7 @@ class TrainConfig:
     microbatches: gradient accumulation: the batch runs as this many slices.
     mesh: device mesh shape.
     optimizer: optimiser and learning-rate schedule.
-    loss: z-loss, label smoothing, normalisation, per-task weights.
+    loss: z-loss, label smoothing, normalisation, per-task weights (fixed or dynamic).
     checkpoint: saving, keeping, resuming and fine-tuning.
     eval: periodic evaluation (SeqIO metrics per task) during training.
     seed: parameter initialisation and dropout.
@@ -91,7 +91,7 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
   ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoint)
 
   with partitioning.sharding_context(mesh):
-    state, shardings = _initial_state(config, model, tx, mesh, ckpt)
+    state, shardings = _initial_state(config, model, tx, mesh, ckpt, len(task_names))
     step_fn = train_step.jit_train_step(
         mesh, shardings, model=model, tx=tx, loss_cfg=config.loss,
         task_weights_k=config.loss.weights_vector(task_names),
@@ -109,7 +109,7 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
       f"{config.data.mixture_or_task} {task_names} from step {start} to {config.num_steps}; "
       f"mesh {dict(mesh.shape)}, batch {config.batch_size}; logs in {run_dir}", primary)
 
-  meta = _checkpoint_meta(config, model)
+  meta = _checkpoint_meta(config, model, len(task_names))
   summaries, window = [], []
   window_start = run_start = time.time()
   every = config.checkpoint.every_steps
@@ -155,19 +155,23 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
   return summaries
 
 
-def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkpointer):
+def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkpointer,
+                   num_tasks: int):
   """Resumes from the run's own latest good checkpoint, else starts fresh
   (from `checkpoint.init_from`'s parameters when fine-tuning)."""
   lengths = (config.data.inputs_length, config.data.targets_length)
-  shardings = train_step.state_shardings(model, tx, mesh, *lengths)
-  abstract = train_step.abstract_train_state(model, tx, *lengths)
+  task_state = task_weighting.init_state(config.loss, num_tasks)
+  shardings = train_step.state_shardings(model, tx, mesh, *lengths, task_state)
+  abstract = train_step.abstract_train_state(model, tx, *lengths, task_state)
+  _check_same_task_weighting(ckpt, config.loss.task_weighting, num_tasks)
   restored = ckpt.restore_latest(abstract, shardings)
   if restored is not None:
     state, meta = restored
     _check_same_architecture(meta, model.config, ckpt.directory)
     print(f"Resumed from step {int(state.step)} in {ckpt.directory}", flush=True)
     return state, shardings
-  state, shardings = train_step.create_train_state(model, tx, mesh, config.seed, *lengths)
+  state, shardings = train_step.create_train_state(model, tx, mesh, config.seed, *lengths,
+                                                   task_state)
   if config.checkpoint.init_from:
     source = config.checkpoint.init_from
     _check_same_architecture(checkpoint.read_meta(source), model.config, source)
@@ -191,7 +195,28 @@ def _check_same_architecture(meta: dict, cfg, source: str) -> None:
           f"{getattr(cfg, field)!r}; select the matching model size or another checkpoint.")
 
 
-def _checkpoint_meta(config: TrainConfig, model) -> dict:
+def _check_same_task_weighting(ckpt: checkpoint.Checkpointer, weighting: str,
+                               num_tasks: int) -> None:
+  """A run resumed with another task weighting has another task state, which
+  would not restore: say so, instead of setting its checkpoints aside."""
+  steps = ckpt.steps()
+  if not steps:
+    return
+  try:
+    saved = ckpt.read_meta(steps[-1]).get(
+        "task_weighting", {"mode": "fixed"})  # checkpoints from before task weighting
+  except Exception:  # noqa: BLE001 - an unreadable checkpoint is restore_latest's to handle
+    return
+  if saved["mode"] != weighting or (weighting != "fixed" and saved["num_tasks"] != num_tasks):
+    raise ValueError(
+        f"Checkpoint step {steps[-1]} in {ckpt.directory} was trained with task_weighting="
+        f"{saved['mode']!r} over {saved.get('num_tasks', '?')} tasks, but this run has "
+        f"{weighting!r} over {num_tasks}; resume with the same LossConfig.task_weighting and "
+        "mixture, or start a new --run_dir (with CheckpointConfig.init_from to keep the "
+        "parameters).")
+
+
+def _checkpoint_meta(config: TrainConfig, model, num_tasks: int) -> dict:
   voc = vocab.get_vocabulary()
   return {
       "model_config": dataclasses.asdict(model.config),
@@ -199,6 +224,7 @@ def _checkpoint_meta(config: TrainConfig, model) -> dict:
       "vocab": {"size": voc.vocab_size, "extra_ids": voc.extra_ids},
       "data": {"mixture_or_task": config.data.mixture_or_task, "seed": config.data.seed,
                "batch_size": config.batch_size},
+      "task_weighting": {"mode": config.loss.task_weighting, "num_tasks": num_tasks},
       "gin": gin.config_str(),
   }
 

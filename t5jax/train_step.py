@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from t5jax import losses, partitioning
+from t5jax import losses, partitioning, task_weighting
 
 Batch = dict[str, jax.Array]
 
@@ -20,11 +20,14 @@ Batch = dict[str, jax.Array]
 @flax.struct.dataclass
 class TrainState:
   """Everything a step reads and writes. `rng` is raw key data; each step folds
-  its step number in, so dropout does not depend on how the run was resumed."""
+  its step number in, so dropout does not depend on how the run was resumed.
+  `task_state` is what dynamic task weighting carries between steps ({} for
+  fixed weights; see t5jax/task_weighting.py)."""
   step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array
+  task_state: Any
 
 
 def _dummy_inputs(inputs_length: int, targets_length: int):
@@ -49,42 +52,47 @@ def param_shardings(model: nn.Module, mesh, inputs_length=8, targets_length=8):
   return partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
 
 
-def state_shardings(model, tx, mesh, inputs_length=8, targets_length=8):
+def state_shardings(model, tx, mesh, inputs_length=8, targets_length=8, task_state=None):
   """NamedShardings for every leaf of the TrainState (parameters by the rules
-  table, optimizer state like the parameters it shadows, counters replicated)."""
+  table, optimizer state like the parameters it shadows, counters and the task
+  state replicated)."""
   boxed = abstract_boxed_params(model, inputs_length, targets_length)
   p_shard = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
   abstract = strip_boxes(boxed)
   abstract_opt = jax.eval_shape(tx.init, abstract)
   o_shard = partitioning.opt_state_shardings(abstract_opt, abstract, p_shard, mesh)
   rep = partitioning.replicated(mesh)
-  return TrainState(step=rep, params=p_shard, opt_state=o_shard, rng=rep)
+  return TrainState(step=rep, params=p_shard, opt_state=o_shard, rng=rep,
+                    task_state=jax.tree.map(lambda _: rep, task_state or {}))
 
 
-def make_init_fn(model, tx, inputs_length=8, targets_length=8):
-  """key -> fresh TrainState (parameters, optimizer state, step 0, RNG)."""
+def make_init_fn(model, tx, inputs_length=8, targets_length=8, task_state=None):
+  """key -> fresh TrainState (parameters, optimizer state, step 0, RNG, and
+  `task_state`: task_weighting.init_state(...), or None for fixed weights)."""
   enc, dec = _dummy_inputs(inputs_length, targets_length)
 
   def init(key):
     params_key, rng_key = jax.random.split(key)
     params = nn.meta.unbox(model.init(params_key, enc, dec)["params"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=jax.random.key_data(rng_key))
+                      opt_state=tx.init(params), rng=jax.random.key_data(rng_key),
+                      task_state=jax.tree.map(jnp.asarray, task_state or {}))
 
   return init
 
 
-def abstract_train_state(model, tx, inputs_length=8, targets_length=8):
+def abstract_train_state(model, tx, inputs_length=8, targets_length=8, task_state=None):
   """The TrainState's shapes and dtypes, without allocating it."""
-  return jax.eval_shape(make_init_fn(model, tx, inputs_length, targets_length),
+  return jax.eval_shape(make_init_fn(model, tx, inputs_length, targets_length, task_state),
                         jax.random.key(0))
 
 
-def create_train_state(model, tx, mesh, seed: int, inputs_length=8, targets_length=8):
+def create_train_state(model, tx, mesh, seed: int, inputs_length=8, targets_length=8,
+                       task_state=None):
   """Initialises parameters and optimizer state directly into their shardings
   (no host copy of the full model ever exists). Returns (state, shardings)."""
-  shardings = state_shardings(model, tx, mesh, inputs_length, targets_length)
-  init = make_init_fn(model, tx, inputs_length, targets_length)
+  shardings = state_shardings(model, tx, mesh, inputs_length, targets_length, task_state)
+  init = make_init_fn(model, tx, inputs_length, targets_length, task_state)
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
   return state, shardings
 
@@ -145,13 +153,28 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                schedule: Callable) -> tuple[TrainState, dict]:
   """One optimizer update on a global batch. Pure: jit it with shardings.
 
+  Args:
+    task_weights_k: LossConfig.task_weights as a [num_tasks] vector; dynamic task
+      weighting (loss_cfg.task_weighting) multiplies it by factors computed here.
+
   Returns:
-    (new state, metrics): scalar metrics plus per-task sums `*_k` [num_tasks].
+    (new state, metrics): scalar metrics plus per-task sums `*_k` [num_tasks]
+    (and, with dynamic weighting, the weights in use `task_weight_k`).
   """
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  weights_k = task_weighting.weights_in_use(loss_cfg, state.task_state, state.step,
+                                            task_weights_k)
   loss, stats, grads = loss_and_grads(
       state.params, batch, step_key, model=model, loss_cfg=loss_cfg,
-      task_weights_k=task_weights_k, microbatches=microbatches)
+      task_weights_k=weights_k, microbatches=microbatches)
+  task_state, penalty_k, weighting_metrics = task_weighting.update(
+      loss_cfg, state.task_state, state.step, stats, task_weights_k)
+  # Under uncertainty weighting the loss also holds sum_t s_t; each s_t joins its
+  # task's contribution, so the contributions still add up to the loss.
+  loss = loss + jnp.sum(penalty_k)
+  stats = {**stats, "contribution_k": stats["contribution_k"] + penalty_k}
+  if loss_cfg.task_weighting != "fixed":
+    weighting_metrics["task_weight_k"] = weights_k
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   tokens = jnp.sum(stats["tokens_k"])
@@ -165,8 +188,10 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
       "learning_rate": schedule(state.step),
       "target_tokens": tokens,
       **stats,
+      **weighting_metrics,
   }
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            task_state=task_state)
   return new_state, metrics
 
 

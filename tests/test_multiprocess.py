@@ -82,8 +82,11 @@ def test_processes_match_one_process(single, tmp_path, num_processes, mesh_files
   assert "step 6/6" in outs[0] and "step 6/6" not in outs[1]  # only process 0 logs
   got = losses(run_dir)
   assert sorted(got) == list(range(1, STEPS + 1))
+  # The same mesh reduces in the same order; FSDP over processes (multislice) sums in
+  # another order, and Adafactor carries the rounding on for a few steps.
+  rel = 1e-4 if mesh_files else 1e-5
   for step in got:
-    assert got[step] == pytest.approx(single[step], rel=1e-5), step
+    assert got[step] == pytest.approx(single[step], rel=rel), step
   # Orbax wrote the checkpoints from all processes together; they resume together.
   assert sorted(int(p) for p in os.listdir(os.path.join(run_dir, "checkpoints"))
                 if p.isdigit()) == [3, 6]
