@@ -84,8 +84,10 @@ def evaluate(predictor: Predictor, cfg: EvalConfig, mixture_or_task: str) -> dic
       tgt = _stack(rows, "decoder_target_tokens", cfg.batch_size)
       result = predictor.generate_tokens(enc, cfg.strategy, cfg.targets_length)
       scores = predictor.log_likelihood_tokens(enc, tgt)
+      # Whole fixed-length rows (padding after EOS): SeqIO stacks them into one array
+      # and its vocabulary's decode stops at EOS.
       for i, index in enumerate(indices):
-        out.append((index, _until_eos(result.tokens_bl[i])))
+        out.append((index, [int(t) for t in result.tokens_bl[i]]))
       loglik += float(np.sum(scores[:len(indices)]))
       tokens += int(np.sum(tgt[:len(indices)] > 0))
     losses.append((loglik, tokens))
@@ -115,11 +117,6 @@ def evaluate(predictor: Predictor, cfg: EvalConfig, mixture_or_task: str) -> dic
 def _scalar(value):
   value = getattr(value, "value", value)
   return float(value) if np.ndim(value) == 0 else value
-
-
-def _until_eos(ids) -> list[int]:
-  ids = [int(t) for t in ids]
-  return ids[:ids.index(decoding.EOS_ID)] if decoding.EOS_ID in ids else ids
 
 
 def format_table(results: dict[str, dict]) -> str:
