@@ -160,3 +160,12 @@ def test_plot_draws_per_task_loss_curves(trained_run, tmp_path, capsys):
   from t5jax import plot
   records = plot.read_metrics(trained_run)
   assert {r["split"] for r in records} == {"train", "eval"}
+
+
+def test_vocabulary_larger_than_the_model_is_rejected():
+  from t5jax.data import vocab
+  from t5jax.inference import Predictor
+  from t5jax.model import config as model_config
+  cfg = model_config.get_config("t5_1_1_tiny", vocab_size=512)
+  with pytest.raises(ValueError, match=r"vocabulary has 32100 pieces but the model has only 512"):
+    Predictor(cfg, params={}, vocabulary=vocab.get_vocabulary())

@@ -152,3 +152,28 @@ def test_compile_reports_per_device_memory_and_flops(capsys, monkeypatch):
   assert report["peak_bytes_per_device"] > report["argument_size_in_bytes"]
   assert report["model_flops_per_device"] > 0
   assert "per device: arguments" in out
+
+
+def test_task_losses_add_up_in_a_real_packed_mixed_batch():
+  """On a packed multi30k_mix batch, each row mixes tasks; the weighted per-task
+  contributions still add up to the loss, for every normalisation."""
+  spec = pipeline.InputSpec("multi30k_mix", inputs_length=64, targets_length=64)
+  batch = next(pipeline.make_batches(spec, 4))
+  mixed_rows = [r for r in range(4) if len(set(batch["decoder_task_ids"][r][
+      batch["decoder_loss_weights"][r] > 0])) > 1]
+  assert mixed_rows, "expected at least one row packing both tasks"
+  cfg = model_config.get_config("t5_1_0_tiny", dtype="float32")
+  model = t5.Transformer(cfg)
+  params = model.init(jax.random.key(0), batch["encoder_input_tokens"][:1],
+                      batch["decoder_input_tokens"][:1])["params"]
+  logits = model.apply(params if "params" in params else {"params": params},
+                       batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                       batch["encoder_segment_ids"], batch["decoder_segment_ids"])
+  weights_k = jnp.asarray([0.5, 2.0])
+  for normalization in ("tokens", "per_task"):
+    loss_cfg = losses.LossConfig(normalization=normalization)
+    scale = losses.token_scales(batch["decoder_loss_weights"], batch["decoder_task_ids"],
+                                weights_k, normalization)
+    loss, stats = losses.loss_and_stats(logits, batch, scale, 2, loss_cfg)
+    np.testing.assert_allclose(float(jnp.sum(stats["contribution_k"])), float(loss), rtol=1e-6)
+    assert np.all(np.asarray(stats["tokens_k"]) > 0)
