@@ -77,40 +77,8 @@ TEMPLATE="${TEMPLATE:-$REPO_ROOT/launch/k8s_jobset.yaml}"
 
 die() { echo "k8s_render.sh: $*" >&2; exit 2; }
 
-# ARGS as one line that a shell reads back as the same words.
-quote() {
-  local out=() a
-  for a in "$@"; do out+=("$(quote_word "$a")"); done
-  printf '%s' "${out[*]}"
-}
-
-quote_word() {
-  if [[ $1 =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  elif [[ $1 =~ ^(--?[A-Za-z0-9_.-]+=|[A-Za-z_][A-Za-z0-9_]*=)(.+)$ ]]; then  # --flag="v", VAR="v"
-    printf '%s%s' "${BASH_REMATCH[1]}" "$(quote_string "${BASH_REMATCH[2]}")"
-  else
-    quote_string "$1"
-  fi
-}
-
-quote_string() {  # "..." when nothing inside is special there, else '...'
-  if [[ $1 != *[\"\$\`\\!]* ]]; then
-    printf '"%s"' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-# Every external command goes through here: printed when dry, else logged and run.
-run() {
-  if [[ $DRY_RUN == 1 ]]; then
-    printf '%s\n' "$(quote "$@")"
-  else
-    printf '+ %s\n' "$(quote "$@")" >&2
-    "$@"
-  fi
-}
+# shellcheck source=launch/lib.sh
+source "$REPO_ROOT/launch/lib.sh"
 
 # KEY=VALUE[,KEY=VALUE...] -> a YAML flow mapping {"KEY": "VALUE", ...}.
 flow_map() {
