@@ -49,8 +49,10 @@ def summarize(step_metrics: list[dict], task_names: list[str], seconds: float) -
 
 def progress_line(step: int, num_steps: int, summary: dict, task_names: list[str],
                   eta_s: float) -> str:
-  tasks = " ".join(
-      f"{n}={summary[f'tasks/{n}/loss']:.3f}" for n in task_names if f"tasks/{n}/loss" in summary)
+  def task(n):  # loss, and the weight in use under dynamic task weighting
+    weight = summary.get(f"tasks/{n}/weight")
+    return f"{n}={summary[f'tasks/{n}/loss']:.3f}" + (f"(w{weight:.2f})" if weight else "")
+  tasks = " ".join(task(n) for n in task_names if f"tasks/{n}/loss" in summary)
   return (f"step {step}/{num_steps} | loss {summary['loss']:.4f} | acc {summary['accuracy']:.3f}"
           f" | {tasks} | lr {summary['learning_rate']:.2e} | gnorm {summary['grad_norm']:.2f}"
           f" | {summary['target_tokens_per_s']:,.0f} tgt tok/s | ETA {format_duration(eta_s)}")
