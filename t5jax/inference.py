@@ -44,6 +44,14 @@ def vocabulary_for(path: str) -> seqio.SentencePieceVocabulary:
   return vocab.get_vocabulary()
 
 
+def text_of(vocabulary: seqio.Vocabulary, ids) -> str:
+  """The text of a token row: up to EOS, padding dropped."""
+  ids = [int(t) for t in ids]
+  if decoding.EOS_ID in ids:
+    ids = ids[:ids.index(decoding.EOS_ID)]
+  return vocabulary.decode([t for t in ids if t != 0])
+
+
 def _bucket(n: int, cap: int) -> int:
   """Pads lengths to powers of two (at most `cap`) so few shapes get compiled."""
   return min(cap, max(8, 1 << (max(n, 1) - 1).bit_length()))
@@ -102,10 +110,7 @@ class Predictor:
     return array
 
   def decode_tokens(self, ids) -> str:
-    ids = [int(t) for t in ids]
-    if decoding.EOS_ID in ids:
-      ids = ids[:ids.index(decoding.EOS_ID)]
-    return self.vocabulary.decode([t for t in ids if t != 0])
+    return text_of(self.vocabulary, ids)
 
   # Generation and scoring --------------------------------------------------
 

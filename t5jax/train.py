@@ -260,6 +260,7 @@ def _check_finite(window: list[dict], first_step: int, ckpt: checkpoint.Checkpoi
 
 def _sample_predictions(run_dir: str, model, params, config: TrainConfig) -> None:
   """Greedy-decodes a few validation examples and writes them to predictions.jsonl."""
+  from t5jax.inference import text_of
   spec = dataclasses.replace(config.data, split="validation", pack=False, shuffle=False)
   n = config.num_sample_predictions
   batch = next(pipeline.make_batches(spec, n, repeat=False))
@@ -272,16 +273,11 @@ def _sample_predictions(run_dir: str, model, params, config: TrainConfig) -> Non
     for i in range(n):
       record = {
           "task": task_names[int(batch["decoder_task_ids"][i, 0])],
-          "inputs": voc.decode(_until_eos(batch["encoder_input_tokens"][i])),
-          "targets": voc.decode(_until_eos(batch["decoder_target_tokens"][i])),
-          "prediction": voc.decode(_until_eos(np.asarray(tokens[i]))),
+          "inputs": text_of(voc, batch["encoder_input_tokens"][i]),
+          "targets": text_of(voc, batch["decoder_target_tokens"][i]),
+          "prediction": text_of(voc, np.asarray(tokens[i])),
           "log_likelihood": float(scores[i]),
       }
       f.write(json.dumps(record, ensure_ascii=False) + "\n")
       print(f"[{record['task']}] {record['inputs']}\n  target:     {record['targets']}\n"
             f"  prediction: {record['prediction']}", flush=True)
-
-
-def _until_eos(ids) -> list[int]:
-  ids = [int(t) for t in ids]
-  return ids[:ids.index(decoding.EOS_ID)] if decoding.EOS_ID in ids else [t for t in ids if t]
