@@ -18,7 +18,7 @@ def abstract_batch(batch_size: int, inputs_length: int, targets_length: int, mes
   sharding = partitioning.batch_sharding(mesh)
   spec = lambda n: jax.ShapeDtypeStruct((batch_size, n), jnp.int32, sharding=sharding)
   out = {k: spec(inputs_length) for k in ("encoder_input_tokens", "encoder_segment_ids",
-                                          "encoder_positions")}
+                                          "encoder_positions", "encoder_task_ids")}
   out.update({k: spec(targets_length) for k in (
       "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
       "decoder_segment_ids", "decoder_positions", "decoder_task_ids")})

@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
   direction.add_argument("--to-hf", dest="to_hf", metavar="CKPT_DIR",
                          help="a t5jax run or checkpoint directory")
   convert.add_argument("--out", required=True, help="directory to write")
+  convert.add_argument("--task", default=None,
+                       help="--to-hf of a soft-shared model: export this task's copies")
   convert.add_argument("--max_shard_bytes", type=int, default=None,
                        help="with --to-hf: shard model.safetensors above this size")
   convert.set_defaults(module=[])
@@ -100,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
   infer.add_argument("--output", default="-", help="JSONL to write; - is stdout")
   infer.add_argument("--prefix", default="", help='prepended to each input, e.g. "summarize: "')
   infer.add_argument("--max_decode_length", type=int, default=64)
+  infer.add_argument("--task", default=None,
+                     help="whose parameters to use, for a model with task slots")
   _add_decode_flags(infer)
   _add_common_model_flags(infer)
 
@@ -108,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
   score.add_argument("--input", required=True, help="JSONL with 'inputs' and 'targets'")
   score.add_argument("--output", default="-")
   score.add_argument("--max_target_length", type=int, default=512)
+  score.add_argument("--task", default=None,
+                     help="whose parameters to use, for a model with task slots")
   _add_common_model_flags(score)
 
   evaluate = sub.add_parser("eval", help="decode a task's split and compute its metrics")
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         path = convert.hf_to_checkpoint(args.from_hf, args.out)
         print(f"Wrote t5jax checkpoint {path}")
       else:
-        convert.checkpoint_to_hf(args.to_hf, args.out, args.max_shard_bytes)
+        convert.checkpoint_to_hf(args.to_hf, args.out, args.max_shard_bytes, task=args.task)
         print(f"Wrote Hugging Face directory {args.out}")
     elif args.command in ("infer", "score", "eval"):
       from t5jax import config, evaluate, inference_cli  # noqa: F401 (gin configurables)

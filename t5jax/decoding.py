@@ -90,12 +90,25 @@ class DecodeOutput(NamedTuple):
   beam_score_bk: jax.Array | None = None
 
 
-def init_cache(model, params, encoded_bsd, encoder_input_tokens, max_decode_length: int):
-  """Creates the decode cache (self-attention K/V zeros, cross-attention K/V)."""
+def _slots_b1(task_slots_b):
+  return None if task_slots_b is None else jnp.asarray(task_slots_b, jnp.int32)[:, None]
+
+
+def encode(model, params, encoder_input_tokens, task_slots_b=None):
+  """The encoder output [B, S, D]; task_slots_b [B] for models with task slots."""
+  return model.apply({"params": params}, encoder_input_tokens, method=model.encode,
+                     encoder_task_slots=_slots_b1(task_slots_b))
+
+
+def init_cache(model, params, encoded_bsd, encoder_input_tokens, max_decode_length: int,
+               task_slots_b=None):
+  """Creates the decode cache (self-attention K/V zeros, cross-attention K/V, and
+  each row's task slot for models with task slots)."""
   b = encoder_input_tokens.shape[0]
   dummy_bt = jnp.zeros((b, max_decode_length), jnp.int32)
   _, variables = model.apply({"params": params}, encoded_bsd, encoder_input_tokens, dummy_bt,
-                             decode=True, method=model.decode, mutable=["cache"])
+                             decode=True, method=model.decode, mutable=["cache"],
+                             decoder_task_slots=_slots_b1(task_slots_b))
   return variables["cache"]
 
 
@@ -115,15 +128,17 @@ def map_cache_rows(fn, cache, skip=()):
   return jax.tree_util.tree_map_with_path(apply, cache)
 
 
-def _decode_loop(model, params, encoder_input_tokens, max_decode_length: int, choose, key):
+def _decode_loop(model, params, encoder_input_tokens, max_decode_length: int, choose, key,
+                 task_slots_b=None):
   """One token per row per step, chosen by choose(logits [B, V], key) -> [B];
   step i gets fold_in(key, i) (None when key is None).
 
   Returns (tokens [B, L] with padding after EOS, log-likelihood [B] including EOS).
   """
   b = encoder_input_tokens.shape[0]
-  encoded = model.apply({"params": params}, encoder_input_tokens, method=model.encode)
-  cache = init_cache(model, params, encoded, encoder_input_tokens, max_decode_length)
+  encoded = encode(model, params, encoder_input_tokens, task_slots_b)
+  cache = init_cache(model, params, encoded, encoder_input_tokens, max_decode_length,
+                     task_slots_b)
 
   def cond(carry):
     i, _, _, _, done_b, _ = carry
@@ -153,14 +168,17 @@ def _argmax(logits_bv, key):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length"))
-def greedy_decode(model, params, encoder_input_tokens, max_decode_length: int):
-  """Greedy decoding with the KV cache.
+def greedy_decode(model, params, encoder_input_tokens, max_decode_length: int,
+                  task_slots_b=None):
+  """Greedy decoding with the KV cache (task_slots_b: [B] slots, for models with
+  task slots; likewise below).
 
   Returns:
     (tokens [B, max_decode_length] with padding after EOS, log-probability [B] of
     the decoded sequence including EOS).
   """
-  return _decode_loop(model, params, encoder_input_tokens, max_decode_length, _argmax, None)
+  return _decode_loop(model, params, encoder_input_tokens, max_decode_length, _argmax, None,
+                      task_slots_b)
 
 
 def sample_logits(logits_bv, key, temperature: float, top_k: int, top_p: float):
@@ -195,7 +213,8 @@ def sample_logits(logits_bv, key, temperature: float, top_k: int, top_p: float):
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "temperature",
                                              "top_k", "top_p"))
 def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, key, *,
-                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  task_slots_b=None):
   """Temperature sampling with optional top-k and top-p cuts, over the KV cache.
 
   The same key gives the same tokens; step i uses fold_in(key, i). temperature=0
@@ -210,14 +229,15 @@ def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, k
   else:
     choose = functools.partial(sample_logits, temperature=temperature, top_k=top_k,
                                top_p=top_p)
-  return _decode_loop(model, params, encoder_input_tokens, max_decode_length, choose, key)
+  return _decode_loop(model, params, encoder_input_tokens, max_decode_length, choose, key,
+                      task_slots_b)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "num_beams",
                                              "num_returned"))
 def beam_decode(model, params, encoder_input_tokens, max_decode_length: int,
-                num_beams: int = 4, alpha=0.6, num_returned: int | None = None
-                ) -> beam_search.BeamResult:
+                num_beams: int = 4, alpha=0.6, num_returned: int | None = None,
+                task_slots_b=None) -> beam_search.BeamResult:
   """Beam search over the KV cache, expanded to batch x beams rows.
 
   Args:
@@ -228,10 +248,11 @@ def beam_decode(model, params, encoder_input_tokens, max_decode_length: int,
     length-penalised scores, best first.
   """
   b = encoder_input_tokens.shape[0]
-  encoded = model.apply({"params": params}, encoder_input_tokens, method=model.encode)
+  encoded = encode(model, params, encoder_input_tokens, task_slots_b)
   # The cross-attention K/V are projected once per input, then copied to its beams;
   # row b * K + k is beam k of input b.
-  cache = init_cache(model, params, encoded, encoder_input_tokens, max_decode_length)
+  cache = init_cache(model, params, encoded, encoder_input_tokens, max_decode_length,
+                     task_slots_b)
   repeat = functools.partial(jnp.repeat, repeats=num_beams, axis=0)
   cache = map_cache_rows(repeat, cache)
   encoded, enc_tokens = repeat(encoded), repeat(encoder_input_tokens)
@@ -252,7 +273,8 @@ def beam_decode(model, params, encoder_input_tokens, max_decode_length: int,
 
 
 def generate(model, params, encoder_input_tokens, *, max_decode_length: int,
-             strategy: DecodeConfig = DecodeConfig(), rng=None) -> DecodeOutput:
+             strategy: DecodeConfig = DecodeConfig(), rng=None,
+             task_slots_b=None) -> DecodeOutput:
   """Decodes a batch with the strategy's method.
 
   Args:
@@ -262,37 +284,42 @@ def generate(model, params, encoder_input_tokens, *, max_decode_length: int,
     max_decode_length: L, the most tokens decoded per row (EOS included).
     strategy: a DecodeConfig.
     rng: PRNG key for sampling; default jax.random.key(strategy.seed).
+    task_slots_b: [B] each row's task slot (model.config.slot_of_task), for
+      models with task slots; None otherwise.
   Returns:
     DecodeOutput.
   """
   s = strategy
   if s.method == "beam":
     res = beam_decode(model, params, encoder_input_tokens, max_decode_length, s.num_beams,
-                      s.alpha, num_returned=s.num_beams if s.return_all_beams else 1)
+                      s.alpha, num_returned=s.num_beams if s.return_all_beams else 1,
+                      task_slots_b=task_slots_b)
     extra = (res.seqs_bkl, res.logprob_bk, res.score_bk) if s.return_all_beams else ()
     return DecodeOutput(res.seqs_bkl[:, 0], res.logprob_bk[:, 0], res.score_bk[:, 0], *extra)
   if s.method == "sample" and s.temperature > 0.0:
     key = jax.random.key(s.seed) if rng is None else rng
     tokens_bl, logprob_b = sample_decode(model, params, encoder_input_tokens,
                                          max_decode_length, key, temperature=s.temperature,
-                                         top_k=s.top_k, top_p=s.top_p)
+                                         top_k=s.top_k, top_p=s.top_p,
+                                         task_slots_b=task_slots_b)
   else:
     tokens_bl, logprob_b = greedy_decode(model, params, encoder_input_tokens,
-                                         max_decode_length)
+                                         max_decode_length, task_slots_b)
   return DecodeOutput(tokens_bl, logprob_b, logprob_b)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length"))
-def greedy_decode_uncached(model, params, encoder_input_tokens, max_decode_length: int):
+def greedy_decode_uncached(model, params, encoder_input_tokens, max_decode_length: int,
+                           task_slots_b=None):
   """Reference greedy decoding that recomputes the whole decoder every step."""
   b = encoder_input_tokens.shape[0]
-  encoded = model.apply({"params": params}, encoder_input_tokens, method=model.encode)
+  encoded = encode(model, params, encoder_input_tokens, task_slots_b)
 
   def body(i, carry):
     out_bl, done_b = carry
     inputs_bl = jnp.concatenate([jnp.full((b, 1), PAD_ID, jnp.int32), out_bl[:, :-1]], axis=1)
     logits_blv = model.apply({"params": params}, encoded, encoder_input_tokens, inputs_bl,
-                             method=model.decode)
+                             method=model.decode, decoder_task_slots=_slots_b1(task_slots_b))
     next_b = jnp.argmax(logits_blv[:, i], axis=-1).astype(jnp.int32)
     next_b = jnp.where(done_b, PAD_ID, next_b)
     return out_bl.at[:, i].set(next_b), done_b | (next_b == EOS_ID)

@@ -70,27 +70,33 @@ def evaluate(predictor: Predictor, cfg: EvalConfig, mixture_or_task: str) -> dic
   seqio.Evaluator on decoded and postprocessed outputs; `loss` is the mean
   teacher-forced cross-entropy per target token (EOS included).
   """
-  registry.get_task_or_mixture(mixture_or_task)  # a one-line error for unknown names
+  provider = registry.get_task_or_mixture(mixture_or_task)  # one-line error if unknown
+  names = ([t.name for t in provider.get_subtasks()] if isinstance(provider, seqio.Mixture)
+           else [provider.name])
+  # One evaluator per task, so that each task is decoded with its own parameters
+  # in a model with task slots.
+  return {name: _evaluate_task(predictor, cfg, name) for name in sorted(names)}
+
+
+def _evaluate_task(predictor: Predictor, cfg: EvalConfig, task: str) -> dict:
   evaluator = seqio.Evaluator(
-      mixture_or_task, seqio.EncDecFeatureConverter(pack=False), eval_split=cfg.split,
+      task, seqio.EncDecFeatureConverter(pack=False), eval_split=cfg.split,
       sequence_length={"inputs": cfg.inputs_length, "targets": cfg.targets_length},
       num_examples=cfg.max_examples, shuffle=False, async_compute_metrics=False)
-  losses = []  # (sum of target log-likelihoods, target tokens) per predict call
+  if not evaluator.eval_tasks:
+    return {}
+  totals = {"loglik": 0.0, "tokens": 0}  # teacher-forced, over the task's examples
 
   def predict_fn(dataset, *unused):
-    out, loglik, tokens = [], 0.0, 0
+    out = []
     for indices, rows in _batches(dataset, cfg.batch_size):
       enc = _stack(rows, "encoder_input_tokens", cfg.batch_size)
       tgt = _stack(rows, "decoder_target_tokens", cfg.batch_size)
-      result = predictor.generate_tokens(enc, cfg.strategy, cfg.targets_length)
-      scores = predictor.log_likelihood_tokens(enc, tgt)
+      result = predictor.generate_tokens(enc, cfg.strategy, cfg.targets_length, task)
       # Whole fixed-length rows (padding after EOS): SeqIO stacks them into one array
       # and its vocabulary's decode stops at EOS.
       for i, index in enumerate(indices):
         out.append((index, [int(t) for t in result.tokens_bl[i]]))
-      loglik += float(np.sum(scores[:len(indices)]))
-      tokens += int(np.sum(tgt[:len(indices)] > 0))
-    losses.append((loglik, tokens))
     return out
 
   def score_fn(dataset, *unused):
@@ -98,20 +104,22 @@ def evaluate(predictor: Predictor, cfg: EvalConfig, mixture_or_task: str) -> dic
     for indices, rows in _batches(dataset, cfg.batch_size):
       enc = _stack(rows, "encoder_input_tokens", cfg.batch_size)
       tgt = _stack(rows, "decoder_target_tokens", cfg.batch_size)
-      scores = predictor.log_likelihood_tokens(enc, tgt)
+      scores = predictor.log_likelihood_tokens(enc, tgt, task)
       out.extend((index, float(scores[i])) for i, index in enumerate(indices))
     return out
 
   metrics_future, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn,
                                          score_fn=score_fn)
-  metrics = metrics_future.result()
-  results = {}
-  for task, (loglik, tokens) in zip([t.name for t in evaluator.eval_tasks], losses):
-    values = {k: _scalar(v) for k, v in metrics.get(task, {}).items()}
-    values["loss"] = -loglik / max(tokens, 1)
-    values["examples"] = sum(1 for _ in evaluator.cached_task_datasets[task])
-    results[task] = values
-  return results
+  values = {k: _scalar(v) for k, v in metrics_future.result().get(task, {}).items()}
+  dataset = evaluator.cached_model_datasets[task]
+  for _, rows in _batches(dataset.enumerate(), cfg.batch_size):
+    enc = _stack(rows, "encoder_input_tokens", cfg.batch_size)
+    tgt = _stack(rows, "decoder_target_tokens", cfg.batch_size)
+    totals["loglik"] += float(np.sum(predictor.log_likelihood_tokens(enc, tgt, task)[:len(rows)]))
+    totals["tokens"] += int(np.sum(tgt[:len(rows)] > 0))
+  values["loss"] = -totals["loglik"] / max(totals["tokens"], 1)
+  values["examples"] = sum(1 for _ in evaluator.cached_task_datasets[task])
+  return values
 
 
 def _scalar(value):

@@ -112,19 +112,35 @@ class Predictor:
   def decode_tokens(self, ids) -> str:
     return text_of(self.vocabulary, ids)
 
+  def task_slots(self, task: str | None, rows: int):
+    """[rows] slot indices of `task` for a model with task slots (None otherwise).
+
+    Raises:
+      ValueError: the model has per-task parameters and no task (or an unknown
+        one) was given.
+    """
+    if not self.config.has_task_parameters:
+      return None
+    if task is None:
+      raise ValueError(
+          f"This model has per-task parameters (task_slots {list(self.config.task_slots)}); "
+          "say which task's to use (task=... in Python, --task on the command line).")
+    return np.full((rows,), self.config.slot_of_task(task), np.int32)
+
   # Generation and scoring --------------------------------------------------
 
   def generate(self, inputs: Sequence[str], *,
                strategy: decoding.DecodeConfig = decoding.DecodeConfig(),
                max_input_length: int = 512, max_decode_length: int = 64,
-               batch_size: int = 32) -> list[Generation]:
-    """Decodes each input string; returns one Generation per input, in order."""
+               batch_size: int = 32, task: str | None = None) -> list[Generation]:
+    """Decodes each input string; returns one Generation per input, in order.
+    `task` picks the task's parameters in a model with task slots."""
     results = []
     encoded = self.encode(inputs, max_input_length)
     for start in range(0, len(encoded), batch_size):
       rows = encoded[start:start + batch_size]
       tokens = self._pad(rows, batch_size, max_input_length)
-      out = self.generate_tokens(tokens, strategy, max_decode_length)
+      out = self.generate_tokens(tokens, strategy, max_decode_length, task)
       for i in range(len(rows)):
         ids = [int(t) for t in out.tokens_bl[i]]
         results.append(Generation(self.decode_tokens(ids), ids, float(out.logprob_b[i]),
@@ -133,7 +149,7 @@ class Predictor:
 
   def score(self, inputs: Sequence[str], targets: Sequence[str], *,
             max_input_length: int = 512, max_target_length: int = 512,
-            batch_size: int = 32) -> list[float]:
+            batch_size: int = 32, task: str | None = None) -> list[float]:
     """Log-likelihood of each target given its input: the sum of the target
     tokens' log-probabilities, EOS included."""
     if len(inputs) != len(targets):
@@ -144,36 +160,41 @@ class Predictor:
     for start in range(0, len(enc_rows), batch_size):
       enc = self._pad(enc_rows[start:start + batch_size], batch_size, max_input_length)
       tgt = self._pad(dec_rows[start:start + batch_size], batch_size, max_target_length)
-      loglik = self.log_likelihood_tokens(enc, tgt)
+      loglik = self.log_likelihood_tokens(enc, tgt, task)
       scores.extend(float(x) for x in loglik[:len(enc_rows[start:start + batch_size])])
     return scores
 
 
   def generate_tokens(self, encoder_input_tokens: np.ndarray,
-                      strategy: decoding.DecodeConfig, max_decode_length: int):
+                      strategy: decoding.DecodeConfig, max_decode_length: int,
+                      task: str | None = None):
     """Decodes a padded [B, S] token array; returns DecodeOutput on the host."""
+    slots = self.task_slots(task, encoder_input_tokens.shape[0])
     return jax.device_get(_generate(self.model, self.params, encoder_input_tokens,
-                                    max_decode_length, strategy))
+                                    max_decode_length, strategy, slots))
 
   def log_likelihood_tokens(self, encoder_input_tokens: np.ndarray,
-                            target_tokens: np.ndarray) -> np.ndarray:
+                            target_tokens: np.ndarray, task: str | None = None) -> np.ndarray:
     """Teacher-forced log-likelihood [B] of padded target tokens (EOS included)."""
+    slots = self.task_slots(task, encoder_input_tokens.shape[0])
     return np.asarray(jax.device_get(
-        _log_likelihood(self.model, self.params, encoder_input_tokens, target_tokens)))
+        _log_likelihood(self.model, self.params, encoder_input_tokens, target_tokens, slots)))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "strategy"))
-def _generate(model, params, tokens, max_decode_length, strategy):
+def _generate(model, params, tokens, max_decode_length, strategy, task_slots_b):
   return decoding.generate(model, params, tokens, max_decode_length=max_decode_length,
-                           strategy=strategy)
+                           strategy=strategy, task_slots_b=task_slots_b)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _log_likelihood(model, params, encoder_tokens, targets):
+def _log_likelihood(model, params, encoder_tokens, targets, task_slots_b):
   """Teacher-forced sum of log p(target token) over non-padding targets [B]."""
   decoder_inputs = jnp.concatenate(
       [jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
-  logits = model.apply({"params": params}, encoder_tokens, decoder_inputs)
+  slots_b1 = None if task_slots_b is None else task_slots_b[:, None]
+  logits = model.apply({"params": params}, encoder_tokens, decoder_inputs,
+                       encoder_task_slots=slots_b1, decoder_task_slots=slots_b1)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32))
   token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
   return jnp.sum(token_logp * (targets > 0), axis=-1)

@@ -36,7 +36,7 @@ def infer(args, strategy) -> None:
   texts = [args.prefix + str(r["inputs"]) for _, r in todo]
   outputs = predictor.generate(texts, strategy=strategy, max_input_length=args.max_input_length,
                                max_decode_length=args.max_decode_length,
-                               batch_size=args.batch_size) if texts else []
+                               batch_size=args.batch_size, task=args.task) if texts else []
   by_line = {n: g for (n, _), g in zip(todo, outputs)}
   with cli_io.open_output(args.output) as out:
     for n, record in records:
@@ -58,7 +58,8 @@ def score(args, unused_strategy=None) -> None:
   scores = predictor.score([str(r["inputs"]) for r in records],
                            [str(r["targets"]) for r in records],
                            max_input_length=args.max_input_length,
-                           max_target_length=args.max_target_length, batch_size=args.batch_size)
+                           max_target_length=args.max_target_length, batch_size=args.batch_size,
+                           task=args.task)
   with cli_io.open_output(args.output) as out:
     for record, value in zip(records, scores):
       cli_io.write_record(out, {**record, "log_likelihood": value})

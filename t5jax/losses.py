@@ -47,6 +47,9 @@ class LossConfig:
       the first two windows and change once per window after that.
     dwa_temperature: DWA's softmax temperature; larger is closer to equal weights
       (2.0 as in the paper).
+    soft_sharing_l2: lambda of the soft parameter sharing penalty
+      lambda * sum_t ||theta_t - theta_shared||^2 over the task copies of the
+      modules in T5Config.task_specific (0: the copies train independently).
   """
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
@@ -56,8 +59,11 @@ class LossConfig:
   uncertainty_learning_rate: float = 1e-2
   dwa_window: int = 100
   dwa_temperature: float = 2.0
+  soft_sharing_l2: float = 0.0
 
   def __post_init__(self):
+    if self.soft_sharing_l2 < 0:
+      raise ValueError(f"LossConfig.soft_sharing_l2 must be >= 0, got {self.soft_sharing_l2}.")
     if isinstance(self.normalization, str) and self.normalization not in NORMALIZATIONS:
       raise ValueError(
           f"LossConfig.normalization={self.normalization!r} is not one of {NORMALIZATIONS} "

@@ -37,6 +37,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("length", None),
     ("relpos_buckets", None),
     ("layers", None),
+    ("adapter", None),
 )
 
 

@@ -16,7 +16,7 @@ from t5jax import (checkpoint, decoding, evaluate, losses, metrics, optim, parti
 from t5jax import config as gin_config
 from t5jax.data import pipeline, vocab
 from t5jax.model import config as model_config
-from t5jax.model import t5
+from t5jax.model import t5, task_params
 
 InputSpec = gin.external_configurable(pipeline.InputSpec, name="InputSpec")
 MeshConfig = gin.external_configurable(partitioning.MeshConfig, name="MeshConfig")
@@ -95,6 +95,7 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
     step_fn = train_step.jit_train_step(
         mesh, shardings, model=model, tx=tx, loss_cfg=config.loss,
         task_weights_k=config.loss.weights_vector(task_names),
+        slot_of_task_k=train_step.task_slot_table(model, task_names),
         microbatches=config.microbatches,
         schedule=optim.learning_rate_schedule(config.optimizer))
 
@@ -164,6 +165,7 @@ def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkp
   shardings = train_step.state_shardings(model, tx, mesh, *lengths, task_state)
   abstract = train_step.abstract_train_state(model, tx, *lengths, task_state)
   _check_same_task_weighting(ckpt, config.loss.task_weighting, num_tasks)
+  _check_resumable(ckpt, model.config)
   restored = ckpt.restore_latest(abstract, shardings)
   if restored is not None:
     state, meta = restored
@@ -174,8 +176,20 @@ def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkp
                                                    task_state)
   if config.checkpoint.init_from:
     source = config.checkpoint.init_from
-    _check_same_architecture(checkpoint.read_meta(source), model.config, source)
-    params = checkpoint.load_params(source, abstract.params, shardings.params)
+    source_cfg = checkpoint.read_meta(source).get("model_config", {})
+    plain_source = model.config.has_task_parameters and not (
+        source_cfg.get("task_specific") or source_cfg.get("adapter_dim"))
+    _check_same_architecture(checkpoint.read_meta(source), model.config, source,
+                             task_fields=not plain_source)
+    if plain_source:
+      # A plain T5 checkpoint: its weights become the shared modules, the task
+      # copies start from them and the adapters start as the identity.
+      shared = checkpoint.load_params(
+          source, task_params.shared_only(abstract.params),
+          task_params.shared_only(shardings.params))
+      params = task_params.with_shared(state.params, shared)
+    else:
+      params = checkpoint.load_params(source, abstract.params, shardings.params)
     state = state.replace(params=params)
     print(f"Fine-tuning from the parameters in {source}", flush=True)
   return state, shardings
@@ -184,15 +198,34 @@ def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkp
 ARCHITECTURE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads",
                        "num_encoder_layers", "num_decoder_layers", "feed_forward",
                        "tie_word_embeddings", "relative_attention_num_buckets")
+TASK_FIELDS = ("task_slots", "task_specific", "adapter_dim")
 
 
-def _check_same_architecture(meta: dict, cfg, source: str) -> None:
+def _check_same_architecture(meta: dict, cfg, source: str, task_fields: bool = True) -> None:
   saved = meta.get("model_config", {})
-  for field in ARCHITECTURE_FIELDS:
-    if field in saved and saved[field] != getattr(cfg, field):
+  for field in ARCHITECTURE_FIELDS + (TASK_FIELDS if task_fields else ()):
+    default = getattr(model_config.T5Config, field, None) if field in TASK_FIELDS else None
+    value = saved.get(field, default)
+    if isinstance(value, list):
+      value = tuple(value)
+    if value is not None and value != getattr(cfg, field):
       raise ValueError(
-          f"Checkpoint {source} has {field}={saved[field]!r} but the configured model has "
-          f"{getattr(cfg, field)!r}; select the matching model size or another checkpoint.")
+          f"Checkpoint {source} has {field}={value!r} but the configured model has "
+          f"{getattr(cfg, field)!r}; configure the same model (or start a new --run_dir with "
+          "CheckpointConfig.init_from to keep a plain T5's parameters).")
+
+
+def _check_resumable(ckpt: checkpoint.Checkpointer, cfg) -> None:
+  """A run resumed with another architecture would not restore: say so before
+  trying, rather than setting its checkpoints aside as unreadable."""
+  steps = ckpt.steps()
+  if not steps:
+    return
+  try:
+    meta = ckpt.read_meta(steps[-1])
+  except Exception:  # noqa: BLE001 - an unreadable checkpoint is restore_latest's to handle
+    return
+  _check_same_architecture(meta, cfg, ckpt.directory)
 
 
 def _check_same_task_weighting(ckpt: checkpoint.Checkpointer, weighting: str,
@@ -265,10 +298,12 @@ def _sample_predictions(run_dir: str, model, params, config: TrainConfig) -> Non
   n = config.num_sample_predictions
   batch = next(pipeline.make_batches(spec, n, repeat=False))
   params = jax.device_get(params)
-  tokens, scores = decoding.greedy_decode(model, params, batch["encoder_input_tokens"],
-                                          config.max_decode_length)
-  voc = vocab.get_vocabulary()
   task_names = pipeline.task_names(config.data.mixture_or_task)
+  slot_table = train_step.task_slot_table(model, task_names)
+  slots_b = None if slot_table is None else slot_table[batch["decoder_task_ids"][:, 0]]
+  tokens, scores = decoding.greedy_decode(model, params, batch["encoder_input_tokens"],
+                                          config.max_decode_length, slots_b)
+  voc = vocab.get_vocabulary()
   with open(os.path.join(run_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
     for i in range(n):
       record = {

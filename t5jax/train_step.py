@@ -13,6 +13,7 @@ import optax
 from jax.sharding import PartitionSpec
 
 from t5jax import losses, partitioning, task_weighting
+from t5jax.model import task_params
 
 Batch = dict[str, jax.Array]
 
@@ -73,7 +74,9 @@ def make_init_fn(model, tx, inputs_length=8, targets_length=8, task_state=None):
 
   def init(key):
     params_key, rng_key = jax.random.split(key)
-    params = nn.meta.unbox(model.init(params_key, enc, dec)["params"])
+    # Task copies (soft sharing) start equal to their shared anchors.
+    params = task_params.init_copies_from_shared(
+        nn.meta.unbox(model.init(params_key, enc, dec)["params"]))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), rng=jax.random.key_data(rng_key),
                       task_state=jax.tree.map(jnp.asarray, task_state or {}))
@@ -107,10 +110,28 @@ def _split_microbatches(tree, microbatches: int):
   return jax.tree.map(split, tree)
 
 
+def task_slot_table(model: nn.Module, task_names: list[str]) -> jax.Array | None:
+  """[num_tasks] slot index of each of the run's tasks (None: no task slots)."""
+  cfg = model.config
+  if not cfg.has_task_parameters:
+    return None
+  return jnp.asarray([cfg.slot_of_task(t) for t in task_names], jnp.int32)
+
+
+def _task_slots(batch: Batch, slot_of_task_k) -> dict:
+  if slot_of_task_k is None:
+    return {}
+  return {"encoder_task_slots": slot_of_task_k[batch["encoder_task_ids"]],
+          "decoder_task_slots": slot_of_task_k[batch["decoder_task_ids"]]}
+
+
 def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
-                   loss_cfg: losses.LossConfig, task_weights_k: jax.Array, microbatches: int):
+                   loss_cfg: losses.LossConfig, task_weights_k: jax.Array, microbatches: int,
+                   slot_of_task_k: jax.Array | None = None):
   """The weighted loss, its per-task sums and the gradients, over microbatches.
 
+  Args:
+    slot_of_task_k: task_slot_table(...), for models with per-task parameters.
   Returns:
     (loss, stats, grads): stats are per-task sums `*_k` [num_tasks].
   """
@@ -122,7 +143,7 @@ def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
     logits_btv = model.apply(
         {"params": params}, micro["encoder_input_tokens"], micro["decoder_input_tokens"],
         micro["encoder_segment_ids"], micro["decoder_segment_ids"], enable_dropout=True,
-        rngs={"dropout": key})
+        rngs={"dropout": key}, **_task_slots(micro, slot_of_task_k))
     return losses.loss_and_stats(logits_btv, micro, micro_scale_bt, num_tasks, loss_cfg)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -150,12 +171,16 @@ def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                tx: optax.GradientTransformation, loss_cfg: losses.LossConfig,
                task_weights_k: jax.Array, microbatches: int,
-               schedule: Callable) -> tuple[TrainState, dict]:
+               schedule: Callable, slot_of_task_k: jax.Array | None = None
+               ) -> tuple[TrainState, dict]:
   """One optimizer update on a global batch. Pure: jit it with shardings.
 
   Args:
     task_weights_k: LossConfig.task_weights as a [num_tasks] vector; dynamic task
       weighting (loss_cfg.task_weighting) multiplies it by factors computed here.
+    slot_of_task_k: task_slot_table(...) for models with per-task parameters; the
+      soft-sharing penalty loss_cfg.soft_sharing_l2 * sum_t ||theta_t -
+      theta_shared||^2 joins the loss (reported as `soft_sharing_penalty`).
 
   Returns:
     (new state, metrics): scalar metrics plus per-task sums `*_k` [num_tasks]
@@ -166,7 +191,17 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                                             task_weights_k)
   loss, stats, grads = loss_and_grads(
       state.params, batch, step_key, model=model, loss_cfg=loss_cfg,
-      task_weights_k=weights_k, microbatches=microbatches)
+      task_weights_k=weights_k, microbatches=microbatches, slot_of_task_k=slot_of_task_k)
+  sharing_metrics = {}
+  if model.config.task_specific:
+    distance, distance_grads = jax.value_and_grad(task_params.soft_sharing_penalty)(
+        state.params)
+    if loss_cfg.soft_sharing_l2:
+      loss = loss + loss_cfg.soft_sharing_l2 * distance
+      grads = jax.tree.map(lambda g, d: g + loss_cfg.soft_sharing_l2 * d, grads,
+                           distance_grads)
+    sharing_metrics = {"soft_sharing_distance": distance,
+                       "soft_sharing_penalty": loss_cfg.soft_sharing_l2 * distance}
   task_state, penalty_k, weighting_metrics = task_weighting.update(
       loss_cfg, state.task_state, state.step, stats, task_weights_k)
   # Under uncertainty weighting the loss also holds sum_t s_t; each s_t joins its
@@ -189,6 +224,7 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
       "target_tokens": tokens,
       **stats,
       **weighting_metrics,
+      **sharing_metrics,
   }
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             task_state=task_state)

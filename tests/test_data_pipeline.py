@@ -13,7 +13,7 @@ from t5jax.data.pipeline import InputSpec
 FEATURES = {
     "encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
     "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-    "decoder_segment_ids", "decoder_positions", "decoder_task_ids",
+    "decoder_segment_ids", "decoder_positions", "decoder_task_ids", "encoder_task_ids",
 }
 
 
@@ -58,6 +58,7 @@ def test_packed_rows_are_consistent(mix_batches):
     targets = b["decoder_target_tokens"]
     np.testing.assert_array_equal(b["decoder_loss_weights"], targets != 0)
     np.testing.assert_array_equal(b["decoder_task_ids"][targets == 0], 0)
+    np.testing.assert_array_equal(b["encoder_task_ids"][b["encoder_input_tokens"] == 0], 0)
     for row in range(8):
       seg_in, seg_out = b["encoder_segment_ids"][row], b["decoder_segment_ids"][row]
       assert set(seg_in[seg_in > 0]) == set(seg_out[seg_out > 0])
@@ -66,6 +67,8 @@ def test_packed_rows_are_consistent(mix_batches):
         out = seg_out == s
         task_ids = set(b["decoder_task_ids"][row][out])
         assert len(task_ids) == 1  # One task per packed example.
+        # Its encoder segment carries the same task id (per-task parameters read it).
+        assert set(b["encoder_task_ids"][row][seg_in == s]) == task_ids
         np.testing.assert_array_equal(b["decoder_positions"][row][out], np.arange(out.sum()))
         inputs = b["encoder_input_tokens"][row][seg_in == s]
         text = v.decode(inputs.tolist())

@@ -23,12 +23,13 @@ import tensorflow as tf
 
 from t5jax.data import registry
 from t5jax.data import tf_devices
-from t5jax.data.feature_converter import TASK_IDS, TaskIdEncDecFeatureConverter
+from t5jax.data.feature_converter import (ENCODER_TASK_IDS, TASK_IDS,
+                                          TaskIdEncDecFeatureConverter)
 
 MODEL_FEATURES = (
     "encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
     "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-    "decoder_segment_ids", "decoder_positions", TASK_IDS,
+    "decoder_segment_ids", "decoder_positions", TASK_IDS, ENCODER_TASK_IDS,
 )
 # Batches computed ahead of the trainer, in a background thread.
 PREFETCH_BATCHES = 4
@@ -110,7 +111,8 @@ def _task_stream(task: seqio.Task, task_id: int, spec: InputSpec, row: tf.Tensor
   task_id = tf.constant(task_id, tf.int32)
   return ds.map(
       lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"],
-                  TASK_IDS: tf.fill(tf.shape(ex["targets"]), task_id)},
+                  TASK_IDS: tf.fill(tf.shape(ex["targets"]), task_id),
+                  ENCODER_TASK_IDS: tf.fill(tf.shape(ex["inputs"]), task_id)},
       num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -142,7 +144,7 @@ def _row_dataset(row: tf.Tensor, spec: InputSpec, tasks: Sequence[seqio.Task],
         streams, _task_choices(spec, rates, row), stop_on_empty_dataset=False)
   converter = TaskIdEncDecFeatureConverter(pack=spec.pack)
   ds = converter(ds, {"inputs": spec.inputs_length, "targets": spec.targets_length,
-                      TASK_IDS: spec.targets_length})
+                      TASK_IDS: spec.targets_length, ENCODER_TASK_IDS: spec.inputs_length})
   ds = ds.map(lambda ex: (ex, True))
   if not repeat:
     padding = tf.data.Dataset.from_tensors(

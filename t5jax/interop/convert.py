@@ -17,7 +17,7 @@ import numpy as np
 
 from t5jax import checkpoint
 from t5jax.interop import hf_io
-from t5jax.model import t5
+from t5jax.model import t5, task_params
 
 SPIECE_NAME = "spiece.model"
 
@@ -53,9 +53,20 @@ def read_checkpoint_params(ckpt_dir: str):
   return cfg, jax.tree.map(np.asarray, jax.device_get(params))
 
 
-def checkpoint_to_hf(ckpt_dir: str, out_dir: str, max_shard_bytes: int | None = None) -> None:
-  """Writes a Hugging Face directory (config.json, safetensors, spiece.model)."""
+def checkpoint_to_hf(ckpt_dir: str, out_dir: str, max_shard_bytes: int | None = None,
+                     task: str | None = None) -> None:
+  """Writes a Hugging Face directory (config.json, safetensors, spiece.model).
+
+  A soft-shared model (task slots) is exported as a plain T5 for one task: its
+  slot's copies take the place of the shared modules (`task`: a task or slot name).
+  """
   cfg, params = read_checkpoint_params(ckpt_dir)
+  if cfg.has_task_parameters:
+    if task is None:
+      raise ValueError(
+          f"{ckpt_dir} holds per-task parameters (task_slots {list(cfg.task_slots)}); choose "
+          "whose to export with --task NAME.")
+    cfg, params = task_params.for_task(params, cfg, task)
   spiece = os.path.join(ckpt_dir, SPIECE_NAME)
   if not os.path.isfile(spiece):
     from t5jax.data import assets

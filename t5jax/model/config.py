@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 
 FEED_FORWARD_KINDS = ("relu", "gated-gelu")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "minimal", "full")
+# The sub-modules of a layer that can have a copy per task (t5.py's names).
+LAYER_SUBMODULES = {
+    "encoder": ("pre_attention_layer_norm", "attention", "pre_mlp_layer_norm", "mlp"),
+    "decoder": ("pre_self_attention_layer_norm", "self_attention",
+                "pre_cross_attention_layer_norm", "encoder_decoder_attention",
+                "pre_mlp_layer_norm", "mlp"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +44,17 @@ class T5Config:
     scan_layers: run each stack's layers as one `nn.scan` over stacked
       parameters (leading logical axis "layers"): one layer is compiled instead
       of N, which makes large models compile quickly. Same numbers.
+    task_slots: names of the per-task parameter slots, for soft sharing and
+      adapters (empty: every parameter is shared, as in T5). Each is a task name
+      or a regular expression over task names (a task group, e.g. "glue_.*"); a
+      task uses the first slot that matches it in full.
+    task_specific: layer sub-modules that get a copy per slot (soft parameter
+      sharing), as "STACK.NAME" with STACK "encoder" or "decoder" and NAME one of
+      LAYER_SUBMODULES[STACK], or "STACK.layer" for all of them (whole layers).
+      The shared copy keeps the plain name and is used only as the anchor of the
+      L2 penalty (LossConfig.soft_sharing_l2); copies are NAME_task{k}.
+    adapter_dim: bottleneck width of a per-slot adapter after every layer's MLP
+      (Houlsby/Pfeiffer style, identity at initialisation); 0 for none.
   """
 
   vocab_size: int = 32128
@@ -55,8 +74,15 @@ class T5Config:
   param_dtype: str = "float32"
   remat_policy: str = "none"
   scan_layers: bool = False
+  task_slots: tuple[str, ...] = ()
+  task_specific: tuple[str, ...] = ()
+  adapter_dim: int = 0
 
   def __post_init__(self):
+    # Gin and JSON metadata give lists; the config must stay hashable (a jit static).
+    object.__setattr__(self, "task_slots", tuple(self.task_slots))
+    object.__setattr__(self, "task_specific", tuple(self.task_specific))
+    self._check_task_parameters()
     if self.feed_forward not in FEED_FORWARD_KINDS:
       raise ValueError(
           f"feed_forward={self.feed_forward!r} is not one of {FEED_FORWARD_KINDS}; "
@@ -75,6 +101,49 @@ class T5Config:
         raise ValueError(f"{field} must be positive, got {getattr(self, field)}.")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+
+  def _check_task_parameters(self):
+    for entry in self.task_specific:
+      stack, _, name = entry.partition(".")
+      known = LAYER_SUBMODULES.get(stack, ())
+      if name not in known + ("layer",):
+        options = [f"{s}.{n}" for s in LAYER_SUBMODULES for n in LAYER_SUBMODULES[s] + ("layer",)]
+        close = difflib.get_close_matches(entry, options, n=2, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"task_specific entry {entry!r} is not a layer sub-module.{hint} "
+                         f"Choose from {', '.join(options)}.")
+    if self.adapter_dim < 0:
+      raise ValueError(f"adapter_dim must be >= 0, got {self.adapter_dim}.")
+    if (self.task_specific or self.adapter_dim) and not self.task_slots:
+      raise ValueError("task_specific and adapter_dim need task_slots (one per task or task "
+                       "group), e.g. model_overrides={'task_slots': ('glue_.*', 'scitldr')}.")
+    for slot in self.task_slots:
+      try:
+        re.compile(slot)
+      except re.error as e:
+        raise ValueError(f"task_slots entry {slot!r} is not a valid regular expression: {e}."
+                         ) from None
+
+  @property
+  def has_task_parameters(self) -> bool:
+    return bool(self.task_specific or self.adapter_dim)
+
+  def is_task_specific(self, stack: str, name: str) -> bool:
+    """Whether sub-module `name` of `stack`'s layers has a copy per task slot."""
+    return f"{stack}.{name}" in self.task_specific or f"{stack}.layer" in self.task_specific
+
+  def slot_of_task(self, task: str) -> int:
+    """Index of the first slot matching `task` in full.
+
+    Raises:
+      ValueError: one line naming the slots, when none matches.
+    """
+    for k, slot in enumerate(self.task_slots):
+      if re.fullmatch(slot, task):
+        return k
+    raise ValueError(
+        f"Task {task!r} matches none of the model's task_slots {list(self.task_slots)}; "
+        "add the task (or a pattern that matches it) to task_slots.")
 
   def replace(self, **changes) -> "T5Config":
     return dataclasses.replace(self, **changes)

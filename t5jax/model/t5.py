@@ -11,6 +11,8 @@ Parameter tree (the names t5x uses, so that conversion tables stay short):
                       pre_mlp_layer_norm, mlp}
   decoder/decoder_norm
   decoder/logits_dense                          [embed, vocab]  (untied only)
+With task slots (T5Config.task_slots), a task-specific sub-module NAME also has
+copies NAME_task{k}, and adapters are layers_{i}/adapter_task{k}; see task_routing.py.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5jax.model import layers
+from t5jax.model import layers, task_routing
 from t5jax.model.config import T5Config
 
 constrain = nn.with_logical_constraint
@@ -99,15 +101,20 @@ class EncoderLayer(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x_btd, mask_bts, bias_nts):
+  def __call__(self, x_btd, mask_bts, bias_nts, slots_bt=None):
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout_rate)
-    h = layers.RMSNorm(cfg, name="pre_attention_layer_norm")(x_btd)
-    h = layers.Attention(cfg, name="attention")(h, h, mask_bts, bias_nts, self.deterministic)
+    sub = lambda make, name, *args: task_routing.per_task(self, make, name, "encoder",
+                                                          slots_bt, *args)
+    norm = lambda name: layers.RMSNorm(cfg, name=name)
+    h = sub(norm, "pre_attention_layer_norm", x_btd)
+    h = sub(lambda name: layers.Attention(cfg, name=name), "attention",
+            h, h, mask_bts, bias_nts, self.deterministic)
     x_btd = x_btd + dropout(h, deterministic=self.deterministic)
-    h = layers.RMSNorm(cfg, name="pre_mlp_layer_norm")(x_btd)
-    h = layers.FeedForward(cfg, name="mlp")(h, self.deterministic)
+    h = sub(norm, "pre_mlp_layer_norm", x_btd)
+    h = sub(lambda name: layers.FeedForward(cfg, name=name), "mlp", h, self.deterministic)
     x_btd = x_btd + dropout(h, deterministic=self.deterministic)
+    x_btd = task_routing.adapt(self, slots_bt, x_btd)
     return constrain(x_btd, ("batch", "length", "embed"))
 
 
@@ -118,20 +125,25 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, y_btd, encoded_bsd, self_mask_btt, cross_mask_bts, bias_ntt,
-               cache_index=None):
+               cache_index=None, slots_bt=None):
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout_rate)
-    h = layers.RMSNorm(cfg, name="pre_self_attention_layer_norm")(y_btd)
-    h = layers.Attention(cfg, decode_role="self", name="self_attention")(
-        h, h, self_mask_btt, bias_ntt, self.deterministic, self.decode, cache_index)
+    sub = lambda make, name, *args: task_routing.per_task(self, make, name, "decoder",
+                                                          slots_bt, *args)
+    norm = lambda name: layers.RMSNorm(cfg, name=name)
+    attention = lambda role: lambda name: layers.Attention(cfg, decode_role=role, name=name)
+    h = sub(norm, "pre_self_attention_layer_norm", y_btd)
+    h = sub(attention("self"), "self_attention",
+            h, h, self_mask_btt, bias_ntt, self.deterministic, self.decode, cache_index)
     y_btd = y_btd + dropout(h, deterministic=self.deterministic)
-    h = layers.RMSNorm(cfg, name="pre_cross_attention_layer_norm")(y_btd)
-    h = layers.Attention(cfg, decode_role="cross", name="encoder_decoder_attention")(
-        h, encoded_bsd, cross_mask_bts, None, self.deterministic, self.decode)
+    h = sub(norm, "pre_cross_attention_layer_norm", y_btd)
+    h = sub(attention("cross"), "encoder_decoder_attention",
+            h, encoded_bsd, cross_mask_bts, None, self.deterministic, self.decode)
     y_btd = y_btd + dropout(h, deterministic=self.deterministic)
-    h = layers.RMSNorm(cfg, name="pre_mlp_layer_norm")(y_btd)
-    h = layers.FeedForward(cfg, name="mlp")(h, self.deterministic)
+    h = sub(norm, "pre_mlp_layer_norm", y_btd)
+    h = sub(lambda name: layers.FeedForward(cfg, name=name), "mlp", h, self.deterministic)
     y_btd = y_btd + dropout(h, deterministic=self.deterministic)
+    y_btd = task_routing.adapt(self, slots_bt, y_btd)
     return constrain(y_btd, ("batch", "length", "embed"))
 
 
@@ -139,13 +151,13 @@ class Encoder(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x_bsd, mask_bss, deterministic: bool):
+  def __call__(self, x_bsd, mask_bss, deterministic: bool, slots_bs=None):
     cfg = self.config
     s = x_bsd.shape[1]
     bias_nss = layers.RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(s, s)
     x_bsd = nn.Dropout(cfg.dropout_rate)(x_bsd, deterministic=deterministic)
     x_bsd = run_layers(self, EncoderLayer, cfg.num_encoder_layers, x_bsd,
-                       (mask_bss, bias_nss), deterministic)
+                       (mask_bss, bias_nss, slots_bs), deterministic)
     x_bsd = layers.RMSNorm(cfg, name="encoder_norm")(x_bsd)
     return nn.Dropout(cfg.dropout_rate)(x_bsd, deterministic=deterministic)
 
@@ -157,9 +169,19 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, y_btd, encoded_bsd, self_mask_btt, cross_mask_bts, embedding_vd,
-               deterministic: bool, decode: bool = False):
+               deterministic: bool, decode: bool = False, slots_bt=None):
     cfg = self.config
     t = y_btd.shape[1]
+    if decode and cfg.has_task_parameters:
+      # Decoding keeps each row's task slot in the cache (beam search copies and
+      # reorders it with the rows), set by the call that creates the cache.
+      if slots_bt is None and not self.has_variable("cache", "task_slots"):
+        raise ValueError(
+            f"This model has per-task parameters (task_slots {list(cfg.task_slots)}); pass "
+            "decoder_task_slots to the call that creates the decode cache.")
+      first_slots_bt = slots_bt
+      slots = self.variable("cache", "task_slots", lambda: first_slots_bt[:, 0])
+      slots_bt = jnp.broadcast_to(slots.value[:, None], y_btd.shape[:2])
     relpos = layers.RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
     cache_index = None
     if decode and self.has_variable("cache", "index"):
@@ -179,7 +201,8 @@ class Decoder(nn.Module):
 
     y_btd = nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)
     y_btd = run_layers(self, DecoderLayer, cfg.num_decoder_layers, y_btd,
-                       (encoded_bsd, self_mask_btt, cross_mask_bts, bias_ntt, cache_index),
+                       (encoded_bsd, self_mask_btt, cross_mask_bts, bias_ntt, cache_index,
+                        slots_bt),
                        deterministic, decode)
     y_btd = layers.RMSNorm(cfg, name="decoder_norm")(y_btd)
     y_btd = nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)
@@ -214,34 +237,58 @@ class Transformer(nn.Module):
     x_btd = jnp.take(self.embedding_vd, tokens_bt, axis=0).astype(self.config.dtype)
     return constrain(x_btd, ("batch", "length", "embed"))
 
-  def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=False):
-    """Returns the encoder output [B, S, D]."""
+  def _slots(self, slots_bt, tokens_bt, name: str, decode=False):
+    """Task slots per token; required when the model has per-task parameters."""
+    if not self.config.has_task_parameters:
+      return None
+    if slots_bt is None:
+      if decode:  # later decode steps read the slots from the cache (see Decoder)
+        return None
+      if self.is_initializing():
+        return jnp.zeros(tokens_bt.shape, jnp.int32)
+      raise ValueError(
+          f"This model has per-task parameters (task_slots {list(self.config.task_slots)}); "
+          f"pass {name} (each token's slot index, config.slot_of_task(task)).")
+    return jnp.broadcast_to(jnp.asarray(slots_bt, jnp.int32), tokens_bt.shape)
+
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=False,
+             encoder_task_slots=None):
+    """Returns the encoder output [B, S, D]. encoder_task_slots: [B, S] or [B, 1]
+    slot indices (only for models with task slots)."""
     enc_seg = _segment_ids(encoder_input_tokens, encoder_segment_ids)
     encoder_mask, _, _ = attention_masks(enc_seg, None)
+    slots_bs = self._slots(encoder_task_slots, encoder_input_tokens, "encoder_task_slots")
     return self.encoder(self._embed(encoder_input_tokens), encoder_mask,
-                        deterministic=not enable_dropout)
+                        deterministic=not enable_dropout, slots_bs=slots_bs)
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
              encoder_segment_ids=None, decoder_segment_ids=None, enable_dropout=False,
-             decode=False):
+             decode=False, decoder_task_slots=None):
     """Returns fp32 logits [B, T, V].
 
     With decode=True the first call (over a full-length dummy decoder input)
-    creates the "cache" collection; each later call consumes one position.
+    creates the "cache" collection; each later call consumes one position (and
+    reuses the task slots given to the first call).
     """
     enc_seg = _segment_ids(encoder_input_tokens, encoder_segment_ids)
     if decode:
       decoder_segment_ids = None
     _, self_mask, cross_mask = attention_masks(enc_seg, decoder_segment_ids)
+    slots_bt = self._slots(decoder_task_slots, decoder_input_tokens, "decoder_task_slots",
+                           decode)
     return self.decoder(self._embed(decoder_input_tokens), encoded, self_mask, cross_mask,
-                        self.embedding_vd, deterministic=not enable_dropout, decode=decode)
+                        self.embedding_vd, deterministic=not enable_dropout, decode=decode,
+                        slots_bt=slots_bt)
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
-               decoder_segment_ids=None, enable_dropout=False):
+               decoder_segment_ids=None, enable_dropout=False, encoder_task_slots=None,
+               decoder_task_slots=None):
     """Teacher-forced logits [B, T, V] (fp32)."""
-    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout)
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout,
+                          encoder_task_slots)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                       encoder_segment_ids, decoder_segment_ids, enable_dropout)
+                       encoder_segment_ids, decoder_segment_ids, enable_dropout,
+                       decoder_task_slots=decoder_task_slots)
 
 
 def _segment_ids(tokens_bt, segment_ids_bt):
