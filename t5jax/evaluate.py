@@ -71,7 +71,7 @@ def evaluate(predictor: Predictor, cfg: EvalConfig, mixture_or_task: str) -> dic
   teacher-forced cross-entropy per target token (EOS included).
   """
   provider = registry.get_task_or_mixture(mixture_or_task)  # one-line error if unknown
-  names = ([t.name for t in provider.get_subtasks()] if isinstance(provider, seqio.Mixture)
+  names = ([t.name for t in provider.tasks] if isinstance(provider, seqio.Mixture)
            else [provider.name])
   # One evaluator per task, so that each task is decoded with its own parameters
   # in a model with task slots.
@@ -85,7 +85,13 @@ def _evaluate_task(predictor: Predictor, cfg: EvalConfig, task: str) -> dict:
       num_examples=cfg.max_examples, shuffle=False, async_compute_metrics=False)
   if not evaluator.eval_tasks:
     return {}
-  totals = {"loglik": 0.0, "tokens": 0}  # teacher-forced, over the task's examples
+  # Teacher-forced log-likelihood and target tokens, from whichever of predict_fn and
+  # score_fn SeqIO calls (a task's metrics may need either or both).
+  totals = {"predict": [0.0, 0], "score": [0.0, 0]}
+
+  def add_loss(kind, scores, tgt, n):
+    totals[kind][0] += float(np.sum(scores[:n]))
+    totals[kind][1] += int(np.sum(tgt[:n] > 0))
 
   def predict_fn(dataset, *unused):
     out = []
@@ -93,6 +99,7 @@ def _evaluate_task(predictor: Predictor, cfg: EvalConfig, task: str) -> dict:
       enc = _stack(rows, "encoder_input_tokens", cfg.batch_size)
       tgt = _stack(rows, "decoder_target_tokens", cfg.batch_size)
       result = predictor.generate_tokens(enc, cfg.strategy, cfg.targets_length, task)
+      add_loss("predict", predictor.log_likelihood_tokens(enc, tgt, task), tgt, len(indices))
       # Whole fixed-length rows (padding after EOS): SeqIO stacks them into one array
       # and its vocabulary's decode stops at EOS.
       for i, index in enumerate(indices):
@@ -105,19 +112,15 @@ def _evaluate_task(predictor: Predictor, cfg: EvalConfig, task: str) -> dict:
       enc = _stack(rows, "encoder_input_tokens", cfg.batch_size)
       tgt = _stack(rows, "decoder_target_tokens", cfg.batch_size)
       scores = predictor.log_likelihood_tokens(enc, tgt, task)
+      add_loss("score", scores, tgt, len(indices))
       out.extend((index, float(scores[i])) for i, index in enumerate(indices))
     return out
 
   metrics_future, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn,
                                          score_fn=score_fn)
   values = {k: _scalar(v) for k, v in metrics_future.result().get(task, {}).items()}
-  dataset = evaluator.cached_model_datasets[task]
-  for _, rows in _batches(dataset.enumerate(), cfg.batch_size):
-    enc = _stack(rows, "encoder_input_tokens", cfg.batch_size)
-    tgt = _stack(rows, "decoder_target_tokens", cfg.batch_size)
-    totals["loglik"] += float(np.sum(predictor.log_likelihood_tokens(enc, tgt, task)[:len(rows)]))
-    totals["tokens"] += int(np.sum(tgt[:len(rows)] > 0))
-  values["loss"] = -totals["loglik"] / max(totals["tokens"], 1)
+  loglik, tokens = totals["predict"] if totals["predict"][1] else totals["score"]
+  values["loss"] = -loglik / max(tokens, 1)
   values["examples"] = sum(1 for _ in evaluator.cached_task_datasets[task])
   return values
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import gin
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -36,6 +38,10 @@ class OptimizerConfig:
     clip_grad_norm: clip gradients to this global norm before the update (0: off).
     b1, b2, eps: AdamW moments.
     adafactor_decay_rate: Adafactor's second-moment decay exponent (T5: 0.8).
+    trainable: a regular expression over parameter paths ("decoder/layers_0/mlp/wi");
+      only the parameters it matches (re.search) are updated, the others stay
+      frozen and get no optimizer state. Empty: all train. E.g. "adapter_task"
+      trains the task adapters on a frozen backbone.
   """
   name: str = "adafactor"
   learning_rate: float = 0.01
@@ -50,8 +56,14 @@ class OptimizerConfig:
   b2: float = 0.999
   eps: float = 1e-8
   adafactor_decay_rate: float = 0.8
+  trainable: str = ""
 
   def __post_init__(self):
+    try:
+      re.compile(self.trainable)
+    except re.error as e:
+      raise ValueError(f"OptimizerConfig.trainable={self.trainable!r} is not a valid regular "
+                       f"expression: {e}.") from None
     if self.name not in OPTIMIZERS:
       raise ValueError(f"OptimizerConfig.name={self.name!r} is not one of {OPTIMIZERS}.")
     if self.decay not in DECAYS:
@@ -100,5 +112,18 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     core = optax.adamw(learning_rate=schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                        weight_decay=cfg.weight_decay)
   if cfg.clip_grad_norm:
-    return optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm), core)
-  return core
+    core = optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm), core)
+  if not cfg.trainable:
+    return core
+  pattern = re.compile(cfg.trainable)
+
+  def labels(params):
+    def label(path, _):
+      name = "/".join(str(getattr(k, "key", k)) for k in path)
+      return "train" if pattern.search(name) else "frozen"
+    out = jax.tree_util.tree_map_with_path(label, params)
+    if "train" not in jax.tree.leaves(out):
+      raise ValueError(f"OptimizerConfig.trainable={cfg.trainable!r} matches no parameter; "
+                       "parameter paths look like 'decoder/layers_0/adapter_task0/down'.")
+    return out
+  return optax.multi_transform({"train": core, "frozen": optax.set_to_zero()}, labels)

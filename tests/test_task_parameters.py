@@ -261,3 +261,17 @@ def test_tasks_map_to_slots_by_name_or_pattern():
     narrow.slot_of_task("scitldr")
   with pytest.raises(ValueError, match="adapters"):
     task_params.for_task({}, cfg, "glue_cola")
+
+
+def test_trainable_freezes_every_other_parameter():
+  cfg = _config(**ADAPTERS)
+  params = _init(cfg)
+  tx = optim.make_optimizer(optim.OptimizerConfig(trainable="adapter_task1"))
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+  for path, u in flat:
+    moved = "adapter_task1" in jax.tree_util.keystr(path)
+    assert (float(jnp.abs(u).max()) > 0) == moved, jax.tree_util.keystr(path)
+  with pytest.raises(ValueError, match="matches no parameter"):
+    optim.make_optimizer(optim.OptimizerConfig(trainable="adaptor")).init(params)
