@@ -34,6 +34,11 @@ def compile_train_step(config, num_tasks: int = 1) -> dict:
   model = build_model(config)
   tx = optim.make_optimizer(config.optimizer)
   lengths = (config.data.inputs_length, config.data.targets_length)
+  slot_table = None
+  if model.config.has_task_parameters:  # per-task parameters: route the run's tasks
+    from t5jax.data import pipeline
+    task_names = pipeline.task_names(config.data.mixture_or_task)
+    slot_table, num_tasks = train_step.task_slot_table(model, task_names), len(task_names)
   start = time.time()
   with partitioning.sharding_context(mesh):
     task_state = task_weighting.init_state(config.loss, num_tasks)
@@ -44,7 +49,7 @@ def compile_train_step(config, num_tasks: int = 1) -> dict:
     step = train_step.jit_train_step(
         mesh, shardings, model=model, tx=tx, loss_cfg=config.loss,
         task_weights_k=jnp.ones(num_tasks), microbatches=config.microbatches,
-        schedule=optim.learning_rate_schedule(config.optimizer))
+        schedule=optim.learning_rate_schedule(config.optimizer), slot_of_task_k=slot_table)
     lowered = step.lower(abstract, abstract_batch(config.batch_size, *lengths, mesh))
     compiled = lowered.compile()
   seconds = time.time() - start

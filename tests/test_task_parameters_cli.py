@@ -122,3 +122,19 @@ def test_adapters_fine_tune_from_a_plain_checkpoint_and_evaluate_per_task(tmp_pa
 def jax_leaves(tree):
   import jax
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_compile_plans_a_soft_shared_model_on_a_mesh(capsys, monkeypatch):
+  import os
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", ""))
+  code = cli.main(["compile", "--devices=8", "--gin_file=runs/demo.gin",
+                   "--gin_file=mesh/fsdp_tp.gin",
+                   "--gin.TrainConfig.model_overrides={'scan_layers': True, "
+                   "'task_slots': ('multi30k_en_fr', 'multi30k_en_de'), "
+                   "'task_specific': ('decoder.mlp',), 'adapter_dim': 16}"])
+  assert code == 0
+  report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  # t5_1_0_tiny (5,031,680) + 2 copies of 2 decoder MLPs (2 x 128 x 512 each)
+  # + 2 adapters in each of 4 layers (2 x 128 x 16 each).
+  assert report["parameters"] == 5_031_680 + 2 * 2 * 2 * 128 * 512 + 2 * 4 * 2 * 128 * 16
