@@ -12,8 +12,9 @@ adds a little; the table gives the total).
 
   python benchmarks/multitask_experiment.py --steps 600 --out benchmarks/results/multitask
 
-writes docs/experiments.md (the table) and docs/experiments_task_losses.png (each
-task's training loss per variant). Runs that finished are reused: delete their
+writes the table into docs/experiments.md (between its table markers; the text
+around them is kept) and docs/experiments_task_losses.png (each task's training
+loss per variant). Runs that finished are reused: delete their
 directory (or pass --fresh) to train them again.
 """
 
@@ -190,6 +191,20 @@ def plot(results: dict, path: str) -> None:
   fig.savefig(path, dpi=90)
 
 
+START, END = "<!-- table:start -->", "<!-- table:end -->"
+
+
+def write_table(path: str, text: str, command: str) -> None:
+  """Puts the table between the markers of `path` (created when missing)."""
+  block = f"{START}\n<!-- written by: {command} -->\n{text}\n{END}"
+  doc = open(path, encoding="utf-8").read() if os.path.isfile(path) else f"{START}\n{END}\n"
+  if START not in doc or END not in doc:
+    doc += f"\n{START}\n{END}\n"
+  head, rest = doc.split(START, 1)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(head + block + rest.split(END, 1)[1])
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=600)
@@ -204,7 +219,11 @@ def main(argv=None) -> None:
   summary = {c: {k: v for k, v in results[c].items() if k != "curves"} for c in COLUMNS}
   with open(os.path.join(args.out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
-  print(table(results))
+  text = table(results)
+  command = "python benchmarks/multitask_experiment.py " + " ".join(
+      sys.argv[1:] if argv is None else argv)
+  write_table(os.path.join(args.docs, "experiments.md"), text, command.strip())
+  print(text)
 
 
 if __name__ == "__main__":

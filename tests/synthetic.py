@@ -10,8 +10,6 @@ def packed_batch(batch_size=8, length=16, vocab=500, num_tasks=2, seed=0):
       "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
       "decoder_segment_ids", "decoder_positions", "decoder_task_ids", "encoder_task_ids")}
   for b in range(batch_size):
-    # The task of each packed example, shared by its encoder and decoder segments.
-    segment_task = {1: int(rng.integers(0, num_tasks)), 2: int(rng.integers(0, num_tasks))}
     for prefix in ("encoder", "decoder"):
       cut = int(rng.integers(3, length // 2))
       end = int(rng.integers(cut + 2, length + 1))
@@ -24,11 +22,13 @@ def packed_batch(batch_size=8, length=16, vocab=500, num_tasks=2, seed=0):
           feats["decoder_target_tokens"][b, lo:hi] = tokens
           feats["decoder_input_tokens"][b, lo:hi] = np.concatenate([[0], tokens[:-1]])
           feats["decoder_loss_weights"][b, lo:hi] = 1
-          feats["decoder_task_ids"][b, lo:hi] = segment_task[seg]
-        if prefix == "encoder":
-          feats["encoder_task_ids"][b, lo:hi] = segment_task[seg]
+          feats["decoder_task_ids"][b, lo:hi] = int(rng.integers(0, num_tasks))
         feats[f"{prefix}_segment_ids"][b, lo:hi] = seg
         feats[f"{prefix}_positions"][b, lo:hi] = np.arange(n)
+    # An example's encoder segment has its decoder segment's task.
+    for seg in (1, 2):
+      task = feats["decoder_task_ids"][b][feats["decoder_segment_ids"][b] == seg][0]
+      feats["encoder_task_ids"][b][feats["encoder_segment_ids"][b] == seg] = task
   return feats
 
 
