@@ -106,6 +106,8 @@ def _schedule(steps: int, total: int) -> list[str]:
   """The base run's warm-up and decay start, scaled to a run of `steps` steps."""
   warmup = max(1, round(20 * steps / total))
   return [f"TrainConfig.num_steps = {steps}", f"EvalConfig.every_steps = {steps}",
+          # About 10 points on a short run's loss curve; every 20 steps on the long runs.
+          f"TrainConfig.log_every = {max(1, min(20, steps // 10))}",
           f"OptimizerConfig.warmup_steps = {warmup}",
           f"OptimizerConfig.decay_start = {max(warmup, round(100 * steps / total))}"]
 
