@@ -87,9 +87,32 @@ def test_exported_task_copy_matches_transformers(soft_run, tmp_path, capsys):
   assert abs(other[0] - logp) > 1e-3
 
 
-def test_adapters_fine_tune_from_a_plain_checkpoint_and_evaluate_per_task(tmp_path, capsys):
-  plain = tmp_path / "plain"
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+  """A plain (hard-shared) T5 run to fine-tune from."""
+  plain = tmp_path_factory.mktemp("plain") / "run"
   assert cli.main(["train", f"--run_dir={plain}", "--gin.TrainConfig.num_steps=5", *FAST]) == 0
+  return plain
+
+
+def test_soft_sharing_fine_tunes_from_a_plain_checkpoint(plain_run, tmp_path):
+  """The plain weights fill the shared modules and their copies; the copies (separate
+  buffers, so the donated state holds no buffer twice) train, the anchors (lambda = 0)
+  stay the plain run's."""
+  tuned = tmp_path / "tuned"
+  assert cli.main(["train", f"--run_dir={tuned}", f"--init_from={plain_run}",
+                   "--gin.TrainConfig.num_steps=2", SOFT, *FAST]) == 0
+  original = Predictor.from_checkpoint(str(plain_run)).params
+  soft = Predictor.from_checkpoint(str(tuned)).params
+  for name in ("mlp", "mlp_task0", "mlp_task1"):
+    moved = name != "mlp"
+    got, want = soft["decoder"]["layers_0"][name]["wo"], original["decoder"]["layers_0"]["mlp"]["wo"]
+    assert (not np.array_equal(got, want)) == moved, name
+
+
+def test_adapters_fine_tune_from_a_plain_checkpoint_and_evaluate_per_task(plain_run, tmp_path,
+                                                                         capsys):
+  plain = plain_run
   tuned = tmp_path / "tuned"
   assert cli.main(["train", f"--run_dir={tuned}", f"--init_from={plain}",
                    "--gin.TrainConfig.num_steps=2", "--gin.OptimizerConfig.trainable='adapter_'",

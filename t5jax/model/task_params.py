@@ -39,10 +39,11 @@ def _walk(params: Any, visit: Callable[[dict], dict]) -> Any:
 
 def init_copies_from_shared(params):
   """Every task copy set to its shared anchor: the model then computes exactly
-  what the hard-shared model with the anchors computes."""
+  what the hard-shared model with the anchors computes. The copies are new
+  buffers: a donated training state must not hold one buffer twice."""
   def visit(node):
     for key, anchor, _ in _copies(node):
-      node[key] = jax.tree.map(lambda x: x, node[anchor])
+      node[key] = jax.tree.map(jnp.copy, node[anchor])
     return node
   return _walk(params, visit)
 
@@ -58,12 +59,6 @@ def soft_sharing_penalty(params) -> jax.Array:
     return node
   _walk(params, visit)
   return total[0]
-
-
-def has_copies(params) -> bool:
-  found = []
-  _walk(params, lambda node: (found.extend(_copies(node)), node)[1])
-  return bool(found)
 
 
 def shared_only(params):
@@ -98,10 +93,10 @@ def for_task(params, cfg: T5Config, task: str) -> tuple[T5Config, Any]:
         "cannot hold; export a soft-shared or hard-shared model instead.")
   slot = cfg.task_slots.index(task) if task in cfg.task_slots else cfg.slot_of_task(task)
 
-  def visit(node):
+  def take_slot(node):
     for key, anchor, k in _copies(node):
       if k == slot:
         node[anchor] = node[key]
-    return {k: v for k, v in node.items() if not _COPY.match(k)}
+    return node
   plain = cfg.replace(task_slots=(), task_specific=(), adapter_dim=0)
-  return plain, _walk(params, visit)
+  return plain, shared_only(_walk(params, take_slot))
