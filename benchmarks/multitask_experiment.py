@@ -95,10 +95,8 @@ def _seconds(run_dir: str) -> float:
 
 
 def _task_steps(steps: int, min_steps: int) -> dict[str, int]:
-  import seqio
   from t5jax.data import mixtures, registry
   rates = mixtures.normalized_rates(registry.get_task_or_mixture("supervised_mix"))
-  del seqio
   return {t: max(min_steps, int(round(rates[t] * steps))) for t in TASKS}
 
 

@@ -11,18 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5jax import optim, partitioning, task_weighting, train_step
+from t5jax.data import pipeline
 from t5jax.model.flops import model_flops_per_step
 
 
 def abstract_batch(batch_size: int, inputs_length: int, targets_length: int, mesh):
+  """The pipeline's batch (pipeline.MODEL_FEATURES) as shapes, sharded over the batch."""
   sharding = partitioning.batch_sharding(mesh)
-  spec = lambda n: jax.ShapeDtypeStruct((batch_size, n), jnp.int32, sharding=sharding)
-  out = {k: spec(inputs_length) for k in ("encoder_input_tokens", "encoder_segment_ids",
-                                          "encoder_positions", "encoder_task_ids")}
-  out.update({k: spec(targets_length) for k in (
-      "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-      "decoder_segment_ids", "decoder_positions", "decoder_task_ids")})
-  return out
+  length = lambda k: inputs_length if k.startswith("encoder_") else targets_length
+  return {k: jax.ShapeDtypeStruct((batch_size, length(k)), jnp.int32, sharding=sharding)
+          for k in pipeline.MODEL_FEATURES}
 
 
 def compile_train_step(config, num_tasks: int = 1) -> dict:
@@ -36,7 +34,6 @@ def compile_train_step(config, num_tasks: int = 1) -> dict:
   lengths = (config.data.inputs_length, config.data.targets_length)
   slot_table = None
   if model.config.has_task_parameters:  # per-task parameters: route the run's tasks
-    from t5jax.data import pipeline
     task_names = pipeline.task_names(config.data.mixture_or_task)
     slot_table, num_tasks = train_step.task_slot_table(model, task_names), len(task_names)
   start = time.time()

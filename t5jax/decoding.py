@@ -90,14 +90,15 @@ class DecodeOutput(NamedTuple):
   beam_score_bk: jax.Array | None = None
 
 
-def _slots_b1(task_slots_b):
+def row_slots(task_slots_b):
+  """[B] task slots as the model's [B, 1] per-token slots (None stays None)."""
   return None if task_slots_b is None else jnp.asarray(task_slots_b, jnp.int32)[:, None]
 
 
 def encode(model, params, encoder_input_tokens, task_slots_b=None):
   """The encoder output [B, S, D]; task_slots_b [B] for models with task slots."""
   return model.apply({"params": params}, encoder_input_tokens, method=model.encode,
-                     encoder_task_slots=_slots_b1(task_slots_b))
+                     encoder_task_slots=row_slots(task_slots_b))
 
 
 def init_cache(model, params, encoded_bsd, encoder_input_tokens, max_decode_length: int,
@@ -108,7 +109,7 @@ def init_cache(model, params, encoded_bsd, encoder_input_tokens, max_decode_leng
   dummy_bt = jnp.zeros((b, max_decode_length), jnp.int32)
   _, variables = model.apply({"params": params}, encoded_bsd, encoder_input_tokens, dummy_bt,
                              decode=True, method=model.decode, mutable=["cache"],
-                             decoder_task_slots=_slots_b1(task_slots_b))
+                             decoder_task_slots=row_slots(task_slots_b))
   return variables["cache"]
 
 
@@ -319,7 +320,7 @@ def greedy_decode_uncached(model, params, encoder_input_tokens, max_decode_lengt
     out_bl, done_b = carry
     inputs_bl = jnp.concatenate([jnp.full((b, 1), PAD_ID, jnp.int32), out_bl[:, :-1]], axis=1)
     logits_blv = model.apply({"params": params}, encoded, encoder_input_tokens, inputs_bl,
-                             method=model.decode, decoder_task_slots=_slots_b1(task_slots_b))
+                             method=model.decode, decoder_task_slots=row_slots(task_slots_b))
     next_b = jnp.argmax(logits_blv[:, i], axis=-1).astype(jnp.int32)
     next_b = jnp.where(done_b, PAD_ID, next_b)
     return out_bl.at[:, i].set(next_b), done_b | (next_b == EOS_ID)

@@ -192,7 +192,7 @@ def _log_likelihood(model, params, encoder_tokens, targets, task_slots_b):
   """Teacher-forced sum of log p(target token) over non-padding targets [B]."""
   decoder_inputs = jnp.concatenate(
       [jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
-  slots_b1 = None if task_slots_b is None else task_slots_b[:, None]
+  slots_b1 = decoding.row_slots(task_slots_b)
   logits = model.apply({"params": params}, encoder_tokens, decoder_inputs,
                        encoder_task_slots=slots_b1, decoder_task_slots=slots_b1)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32))

@@ -164,8 +164,7 @@ def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkp
   task_state = task_weighting.init_state(config.loss, num_tasks)
   shardings = train_step.state_shardings(model, tx, mesh, *lengths, task_state)
   abstract = train_step.abstract_train_state(model, tx, *lengths, task_state)
-  _check_same_task_weighting(ckpt, config.loss.task_weighting, num_tasks)
-  _check_resumable(ckpt, model.config)
+  _check_resumable(ckpt, model.config, config.loss.task_weighting, num_tasks)
   restored = ckpt.restore_latest(abstract, shardings)
   if restored is not None:
     state, meta = restored
@@ -176,10 +175,11 @@ def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkp
                                                    task_state)
   if config.checkpoint.init_from:
     source = config.checkpoint.init_from
-    source_cfg = checkpoint.read_meta(source).get("model_config", {})
+    source_meta = checkpoint.read_meta(source)
+    source_cfg = source_meta.get("model_config", {})
     plain_source = model.config.has_task_parameters and not (
         source_cfg.get("task_specific") or source_cfg.get("adapter_dim"))
-    _check_same_architecture(checkpoint.read_meta(source), model.config, source,
+    _check_same_architecture(source_meta, model.config, source,
                              task_fields=not plain_source)
     if plain_source:
       # A plain T5 checkpoint: its weights become the shared modules, the task
@@ -215,9 +215,11 @@ def _check_same_architecture(meta: dict, cfg, source: str, task_fields: bool = T
           "CheckpointConfig.init_from to keep a plain T5's parameters).")
 
 
-def _check_resumable(ckpt: checkpoint.Checkpointer, cfg) -> None:
-  """A run resumed with another architecture would not restore: say so before
-  trying, rather than setting its checkpoints aside as unreadable."""
+def _check_resumable(ckpt: checkpoint.Checkpointer, cfg, weighting: str,
+                     num_tasks: int) -> None:
+  """A run resumed with another architecture (task parameters included) or another
+  task weighting has another state, which would not restore: say so before trying,
+  rather than setting its checkpoints aside as unreadable."""
   steps = ckpt.steps()
   if not steps:
     return
@@ -226,20 +228,7 @@ def _check_resumable(ckpt: checkpoint.Checkpointer, cfg) -> None:
   except Exception:  # noqa: BLE001 - an unreadable checkpoint is restore_latest's to handle
     return
   _check_same_architecture(meta, cfg, ckpt.directory)
-
-
-def _check_same_task_weighting(ckpt: checkpoint.Checkpointer, weighting: str,
-                               num_tasks: int) -> None:
-  """A run resumed with another task weighting has another task state, which
-  would not restore: say so, instead of setting its checkpoints aside."""
-  steps = ckpt.steps()
-  if not steps:
-    return
-  try:
-    saved = ckpt.read_meta(steps[-1]).get(
-        "task_weighting", {"mode": "fixed"})  # checkpoints from before task weighting
-  except Exception:  # noqa: BLE001 - an unreadable checkpoint is restore_latest's to handle
-    return
+  saved = meta.get("task_weighting", {"mode": "fixed"})  # from before task weighting
   if saved["mode"] != weighting or (weighting != "fixed" and saved["num_tasks"] != num_tasks):
     raise ValueError(
         f"Checkpoint step {steps[-1]} in {ckpt.directory} was trained with task_weighting="

@@ -16,8 +16,9 @@ class TaskIdEncDecFeatureConverter(seqio.EncDecFeatureConverter):
 
   Input examples need `decoder_task_ids` shaped like `targets` and `encoder_task_ids` shaped
   like `inputs` (the task id repeated); SeqIO packs them alongside, so each token keeps its
-  task id (the loss reads the decoder's, per-task parameters read both), and padding gets 0. Without packing, segment ids are 1 on tokens and positions count from 0 (both
-  0 on padding): the same as a packed row that holds one example.
+  task id (the loss reads the decoder's, per-task parameters read both), and padding gets
+  0. Without packing, segment ids are 1 on tokens and positions count from 0 (both 0 on
+  padding): the same as a packed row that holds one example.
   """
 
   TASK_FEATURES = {**seqio.EncDecFeatureConverter.TASK_FEATURES, TASK_IDS: _Spec(tf.int32),

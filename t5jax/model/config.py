@@ -114,7 +114,7 @@ class T5Config:
                          f"Choose from {', '.join(options)}.")
     if self.adapter_dim < 0:
       raise ValueError(f"adapter_dim must be >= 0, got {self.adapter_dim}.")
-    if (self.task_specific or self.adapter_dim) and not self.task_slots:
+    if self.has_task_parameters and not self.task_slots:
       raise ValueError("task_specific and adapter_dim need task_slots (one per task or task "
                        "group), e.g. model_overrides={'task_slots': ('glue_.*', 'scitldr')}.")
     for slot in self.task_slots:
