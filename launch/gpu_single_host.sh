@@ -37,33 +37,21 @@ Environment (default):
 EOF
 }
 
-DRY_RUN="${DRY_RUN:-0}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=launch/lib.sh
+source "$REPO_ROOT/launch/lib.sh"
 
 NUM_GPUS="${NUM_GPUS:-}"
 RUN_DIR="${RUN_DIR:-runs/gpu}"
-GIN_ARGS="${GIN_ARGS:---gin_file=runs/pretrain.gin --gin_file=models/t5_1_1_base.gin --gin_file=mesh/fsdp.gin}"
+GIN_ARGS="${GIN_ARGS:-$DEFAULT_GIN_ARGS}"
 # JAX preallocates 75% by default; training wants more, and TensorFlow (under
 # SeqIO) is kept off the GPUs by t5jax, so little else needs GPU memory.
 XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.90}"
-# The latency-hiding scheduler overlaps FSDP's all-gathers / reduce-scatters and
-# data parallelism's all-reduces with compute. FSDP issues one collective per
-# parameter; combining them into buffers of up to 128 MiB keeps NCCL at bandwidth
-# rather than latency. (All four flags are known to the jaxlib that pyproject
-# pins; an unknown flag makes XLA abort at start-up.)
-GPU_XLA_FLAGS="${GPU_XLA_FLAGS:---xla_gpu_enable_latency_hiding_scheduler=true \
---xla_gpu_all_gather_combine_threshold_bytes=134217728 \
---xla_gpu_reduce_scatter_combine_threshold_bytes=134217728 \
---xla_gpu_all_reduce_combine_threshold_bytes=134217728}"
+# Why these flags: launch/lib.sh.
+GPU_XLA_FLAGS="${GPU_XLA_FLAGS:-$DEFAULT_GPU_XLA_FLAGS}"
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-# The lower bound of pyproject's pin ("jax>=0.10.2,<0.11"): the version we test.
-JAX_VERSION="${JAX_VERSION:-$(sed -n 's/.*"jax>=\([0-9.]*\),.*/\1/p' "$REPO_ROOT/pyproject.toml")}"
-
-die() { echo "gpu_single_host.sh: $*" >&2; exit 2; }
-
-# shellcheck source=launch/lib.sh
-source "$REPO_ROOT/launch/lib.sh"
+JAX_VERSION="${JAX_VERSION:-$(pyproject_jax_version)}"
 
 cmd_setup() {
   [[ -n $JAX_VERSION ]] || die "cannot read jax's version from pyproject.toml; set JAX_VERSION."

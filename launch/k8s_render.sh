@@ -47,8 +47,9 @@ Environment (default):
 EOF
 }
 
-DRY_RUN="${DRY_RUN:-0}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=launch/lib.sh
+source "$REPO_ROOT/launch/lib.sh"
 
 NAME="${NAME:-t5jax}"
 IMAGE="${IMAGE:-}"
@@ -59,26 +60,18 @@ ACCEL_PER_HOST="${ACCEL_PER_HOST:-}"
 TPU_ACCELERATOR="${TPU_ACCELERATOR:-}"
 TPU_TOPOLOGY="${TPU_TOPOLOGY:-}"
 NODE_SELECTOR="${NODE_SELECTOR:-}"
-GIN_ARGS="${GIN_ARGS:---gin_file=runs/pretrain.gin --gin_file=models/t5_1_1_base.gin --gin_file=mesh/fsdp.gin}"
+GIN_ARGS="${GIN_ARGS:-$DEFAULT_GIN_ARGS}"
 T5JAX="${T5JAX:-t5jax}"
 COORDINATOR_PORT="${COORDINATOR_PORT:-1234}"
 MAX_RESTARTS="${MAX_RESTARTS:-3}"
 GRACE_SECONDS="${GRACE_SECONDS:-300}"
 XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.90}"
-# Why these flags: launch/gpu_single_host.sh.
-GPU_XLA_FLAGS="${GPU_XLA_FLAGS:---xla_gpu_enable_latency_hiding_scheduler=true \
---xla_gpu_all_gather_combine_threshold_bytes=134217728 \
---xla_gpu_reduce_scatter_combine_threshold_bytes=134217728 \
---xla_gpu_all_reduce_combine_threshold_bytes=134217728}"
+# Why these flags: launch/lib.sh.
+GPU_XLA_FLAGS="${GPU_XLA_FLAGS:-$DEFAULT_GPU_XLA_FLAGS}"
 EXTRA_XLA_FLAGS="${EXTRA_XLA_FLAGS:-}"
 NAMESPACE="${NAMESPACE:-}"
 MANIFEST="${MANIFEST:-${TMPDIR:-/tmp}/$NAME.jobset.yaml}"
 TEMPLATE="${TEMPLATE:-$REPO_ROOT/launch/k8s_jobset.yaml}"
-
-die() { echo "k8s_render.sh: $*" >&2; exit 2; }
-
-# shellcheck source=launch/lib.sh
-source "$REPO_ROOT/launch/lib.sh"
 
 # KEY=VALUE[,KEY=VALUE...] -> a YAML flow mapping {"KEY": "VALUE", ...}.
 flow_map() {

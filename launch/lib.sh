@@ -1,7 +1,27 @@
-# Shared by the launch scripts (sourced): shell quoting for printed commands and the
-# one `run` through which every external command goes (printed when DRY_RUN=1).
+# Shared by the launch scripts (sourced right after they set REPO_ROOT): their common
+# defaults, `die`, shell quoting for printed commands and the one `run` through which
+# every external command goes (printed when DRY_RUN=1).
 # slurm_multinode.sbatch keeps its own copy: SLURM runs a copy of the batch script
 # from its spool directory, where this file is not beside it.
+
+DRY_RUN="${DRY_RUN:-0}"
+DEFAULT_GIN_ARGS="--gin_file=runs/pretrain.gin --gin_file=models/t5_1_1_base.gin --gin_file=mesh/fsdp.gin"
+# The latency-hiding scheduler overlaps FSDP's all-gathers / reduce-scatters and
+# data parallelism's all-reduces with compute. FSDP issues one collective per
+# parameter; combining them into buffers of up to 128 MiB keeps NCCL at bandwidth
+# rather than latency. (All four flags are known to the jaxlib that pyproject
+# pins; an unknown flag makes XLA abort at start-up.)
+DEFAULT_GPU_XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true \
+--xla_gpu_all_gather_combine_threshold_bytes=134217728 \
+--xla_gpu_reduce_scatter_combine_threshold_bytes=134217728 \
+--xla_gpu_all_reduce_combine_threshold_bytes=134217728"
+
+# The lower bound of pyproject's pin ("jax>=0.10.2,<0.11"): the version we test.
+pyproject_jax_version() {
+  sed -n 's/.*"jax>=\([0-9.]*\),.*/\1/p' "$REPO_ROOT/pyproject.toml"
+}
+
+die() { echo "$(basename "$0"): $*" >&2; exit 2; }
 
 # ARGS as one line that a shell reads back as the same words.
 quote() {

@@ -48,8 +48,9 @@ Environment (default):
 EOF
 }
 
-DRY_RUN="${DRY_RUN:-0}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=launch/lib.sh
+source "$REPO_ROOT/launch/lib.sh"
 
 TPU_NAME="${TPU_NAME:-t5jax-pod}"
 ZONE="${ZONE:-us-central2-b}"
@@ -62,15 +63,9 @@ REPO_REF="${REPO_REF:-origin/HEAD}"
 REMOTE_DIR="${REMOTE_DIR:-t5jax}"
 REMOTE_PYTHON="${REMOTE_PYTHON:-python3.11}"
 RUN_DIR="${RUN_DIR:-}"
-GIN_ARGS="${GIN_ARGS:---gin_file=runs/pretrain.gin --gin_file=models/t5_1_1_base.gin --gin_file=mesh/fsdp.gin}"
+GIN_ARGS="${GIN_ARGS:-$DEFAULT_GIN_ARGS}"
 DETACH="${DETACH:-0}"
-# The lower bound of pyproject's pin ("jax>=0.10.2,<0.11"): the version we test.
-JAX_VERSION="${JAX_VERSION:-$(sed -n 's/.*"jax>=\([0-9.]*\),.*/\1/p' "$REPO_ROOT/pyproject.toml")}"
-
-die() { echo "tpu_pod.sh: $*" >&2; exit 2; }
-
-# shellcheck source=launch/lib.sh
-source "$REPO_ROOT/launch/lib.sh"
+JAX_VERSION="${JAX_VERSION:-$(pyproject_jax_version)}"
 
 # gcloud's location flags, and the ssh/scp target: one slice, or all slices of a
 # queued resource.
