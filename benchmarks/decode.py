@@ -15,7 +15,6 @@ strategy, and one JSON line (appended to --json_out if given).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -30,6 +29,8 @@ import numpy as np  # noqa: E402
 from t5jax import decoding, interop  # noqa: E402
 from t5jax.model import config as model_config  # noqa: E402
 from t5jax.model import t5  # noqa: E402
+
+import report  # noqa: E402 (benchmarks/report.py, beside this script)
 
 
 def parse_args(argv=None):
@@ -194,11 +195,7 @@ def main(argv=None):
     hf_part = (f"{r['hf_s']:6.3f} | {r['hf_tokens_per_s']:8,.0f} | {r['t5jax_over_hf']:7.2f}x "
                f"| {r['same_rows']:>4}/{b:<4} |") if theirs else "     - |        - |        - |        - |"
     print(f"| {name:8} | {r['t5jax_s']:7.3f} | {r['t5jax_tokens_per_s']:11,.0f} | {hf_part}")
-  line = json.dumps(result)
-  print(line)
-  if args.json_out:
-    with open(args.json_out, "a") as f:
-      f.write(line + "\n")
+  report.emit_json(result, args.json_out)
   return result
 
 

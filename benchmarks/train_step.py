@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,8 @@ from t5jax import losses, optim, partitioning, train_step  # noqa: E402
 from t5jax.model import config as model_config  # noqa: E402
 from t5jax.model import t5  # noqa: E402
 from t5jax.model.flops import model_flops_per_step  # noqa: E402
+
+import report  # noqa: E402 (benchmarks/report.py, beside this script)
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -330,11 +331,7 @@ def main(argv=None):
   if hf:
     print(f"t5jax / HF tokens/s: {result['t5jax_over_hf']:.2f}x (per round: "
           f"{', '.join(f'{x:.2f}' for x in round_ratios)})")
-  line = json.dumps(result)
-  print(line)
-  if args.json_out:
-    with open(args.json_out, "a") as f:
-      f.write(line + "\n")
+  report.emit_json(result, args.json_out)
   return result
 
 
