@@ -1,43 +1,47 @@
-"""The batch pipeline: deterministic, per-process, resumable numpy batches for the trainer.
+"""The batch pipeline: per-process numpy batches for the trainer, resumable at any step in
+constant time, with the same rows whatever the number of processes.
 
-How a global batch is made, the same way whatever the number of processes:
-  * Row r of every global batch has its own stream ("virtual shard" r of `global_batch_size`):
-    each task reads example shard r of the split (`seqio.ShardInfo(r, B)`), the tasks are
-    sampled with the mixture's rates from a random stream keyed by (seed, r), and SeqIO's
-    feature converter packs the examples into rows.
-  * A process builds only its own rows' streams, so it reads only its shards, and row r holds
-    the same tokens whether one process or many build it.
-  * The per-row stream is built by one traced function of the row index (`interleave` over row
-    indices, round-robin), so building costs the same for 8 rows or 512.
-  * `start_step=n` skips n batches of that deterministic stream.
+How a global batch of B rows is made (`t5jax.data.packing` has the details):
+  * Each task's SeqIO preprocessing up to its cache point runs once into an on-disk example
+    store (`task_cache`); the random per-example steps (span corruption, EOS) run in numpy on
+    the example being read (`example_ops`), keyed by its position in the task's stream.
+  * Row r of every batch is its own stream: mixture draws keyed by (seed, r, draw), and
+    position k = r + B * count of each task's endless stream, whose epoch k // n is a fresh
+    keyed permutation of the task's n examples. The B rows read each epoch's examples exactly
+    once between them.
+  * A row's position is B small integers; the host's rows' positions after a batch come with
+    it (`Batches.state()`), the trainer saves them in each checkpoint, and a restart passes
+    them back (`state=`): the next batch is computed directly, whatever the step.
+  * A process builds only its own rows; with `num_workers` > 0 worker processes each fill a
+    group of them (`workers`).
 """
 
 import dataclasses
+import os
 import queue
 import threading
 from typing import Iterator, Sequence, Union
 
 import numpy as np
 import seqio
-import tensorflow as tf
 
+from t5jax.data import packing
 from t5jax.data import registry
+from t5jax.data import task_cache
 from t5jax.data import tf_devices
-from t5jax.data.feature_converter import (ENCODER_TASK_IDS, TASK_IDS,
-                                          TaskIdEncDecFeatureConverter)
+from t5jax.data import workers
 
-MODEL_FEATURES = (
-    "encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
-    "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-    "decoder_segment_ids", "decoder_positions", TASK_IDS, ENCODER_TASK_IDS,
-)
+TASK_IDS = "decoder_task_ids"
+ENCODER_TASK_IDS = "encoder_task_ids"
+MODEL_FEATURES = packing.ENCODER_FEATURES[:3] + packing.DECODER_FEATURES[:5] + (
+    TASK_IDS, ENCODER_TASK_IDS)
 # Batches computed ahead of the trainer, in a background thread.
 PREFETCH_BATCHES = 4
-# SeqIO's shuffle after preprocessing; it only has to separate the consecutive (correlated)
-# segments that span corruption cuts from one document.
-EXAMPLE_SHUFFLE_BUFFER = 16
-# Keeps the mixture-sampling seed apart from the per-task seeds (task ids are small).
-_MIX_SALT = 1 << 20
+# Local rows per worker process when `num_workers` is automatic.
+ROWS_PER_WORKER = 64
+# Bumped when the same settings would give other batches (a checkpoint's data position
+# then no longer applies).
+PIPELINE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +54,11 @@ class InputSpec:
     inputs_length: encoder length in tokens (EOS included).
     targets_length: decoder length in tokens (EOS included).
     pack: pack several examples into each row (segment ids/positions tell them apart).
-    shuffle: shuffle the examples (off for ordered evaluation).
+    shuffle: a fresh order of each task's examples every epoch (off: file order).
     seed: the one seed for shuffling, mixing and span corruption; same seed, same stream.
+    num_workers: worker processes filling this host's rows (0: a thread of this process;
+      -1: one per 64 local rows, at most the host's cores less one). It changes the speed,
+      never the batches.
   """
   mixture_or_task: str
   split: str = "train"
@@ -60,6 +67,7 @@ class InputSpec:
   pack: bool = True
   shuffle: bool = True
   seed: int = 0
+  num_workers: int = -1
 
   def __post_init__(self):
     for field in ("inputs_length", "targets_length"):
@@ -67,6 +75,8 @@ class InputSpec:
         raise ValueError(f"InputSpec.{field}={getattr(self, field)} must be a positive length")
     if self.seed < 0:
       raise ValueError(f"InputSpec.seed={self.seed} must be >= 0")
+    if self.num_workers < -1:
+      raise ValueError(f"InputSpec.num_workers={self.num_workers} must be >= 0, or -1 (auto)")
 
 
 def _tasks(provider: Union[seqio.Task, seqio.Mixture]) -> list[seqio.Task]:
@@ -78,79 +88,6 @@ def _tasks(provider: Union[seqio.Task, seqio.Mixture]) -> list[seqio.Task]:
 def task_names(mixture_or_task: str) -> list[str]:
   """The tasks of a mixture (or the task itself), sorted; task id i is element i."""
   return [t.name for t in _tasks(registry.get_task_or_mixture(mixture_or_task))]
-
-
-def _derive_seed(*parts: int) -> int:
-  # A hash of the parts, stable across runs, processes and Python versions.
-  return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint32)[0] >> 1)
-
-
-def _task_stream(task: seqio.Task, task_id: int, spec: InputSpec, row: tf.Tensor,
-                 num_rows: int, repeat: bool) -> tf.data.Dataset:
-  """Row `row`'s examples of one task: inputs, targets and the per-token task id."""
-  num_examples = task.num_input_examples(spec.split)
-  # A split smaller than the batch gives each of its examples its own shard; the rows beyond
-  # reuse those shards (repeat) or get none (a single pass).
-  num_shards = int(min(num_rows, num_examples)) if num_examples else num_rows
-  # The seed is the same for every row: rows differ by their shard. A Python int is needed
-  # because SeqIO derives its preprocessors' seeds from it in Python.
-  ds = task.get_dataset(
-      sequence_length={"inputs": spec.inputs_length, "targets": spec.targets_length},
-      split=spec.split,
-      shuffle=spec.shuffle,
-      seed=_derive_seed(spec.seed, task_id),
-      shard_info=seqio.ShardInfo(row % num_shards, num_shards),
-      num_epochs=None if repeat else 1,
-      use_cached=False,
-      # The source shuffles whole shards each epoch; SeqIO's in-memory cache would freeze the
-      # first epoch's order, and a big buffer of tokenized examples per row costs start-up time.
-      try_in_mem_cache=False,
-      shuffle_buffer_size=EXAMPLE_SHUFFLE_BUFFER)
-  if not repeat:
-    ds = ds.take(tf.where(row < num_shards, tf.constant(-1, tf.int64), 0))
-  task_id = tf.constant(task_id, tf.int32)
-  return ds.map(
-      lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"],
-                  TASK_IDS: tf.fill(tf.shape(ex["targets"]), task_id),
-                  ENCODER_TASK_IDS: tf.fill(tf.shape(ex["inputs"]), task_id)},
-      num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def _task_choices(spec: InputSpec, rates: Sequence[float], row: tf.Tensor) -> tf.data.Dataset:
-  """Which task each of row `row`'s examples comes from: i.i.d. with the mixture's rates."""
-  logits = tf.math.log(tf.constant([rates], tf.float32))
-  row_seed = tf.random.experimental.stateless_fold_in(
-      tf.constant([spec.seed, _MIX_SALT], tf.int64), row)
-
-  def choose(i):
-    seed = tf.random.experimental.stateless_fold_in(row_seed, i)
-    return tf.cast(tf.random.stateless_categorical(logits, 1, seed=seed)[0, 0], tf.int64)
-
-  return tf.data.Dataset.counter().map(choose)
-
-
-def _row_dataset(row: tf.Tensor, spec: InputSpec, tasks: Sequence[seqio.Task],
-                 rates: Sequence[float], num_rows: int, repeat: bool) -> tf.data.Dataset:
-  """The endless stream of packed (or padded) rows that fills row `row` of every batch.
-
-  With `repeat=False` each row is followed by all-zero padding rows; the second element of
-  each item tells real rows from padding.
-  """
-  streams = [_task_stream(t, i, spec, row, num_rows, repeat) for i, t in enumerate(tasks)]
-  if len(streams) == 1:
-    ds = streams[0]
-  else:
-    ds = tf.data.Dataset.choose_from_datasets(
-        streams, _task_choices(spec, rates, row), stop_on_empty_dataset=False)
-  converter = TaskIdEncDecFeatureConverter(pack=spec.pack)
-  ds = converter(ds, {"inputs": spec.inputs_length, "targets": spec.targets_length,
-                      TASK_IDS: spec.targets_length, ENCODER_TASK_IDS: spec.inputs_length})
-  ds = ds.map(lambda ex: (ex, True))
-  if not repeat:
-    padding = tf.data.Dataset.from_tensors(
-        ({k: tf.zeros(s.shape, s.dtype) for k, s in ds.element_spec[0].items()}, False))
-    ds = ds.concatenate(padding.repeat())
-  return ds
 
 
 def _validate(spec: InputSpec, tasks: Sequence[seqio.Task], global_batch_size: int,
@@ -170,37 +107,70 @@ def _validate(spec: InputSpec, tasks: Sequence[seqio.Task], global_batch_size: i
           f"task {task.name!r} has no split {spec.split!r}; use one of {list(task.splits)}")
 
 
-def make_dataset(spec: InputSpec, global_batch_size: int, process_index: int = 0,
-                 process_count: int = 1, start_step: int = 0,
-                 repeat: bool = True) -> tf.data.Dataset:
-  """The `tf.data.Dataset` behind `make_batches` (same arguments), for tf.data users."""
+def _rates(provider) -> list[float]:
+  if isinstance(provider, seqio.Mixture):
+    return [float(provider.get_rate(t)) for t in _tasks(provider)]
+  return [1.0]
+
+
+def signature(spec: InputSpec, global_batch_size: int) -> dict:
+  """What determines the batches (not the process count, not the workers): a checkpoint
+  keeps it beside the data position, and a resume with another signature is refused."""
+  provider = registry.get_task_or_mixture(spec.mixture_or_task)
+  tasks = _tasks(provider)
+  return {
+      "pipeline": PIPELINE_VERSION, "mixture_or_task": spec.mixture_or_task,
+      "tasks": [t.name for t in tasks], "rates": [round(r, 12) for r in _rates(provider)],
+      "split": spec.split, "inputs_length": spec.inputs_length,
+      "targets_length": spec.targets_length, "pack": spec.pack, "shuffle": spec.shuffle,
+      "seed": spec.seed, "batch_size": global_batch_size,
+      "examples": [t.num_input_examples(spec.split) for t in tasks],
+  }
+
+
+def state_shape(spec: InputSpec, global_batch_size: int) -> tuple[int, int]:
+  """Shape of the global data position: [batch rows, 1 + number of tasks]."""
+  return (global_batch_size, 1 + len(task_names(spec.mixture_or_task)))
+
+
+def _auto_workers(local_rows: int) -> int:
+  return max(0, min(local_rows // ROWS_PER_WORKER, (os.cpu_count() or 1) - 1))
+
+
+def _producer(spec: InputSpec, global_batch_size: int, process_index: int,
+              process_count: int, repeat: bool, state: np.ndarray | None,
+              example_ids: bool) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
+  """(features, valid rows, positions after) for this process's rows, batch after batch."""
   tf_devices.hide_accelerators_from_tf()
   provider = registry.get_task_or_mixture(spec.mixture_or_task)
   tasks = _tasks(provider)
   _validate(spec, tasks, global_batch_size, process_index, process_count)
-  if start_step < 0:
-    raise ValueError(f"start_step={start_step} must be >= 0")
-  rates = [provider.get_rate(t) for t in tasks] if isinstance(provider, seqio.Mixture) else [1.0]
+  rates = _rates(provider)
   if sum(rates) <= 0:
     raise ValueError(f"mixture {spec.mixture_or_task!r} has no task with a positive rate")
+  lengths = {"inputs": spec.inputs_length, "targets": spec.targets_length}
+  recipes = [task_cache.recipe(t, spec.split, lengths) for t in tasks]
   local = global_batch_size // process_count
-  rows = tf.data.Dataset.range(process_index * local, (process_index + 1) * local)
-  # Round-robin over the rows' streams (block_length=1, deterministic): element k is the
-  # (k // local)-th row of stream k % local, so batching by `local` lines the rows up.
-  ds = rows.interleave(
-      lambda row: _row_dataset(row, spec, tasks, rates, global_batch_size, repeat),
-      cycle_length=local, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
-      deterministic=True)
-  ds = ds.batch(local)
-  if not repeat:  # Stop once every row is padding.
-    ds = ds.take_while(lambda ex, valid: tf.reduce_any(valid))
-  ds = ds.map(lambda ex, valid: ex)
-  ds = ds.skip(start_step).prefetch(2)
-  options = tf.data.Options()
-  # SeqIO chains many small per-example maps; fusing them roughly halves the per-example
-  # overhead, which dominates on small CPU hosts.
-  options.experimental_optimization.map_fusion = True
-  return ds.with_options(options)
+  rows = np.arange(process_index * local, (process_index + 1) * local)
+  if state is None:
+    state = np.zeros((local, 1 + len(tasks)), np.int64)
+  state = np.asarray(state, np.int64)
+  if state.shape != (local, 1 + len(tasks)):
+    raise ValueError(
+        f"data position has shape {state.shape} but {local} local rows of {len(tasks)} tasks "
+        f"need {(local, 1 + len(tasks))}; resume with the batch size and mixture it was saved "
+        "with")
+  num_workers = _auto_workers(local) if spec.num_workers < 0 else spec.num_workers
+  if num_workers:
+    yield from workers.worker_batches(recipes, rates, rows, global_batch_size, spec.seed,
+                                      spec.pack, spec.shuffle, repeat, state, example_ids,
+                                      min(num_workers, local))
+    return
+  packer = packing.RowPacker(recipes, rates, rows, global_batch_size, spec.seed, spec.pack,
+                             spec.shuffle, repeat, state, example_ids)
+  while True:
+    features, valid = packer.next_batch()
+    yield features, valid, packer.state.copy()
 
 
 def _background(iterator: Iterator, size: int) -> Iterator:
@@ -238,27 +208,66 @@ def _background(iterator: Iterator, size: int) -> Iterator:
     stop.set()
 
 
+class Batches:
+  """An iterator of this process's batches that knows its data position.
+
+  `state()` is the position after the last batch returned (int64 [local rows, 1 + tasks]):
+  pass it as `make_batches(..., state=)` to continue exactly there.
+  """
+
+  def __init__(self, items: Iterator, state: np.ndarray):
+    self._items = items
+    self._state = state
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    features, self._state = next(self._items)
+    return features
+
+  def state(self) -> np.ndarray:
+    return self._state
+
+
 def make_batches(spec: InputSpec, global_batch_size: int, process_index: int = 0,
-                 process_count: int = 1, start_step: int = 0,
-                 repeat: bool = True) -> Iterator[dict[str, np.ndarray]]:
+                 process_count: int = 1, repeat: bool = True,
+                 state: np.ndarray | None = None, example_ids: bool = False) -> Batches:
   """Yields this process's rows of each global batch as int32 numpy arrays.
 
   Args:
-    spec: what to read (task or mixture, split, lengths, packing, shuffling, seed).
+    spec: what to read (task or mixture, split, lengths, packing, shuffling, seed, workers).
     global_batch_size: rows in the global batch, over all processes.
     process_index: this process's index; it gets rows
       [process_index * local, (process_index + 1) * local), local = global / process_count.
     process_count: number of processes sharing the global batch.
-    start_step: skip this many batches (exact resume after a restart).
     repeat: loop over the data forever; if False, make one pass and pad the final batches
       with all-zero rows (loss weight 0).
+    state: this process's rows' data position (`Batches.state()` of an earlier run, or the
+      checkpoint's); None starts at the beginning.
+    example_ids: add `decoder_example_ids`, each target token's stored example index
+      (-1 on padding), to audit what was read.
 
   Returns:
-    An iterator of dicts with the features in `MODEL_FEATURES`, each [local, length] int32;
-    `decoder_task_ids` holds each target token's index into `task_names(...)`, 0 on padding.
+    A `Batches` iterator of dicts with the features in `MODEL_FEATURES`, each
+    [local, length] int32; `decoder_task_ids` holds each target token's index into
+    `task_names(...)`, 0 on padding.
 
   Raises:
-    ValueError: (one line) for an unknown name or split, or a batch size that does not split.
+    ValueError: (one line) for an unknown name or split, a batch size that does not split,
+      or a position of the wrong shape.
   """
-  ds = make_dataset(spec, global_batch_size, process_index, process_count, start_step, repeat)
-  return _background(ds.as_numpy_iterator(), PREFETCH_BATCHES)
+  tasks = _tasks(registry.get_task_or_mixture(spec.mixture_or_task))
+  _validate(spec, tasks, global_batch_size, process_index, process_count)
+  local = global_batch_size // process_count
+  num_tasks = len(tasks)
+  start = np.zeros((local, 1 + num_tasks), np.int64) if state is None else state
+
+  def items():
+    for features, valid, after in _producer(spec, global_batch_size, process_index,
+                                            process_count, repeat, state, example_ids):
+      if not repeat and not valid.any():
+        return  # Every row is padding: the single pass is over.
+      yield features, after
+
+  return Batches(_background(items(), PREFETCH_BATCHES), start)

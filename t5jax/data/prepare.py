@@ -24,7 +24,7 @@ def data_dir() -> pathlib.Path:
 
 
 @contextlib.contextmanager
-def _file_lock(path: pathlib.Path):
+def file_lock(path: pathlib.Path):
   # An flock serialises preparation between processes on one host; TFDS itself writes into a
   # temporary directory and renames it into place, so readers never see a partial dataset.
   with open(path, "w") as f:
@@ -57,7 +57,7 @@ def prepared_builder(name: str) -> tfds.core.DatasetBuilder:
     builder = cls(data_dir=str(root))
     if not builder.is_prepared():
       root.mkdir(parents=True, exist_ok=True)
-      with _file_lock(root / f".{name}.lock"):
+      with file_lock(root / f".{name}.lock"):
         builder = cls(data_dir=str(root))  # Another process may have finished while we waited.
         if not builder.is_prepared():
           tfds.disable_progress_bar()  # Per-split progress bars drown the training logs.

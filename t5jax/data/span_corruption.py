@@ -13,48 +13,12 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-NOISE_DENSITY = 0.15
-MEAN_NOISE_SPAN_LENGTH = 3.0
+from t5jax.data import noise
+from t5jax.data.noise import (MEAN_NOISE_SPAN_LENGTH, NOISE_DENSITY,  # noqa: F401
+                              span_corruption_lengths)
+
 # Documents concatenated before splitting, as in T5's `reduce_concat_tokens`.
 CONCAT_BATCH = 128
-
-
-def _corrupted_lengths(tokens_length: int, noise_density: float,
-                       mean_noise_span_length: float) -> tuple[int, int]:
-  num_noise_tokens = int(round(tokens_length * noise_density))
-  num_nonnoise_tokens = tokens_length - num_noise_tokens
-  num_noise_spans = int(round(num_noise_tokens / mean_noise_span_length))
-  # Inputs keep the non-noise tokens plus one sentinel per span; targets hold the noise
-  # tokens plus one sentinel per span; both end with EOS.
-  return (num_nonnoise_tokens + num_noise_spans + 1, num_noise_tokens + num_noise_spans + 1)
-
-
-def span_corruption_lengths(inputs_length: int,
-                            noise_density: float = NOISE_DENSITY,
-                            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
-                           ) -> tuple[int, int]:
-  """T5's `random_spans_helper`: how many raw tokens fill `inputs_length` after corruption.
-
-  Args:
-    inputs_length: encoder length, EOS included (e.g. 512).
-    noise_density: fraction of tokens dropped.
-    mean_noise_span_length: mean length of a dropped span.
-
-  Returns:
-    (tokens_length_before_noise, targets_length), e.g. (568, 114) for 512.
-  """
-  if inputs_length < 2:
-    raise ValueError(f"inputs_length={inputs_length} is too short for span corruption; use >= 2")
-  tokens_length = inputs_length - 1
-  while _corrupted_lengths(tokens_length + 1, noise_density,
-                           mean_noise_span_length)[0] <= inputs_length:
-    tokens_length += 1
-  _, targets_length = _corrupted_lengths(tokens_length, noise_density, mean_noise_span_length)
-  # T5's tweak so that targets are not longer than inputs at density 0.5.
-  if noise_density == 0.5 and targets_length > inputs_length:
-    tokens_length -= 1
-    targets_length -= 1
-  return tokens_length, targets_length
 
 
 def random_spans_noise_mask(length: tf.Tensor, noise_density: float,

@@ -1,0 +1,124 @@
+"""A task's per-example steps (after SeqIO's cache point), in numpy, by example index.
+
+The batch pipeline needs example `k` of a task's endless stream without replaying the stream,
+so the steps that SeqIO runs after `CacheDatasetPlaceholder` run here on one stored example,
+with their randomness keyed by (seed, task, k) (`index_random`). The steps t5jax knows:
+
+* `t5jax.data.span_corruption.span_corruption` (first): the stored documents are read as one
+  concatenated token stream cut into segments that corrupt to `inputs_length` tokens (T5's
+  concatenate-then-split), and each segment is corrupted with noise keyed by k, so every epoch
+  corrupts it anew;
+* `seqio.preprocessors.append_eos_after_trim` and `append_eos`.
+
+`t5jax.data.task_cache.recipe` refuses, in one line, a task with another step after its cache
+point. `TaskRecipe` is plain data (JSON), so worker processes rebuild a `TaskView` with numpy
+alone (no SeqIO, no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from t5jax.data import example_store
+from t5jax.data import index_random
+from t5jax.data import noise
+
+SPAN_CORRUPTION = "span_corruption"
+EOS_AFTER_TRIM = "append_eos_after_trim"
+EOS = "append_eos"
+# Keeps the noise keys apart from the other keyed choices of a task.
+_NOISE_SALT = 0x5EED
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRecipe:
+  """Everything a worker needs to produce a task's examples by index.
+
+  Attributes:
+    name: the task's name (for messages).
+    store: directory of its `ExampleStore`.
+    ops: the per-example steps, [(op name, kwargs)].
+    lengths: {"inputs": n, "targets": m} of the batch.
+    eos: {feature: EOS id} for the features that get EOS.
+    vocab_size: the targets vocabulary's size (sentinels count down from its top).
+  """
+  name: str
+  store: str
+  ops: tuple
+  lengths: dict
+  eos: dict
+  vocab_size: int
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self))
+
+  @classmethod
+  def from_json(cls, text: str) -> "TaskRecipe":
+    d = json.loads(text)
+    d["ops"] = tuple((name, kwargs) for name, kwargs in d["ops"])
+    return cls(**d)
+
+
+def span_args(kwargs: dict) -> dict:
+  return {k: kwargs[k] for k in ("noise_density", "mean_noise_span_length") if k in kwargs}
+
+
+class TaskView:
+  """A task's examples by index: `num_examples` per epoch, `example(i, k)` with noise key k."""
+
+  def __init__(self, r: TaskRecipe):
+    self.recipe = r
+    self._store = example_store.ExampleStore.open(r.store)
+    ops = list(r.ops)
+    self._span = None
+    if ops and ops[0][0] == SPAN_CORRUPTION:
+      self._span = span_args(ops.pop(0)[1])
+      self._segment, _ = noise.span_corruption_lengths(
+          r.lengths["inputs"], **self._span)
+      flat, _ = self._store.features["targets"]
+      self.num_examples = -(-len(flat) // self._segment)
+    else:
+      self.num_examples = self._store.num_examples
+    self._eos_ops = [name for name, _ in ops]
+
+  def example(self, index: int, key: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) of example `index`, trimmed to the lengths; `key` seeds its noise."""
+    if self._span is not None:
+      flat, _ = self._store.features["targets"]
+      tokens = np.asarray(flat[index * self._segment:(index + 1) * self._segment])
+      inputs, targets = noise.corrupt(
+          tokens, (key, _NOISE_SALT), self.recipe.vocab_size, **self._span)
+    else:
+      inputs = np.asarray(self._store.tokens("inputs", index))
+      targets = np.asarray(self._store.tokens("targets", index))
+    out = []
+    for feature, tokens in (("inputs", inputs), ("targets", targets)):
+      length = self.recipe.lengths[feature]
+      eos = self.recipe.eos.get(feature)
+      for op in self._eos_ops:
+        if eos is None:
+          continue
+        if op == EOS_AFTER_TRIM:
+          tokens = np.concatenate([tokens[:length - 1], [eos]])
+        elif op == EOS:
+          tokens = np.concatenate([tokens, [eos]])
+      out.append(np.asarray(tokens[:length], np.int32))
+    return out[0], out[1]
+
+
+def example_ids(k: np.ndarray, num_examples: int, shuffle: bool, *keys) -> np.ndarray:
+  """Which stored example position k of the endless stream is: epoch k // n, in a fresh
+  keyed permutation each epoch (or file order without shuffling)."""
+  k = np.asarray(k, np.int64)
+  within = k % num_examples
+  if not shuffle:
+    return within
+  out = np.empty_like(within)
+  epochs = k // num_examples
+  for epoch in np.unique(epochs):
+    sel = epochs == epoch
+    out[sel] = index_random.permute(within[sel], num_examples, *keys, int(epoch))
+  return out

@@ -1,0 +1,96 @@
+"""T5 span-corruption noise in numpy, keyed by example (no tf.data stream needed).
+
+The batch pipeline corrupts example k of a task's stream with randomness keyed by
+(seed, task, k) (`index_random`), so any example of any epoch can be made on its own. The
+algorithm is T5's (`t5jax.data.span_corruption`, the SeqIO preprocessor, is the same in
+TensorFlow): noise and non-noise tokens are each split into the same number of random
+non-empty spans, interleaved non-noise first; each noise span becomes one sentinel in the
+inputs and the targets list the spans after their sentinels.
+"""
+
+import numpy as np
+
+from t5jax.data import index_random
+
+NOISE_DENSITY = 0.15
+MEAN_NOISE_SPAN_LENGTH = 3.0
+
+
+def _corrupted_lengths(tokens_length: int, noise_density: float,
+                       mean_noise_span_length: float) -> tuple[int, int]:
+  num_noise_tokens = int(round(tokens_length * noise_density))
+  num_nonnoise_tokens = tokens_length - num_noise_tokens
+  num_noise_spans = int(round(num_noise_tokens / mean_noise_span_length))
+  # Inputs keep the non-noise tokens plus one sentinel per span; targets hold the noise
+  # tokens plus one sentinel per span; both end with EOS.
+  return (num_nonnoise_tokens + num_noise_spans + 1, num_noise_tokens + num_noise_spans + 1)
+
+
+def span_corruption_lengths(inputs_length: int,
+                            noise_density: float = NOISE_DENSITY,
+                            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
+                           ) -> tuple[int, int]:
+  """T5's `random_spans_helper`: how many raw tokens fill `inputs_length` after corruption.
+
+  Args:
+    inputs_length: encoder length, EOS included (e.g. 512).
+    noise_density: fraction of tokens dropped.
+    mean_noise_span_length: mean length of a dropped span.
+
+  Returns:
+    (tokens_length_before_noise, targets_length), e.g. (568, 114) for 512.
+  """
+  if inputs_length < 2:
+    raise ValueError(f"inputs_length={inputs_length} is too short for span corruption; use >= 2")
+  tokens_length = inputs_length - 1
+  while _corrupted_lengths(tokens_length + 1, noise_density,
+                           mean_noise_span_length)[0] <= inputs_length:
+    tokens_length += 1
+  _, targets_length = _corrupted_lengths(tokens_length, noise_density, mean_noise_span_length)
+  # T5's tweak so that targets are not longer than inputs at density 0.5.
+  if noise_density == 0.5 and targets_length > inputs_length:
+    tokens_length -= 1
+    targets_length -= 1
+  return tokens_length, targets_length
+
+
+def _random_segment_lengths_np(num_items: int, num_segments: int, keys) -> np.ndarray:
+  """Lengths of `num_segments` non-empty random segments of `num_items` (sum num_items)."""
+  num_segments = max(1, min(num_segments, num_items))
+  scores = index_random.uniform(*keys, np.arange(num_items - 1))
+  starts = np.sort(np.argpartition(scores, num_segments - 2)[:num_segments - 1] + 1
+                   if num_segments > 1 else np.zeros([0], np.int64))
+  return np.diff(np.concatenate([[0], starts, [num_items]]))
+
+
+def _replace_spans_np(tokens: np.ndarray, noise_mask: np.ndarray, vocab_size: int) -> np.ndarray:
+  prev = np.concatenate([[False], noise_mask[:-1]])
+  first = noise_mask & ~prev
+  sentinels = vocab_size - np.cumsum(first)
+  return np.where(first, sentinels, tokens)[~(noise_mask & prev)].astype(np.int32)
+
+
+def corrupt(tokens: np.ndarray, keys: tuple, vocab_size: int,
+               noise_density: float = NOISE_DENSITY,
+               mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """Span-corrupts one token sequence, its randomness keyed by `keys`.
+
+  Returns:
+    (inputs, targets) int32 without EOS.
+  """
+  tokens = np.asarray(tokens)
+  orig_length = len(tokens)
+  length = max(orig_length, 2)
+  num_noise = min(max(int(round(length * noise_density)), 1), length - 1)
+  num_spans = max(int(round(num_noise / mean_noise_span_length)), 1)
+  noise_lengths = _random_segment_lengths_np(num_noise, num_spans, (*keys, 0))
+  nonnoise_lengths = _random_segment_lengths_np(length - num_noise, num_spans, (*keys, 1))
+  num_spans = min(len(noise_lengths), len(nonnoise_lengths))
+  interleaved = np.stack([nonnoise_lengths[:num_spans], noise_lengths[:num_spans]], 1).ravel()
+  span_index = np.repeat(np.arange(2 * num_spans), interleaved)
+  noise_mask = np.zeros(length, bool)
+  noise_mask[:len(span_index)] = span_index % 2 == 1
+  noise_mask = noise_mask[:orig_length]
+  return (_replace_spans_np(tokens, noise_mask, vocab_size),
+          _replace_spans_np(tokens, ~noise_mask, vocab_size))
