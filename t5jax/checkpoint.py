@@ -43,6 +43,9 @@ class CheckpointConfig:
     init_from: start a fresh run (new optimizer state, step 0) from the
       parameters of this checkpoint: a run directory, its checkpoints/ directory
       or one step directory. Ignored when the run has checkpoints of its own.
+    data_restart: when resuming a run whose data settings changed (mixture, rates,
+      lengths, seed, batch size), keep the model and optimizer state and start the new
+      data stream from its beginning, instead of refusing to resume.
   """
   every_steps: int = 200
   keep: int = 3
@@ -50,6 +53,7 @@ class CheckpointConfig:
   best_mode: str = "max"
   async_save: bool = True
   init_from: str | None = None
+  data_restart: bool = False
 
   def __post_init__(self):
     if self.every_steps < 0 or self.keep < 1:
@@ -90,7 +94,7 @@ def _manager(directory: str, cfg: CheckpointConfig | None = None, read_only=Fals
       preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
       create=not read_only, read_only=read_only)
   return ocp.CheckpointManager(directory, options=options,
-                               item_names=("params", "train", "meta"))
+                               item_names=("params", "train", "meta", "data"))
 
 
 def _abstract(tree, shardings=None):
@@ -113,29 +117,39 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, state, meta: dict, metrics: dict | None = None) -> None:
-    """Saves at state.step (asynchronously if configured)."""
+  def save(self, state, meta: dict, metrics: dict | None = None,
+           data_position: jax.Array | None = None) -> None:
+    """Saves at state.step (asynchronously if configured), with the input pipeline's
+    position (a global [batch rows, ...] int array) when given."""
     step = int(state.step)
     train = _train_item(state)
-    self._manager.save(step, args=ocp.args.Composite(
+    items = dict(
         params=ocp.args.StandardSave(state.params),
         train=ocp.args.StandardSave(train),
-        meta=ocp.args.JsonSave({**meta, "step": step})), metrics=metrics, force=True)
+        meta=ocp.args.JsonSave({**meta, "step": step}))
+    if data_position is not None:
+      items["data"] = ocp.args.StandardSave({"position": data_position})
+    self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
   def read_meta(self, step: int) -> dict:
     """The JSON metadata of one of this run's checkpoints (nothing else is read)."""
     return self._manager.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-  def restore_latest(self, abstract_state, shardings) -> tuple[Any, dict] | None:
+  def restore_latest(self, abstract_state, shardings,
+                     data_position: jax.ShapeDtypeStruct | None = None
+                    ) -> tuple[Any, dict, jax.Array | None] | None:
     """Restores the newest readable checkpoint onto `shardings`, or None if there is none.
+
+    Returns (state, meta, data position); the position is restored only when
+    `data_position` (its abstract value, with its sharding) is given.
 
     A checkpoint that fails to read (corrupt or truncated files) is skipped with
     a warning, and the one before it is tried; nothing is deleted.
     """
     for step in reversed(self.steps()):
       try:
-        return self._restore(step, abstract_state, shardings)
+        return self._restore(step, abstract_state, shardings, data_position)
       except Exception as e:  # noqa: BLE001 - any read failure means "try the previous one"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         kept = self._set_aside(step)
@@ -157,20 +171,24 @@ class Checkpointer:
     self._manager.reload()
     return target
 
-  def _restore(self, step, abstract_state, shardings):
+  def _restore(self, step, abstract_state, shardings, data_position=None):
     train = _train_item(abstract_state)
     train_shardings = _train_item(shardings)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
+    items = dict(
         params=ocp.args.StandardRestore(_abstract(abstract_state.params, shardings.params)),
         train=ocp.args.StandardRestore(_abstract(train, train_shardings)),
-        meta=ocp.args.JsonRestore()))
+        meta=ocp.args.JsonRestore())
+    if data_position is not None:
+      items["data"] = ocp.args.StandardRestore({"position": data_position})
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     t = restored["train"]
     state = abstract_state.replace(params=restored["params"], opt_state=t["opt_state"],
                                    step=t["step"], rng=t["rng"],
                                    task_state=t.get("task_state", {}))
     if int(state.step) != step:
       raise ValueError(f"step {int(state.step)} stored under directory step {step}")
-    return state, restored["meta"]
+    position = restored["data"]["position"] if data_position is not None else None
+    return state, restored["meta"], position
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -91,7 +91,8 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
   ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoint)
 
   with partitioning.sharding_context(mesh):
-    state, shardings = _initial_state(config, model, tx, mesh, ckpt, len(task_names))
+    state, shardings, data_local = _initial_state(config, model, tx, mesh, ckpt,
+                                                  len(task_names))
     step_fn = train_step.jit_train_step(
         mesh, shardings, model=model, tx=tx, loss_cfg=config.loss,
         task_weights_k=config.loss.weights_vector(task_names),
@@ -104,7 +105,7 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
     gin_config.write_operative_config(run_dir)
   start = int(state.step)
   batches = pipeline.make_batches(config.data, config.batch_size, jax.process_index(),
-                                  jax.process_count(), start_step=start)
+                                  jax.process_count(), state=data_local)
   metrics.print_line(
       f"Training {config.model} ({_num_params(state.params):,} parameters) on "
       f"{config.data.mixture_or_task} {task_names} from step {start} to {config.num_steps}; "
@@ -140,7 +141,8 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
           or (eval_metrics and config.checkpoint.best_metric)):
         _check_finite(jax.device_get(window), done - len(window) + 1, ckpt)
         ckpt.save(state, {**meta, "data": {**meta["data"], "next_step": done}},
-                  metrics=eval_metrics)
+                  metrics=eval_metrics,
+                  data_position=_global_position(batches.state(), config, mesh))
       if stop:
         ckpt.close()
         writer.close()
@@ -156,21 +158,44 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
   return summaries
 
 
+def _global_position(local: np.ndarray, config: TrainConfig, mesh) -> jax.Array:
+  """This process's rows' data position as part of the global [batch, 1 + tasks] array
+  (int32: the counts stay far below 2^31), sharded over the batch axes like a batch."""
+  shape = pipeline.state_shape(config.data, config.batch_size)
+  return jax.make_array_from_process_local_data(
+      partitioning.batch_sharding(mesh), local.astype(np.int32), shape)
+
+
+def _local_position(position: jax.Array, config: TrainConfig) -> np.ndarray:
+  """This process's rows of a restored global data position (any process count)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    position = multihost_utils.process_allgather(position, tiled=True)
+  local = config.batch_size // jax.process_count()
+  start = jax.process_index() * local
+  return np.asarray(position, np.int64)[start:start + local]
+
+
 def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkpointer,
                    num_tasks: int):
   """Resumes from the run's own latest good checkpoint, else starts fresh
-  (from `checkpoint.init_from`'s parameters when fine-tuning)."""
+  (from `checkpoint.init_from`'s parameters when fine-tuning).
+
+  Returns (state, shardings, this process's data position or None for the beginning)."""
   lengths = (config.data.inputs_length, config.data.targets_length)
   task_state = task_weighting.init_state(config.loss, num_tasks)
   shardings = train_step.state_shardings(model, tx, mesh, *lengths, task_state)
   abstract = train_step.abstract_train_state(model, tx, *lengths, task_state)
-  _check_resumable(ckpt, model.config, config.loss.task_weighting, num_tasks)
-  restored = ckpt.restore_latest(abstract, shardings)
+  same_data = _check_resumable(ckpt, model.config, config, num_tasks)
+  position = jax.ShapeDtypeStruct(pipeline.state_shape(config.data, config.batch_size),
+                                  np.int32, sharding=partitioning.batch_sharding(mesh))
+  restored = ckpt.restore_latest(abstract, shardings, position if same_data else None)
   if restored is not None:
-    state, meta = restored
+    state, meta, data_position = restored
     _check_same_architecture(meta, model.config, ckpt.directory)
     print(f"Resumed from step {int(state.step)} in {ckpt.directory}", flush=True)
-    return state, shardings
+    local = None if data_position is None else _local_position(data_position, config)
+    return state, shardings, local
   state, shardings = train_step.create_train_state(model, tx, mesh, config.seed, *lengths,
                                                    task_state)
   if config.checkpoint.init_from:
@@ -192,7 +217,7 @@ def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkp
       params = checkpoint.load_params(source, abstract.params, shardings.params)
     state = state.replace(params=params)
     print(f"Fine-tuning from the parameters in {source}", flush=True)
-  return state, shardings
+  return state, shardings, None
 
 
 ARCHITECTURE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads",
@@ -215,19 +240,23 @@ def _check_same_architecture(meta: dict, cfg, source: str, task_fields: bool = T
           "CheckpointConfig.init_from to keep a plain T5's parameters).")
 
 
-def _check_resumable(ckpt: checkpoint.Checkpointer, cfg, weighting: str,
-                     num_tasks: int) -> None:
+def _check_resumable(ckpt: checkpoint.Checkpointer, cfg, config: TrainConfig,
+                     num_tasks: int) -> bool:
   """A run resumed with another architecture (task parameters included) or another
   task weighting has another state, which would not restore: say so before trying,
-  rather than setting its checkpoints aside as unreadable."""
+  rather than setting its checkpoints aside as unreadable.
+
+  Returns whether the checkpoint's data position applies (same data settings); with other
+  settings, refuses in one line unless `CheckpointConfig.data_restart` is set."""
   steps = ckpt.steps()
   if not steps:
-    return
+    return True
   try:
     meta = ckpt.read_meta(steps[-1])
   except Exception:  # noqa: BLE001 - an unreadable checkpoint is restore_latest's to handle
-    return
+    return True
   _check_same_architecture(meta, cfg, ckpt.directory)
+  weighting = config.loss.task_weighting
   saved = meta.get("task_weighting", {"mode": "fixed"})  # from before task weighting
   if saved["mode"] != weighting or (weighting != "fixed" and saved["num_tasks"] != num_tasks):
     raise ValueError(
@@ -236,6 +265,24 @@ def _check_resumable(ckpt: checkpoint.Checkpointer, cfg, weighting: str,
         f"{weighting!r} over {num_tasks}; resume with the same LossConfig.task_weighting and "
         "mixture, or start a new --run_dir (with CheckpointConfig.init_from to keep the "
         "parameters).")
+  signature = pipeline.signature(config.data, config.batch_size)
+  data = meta.get("data", {})
+  changed = [f"{k} {data.get(k)!r} -> {v!r}" for k, v in signature.items() if data.get(k) != v]
+  if not changed:
+    return True
+  if data.get("pipeline") != signature["pipeline"]:
+    changed = [f"it was written by input pipeline version {data.get('pipeline', 1)}, this is "
+               f"version {signature['pipeline']}"]
+  if config.checkpoint.data_restart:
+    print(f"Data settings changed since step {steps[-1]} ({'; '.join(changed)}); "
+          "CheckpointConfig.data_restart=True: the new data stream starts from its beginning.",
+          flush=True)
+    return False
+  raise ValueError(
+      f"Checkpoint step {steps[-1]} in {ckpt.directory} was trained on other data settings "
+      f"({'; '.join(changed)}); resume with the same data settings, or add "
+      "--gin.CheckpointConfig.data_restart=True to keep the model and start this data stream "
+      "from its beginning.")
 
 
 def _checkpoint_meta(config: TrainConfig, model, num_tasks: int) -> dict:
@@ -244,8 +291,7 @@ def _checkpoint_meta(config: TrainConfig, model, num_tasks: int) -> dict:
       "model_config": dataclasses.asdict(model.config),
       "model": config.model,
       "vocab": {"size": voc.vocab_size, "extra_ids": voc.extra_ids},
-      "data": {"mixture_or_task": config.data.mixture_or_task, "seed": config.data.seed,
-               "batch_size": config.batch_size},
+      "data": pipeline.signature(config.data, config.batch_size),
       "task_weighting": {"mode": config.loss.task_weighting, "num_tasks": num_tasks},
       "gin": gin.config_str(),
   }

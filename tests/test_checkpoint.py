@@ -149,7 +149,7 @@ def test_restore_onto_other_meshes_and_dtypes(tmp_path):
   for mesh in (one, tp4):
     shardings = train_step.state_shardings(model, tx, mesh)
     abstract = train_step.abstract_train_state(model, tx)
-    restored, meta = checkpoint.Checkpointer(str(tmp_path), checkpoint.CheckpointConfig()
+    restored, meta, _ = checkpoint.Checkpointer(str(tmp_path), checkpoint.CheckpointConfig()
                                              ).restore_latest(abstract, shardings)
     assert meta["step"] == 1
     q = restored.params["encoder"]["layers_0"]["attention"]["query"]

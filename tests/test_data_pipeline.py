@@ -1,5 +1,6 @@
 """make_batches: the batch contract with the trainer."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -32,7 +33,7 @@ def _assert_equal_batches(a, b):
 @pytest.fixture(scope="module")
 def mix_batches(t5jax_data_dir):
   del t5jax_data_dir
-  spec = InputSpec("multi30k_mix", inputs_length=32, targets_length=32, seed=5)
+  spec = InputSpec("multi30k_mix", inputs_length=64, targets_length=64, seed=5, num_workers=0)
   return spec, _take(spec, 6)
 
 
@@ -46,7 +47,7 @@ def test_shapes_and_dtypes(mix_batches):
   for b in batches:
     assert set(b) == FEATURES
     for k, v in b.items():
-      assert v.shape == (8, 32) and v.dtype == np.int32, k
+      assert v.shape == (8, 64) and v.dtype == np.int32, k
 
 
 def test_packed_rows_are_consistent(mix_batches):
@@ -83,13 +84,25 @@ def test_packed_rows_are_consistent(mix_batches):
 def test_same_seed_same_stream_other_seed_other_stream(mix_batches):
   spec, batches = mix_batches
   _assert_equal_batches(_take(spec, 2), batches[:2])
-  other = _take(InputSpec("multi30k_mix", inputs_length=32, targets_length=32, seed=6), 1)
+  other = _take(InputSpec("multi30k_mix", inputs_length=64, targets_length=64, seed=6), 1)
   assert not np.array_equal(other[0]["encoder_input_tokens"], batches[0]["encoder_input_tokens"])
 
 
-def test_start_step_resumes_exactly(mix_batches):
+def test_saved_position_resumes_exactly(mix_batches):
   spec, batches = mix_batches
-  _assert_equal_batches(_take(spec, 2, start_step=4), batches[4:6])
+  first = pipeline.make_batches(spec, 8)
+  for _ in range(4):
+    next(first)
+  position = first.state()
+  assert position.shape == (8, 3)  # Per row: mixture draws, then examples taken per task.
+  np.testing.assert_array_equal(position[:, 0], position[:, 1:].sum(1))
+  resumed = pipeline.make_batches(spec, 8, state=position)
+  _assert_equal_batches([next(resumed) for _ in range(2)], batches[4:6])
+
+
+def test_worker_processes_make_the_same_batches(mix_batches):
+  spec, batches = mix_batches
+  _assert_equal_batches(_take(dataclasses.replace(spec, num_workers=3), 6), batches)
 
 
 @pytest.fixture

@@ -226,7 +226,7 @@ def test_task_state_is_checkpointed_and_resumes_exactly(cfg, tmp_path):
 
   abstract = train_step.abstract_train_state(stepper.model, stepper.tx,
                                              task_state=stepper.task_state)
-  restored, _ = checkpoint.Checkpointer(str(tmp_path), checkpoint.CheckpointConfig()
+  restored, _, _ = checkpoint.Checkpointer(str(tmp_path), checkpoint.CheckpointConfig()
                                         ).restore_latest(abstract, stepper.shardings)
   for a, b in zip(jax.tree.leaves(jax.device_get(restored.task_state)),
                   jax.tree.leaves(saved_task_state)):
