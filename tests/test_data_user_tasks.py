@@ -65,11 +65,16 @@ def test_text_span_corruption_task(tmp_path, registered):
   user_tasks.register_text_span_corruption_task("my_span_corruption", path)
   registered.append("my_span_corruption")
   spec = InputSpec("my_span_corruption", inputs_length=32, targets_length=16, pack=False)
-  b = next(pipeline.make_batches(spec, 2))
-  inputs, targets = b["encoder_input_tokens"][0], b["decoder_target_tokens"][0]
-  restored = span_corruption.fill_sentinels(inputs, targets, 32100)
-  assert len(restored) == span_corruption.span_corruption_lengths(32)[0]
-  assert "weather in town" in vocab.get_vocabulary().decode(restored.tolist())
+  b = next(pipeline.make_batches(spec, 4))
+  restored = [span_corruption.fill_sentinels(b["encoder_input_tokens"][r],
+                                             b["decoder_target_tokens"][r], 32100)
+              for r in range(4)]
+  lengths = [len(r) for r in restored]
+  # Documents are concatenated and cut into equal segments; only the last is shorter.
+  full = span_corruption.span_corruption_lengths(32)[0]
+  assert max(lengths) == full and lengths.count(full) >= 3, lengths
+  assert all("weather in town" in vocab.get_vocabulary().decode(r.tolist()) for r in restored
+             if len(r) == full)
 
 
 def test_missing_file_names_the_path(tmp_path):

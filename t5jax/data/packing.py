@@ -149,6 +149,10 @@ class RowPacker:
         out["encoder_task_ids"][i, a:a + m] = t
         out["decoder_target_tokens"][i, b:b + p] = targets
         out["decoder_input_tokens"][i, b + 1:b + p] = targets[:-1]
+        if not self._pack and p < lt:
+          # SeqIO shifts an unpacked row whole, so the last target (EOS) is also the input
+          # after it (a position without loss).
+          out["decoder_input_tokens"][i, p] = targets[-1]
         out["decoder_loss_weights"][i, b:b + p] = targets != 0
         out["decoder_segment_ids"][i, b:b + p] = seg
         out["decoder_positions"][i, b:b + p] = np.arange(p)
