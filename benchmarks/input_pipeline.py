@@ -1,53 +1,85 @@
-"""Input-pipeline throughput against the train step's consumption, in one process.
+"""Input-pipeline start-up, memory and throughput, and the train step's consumption.
 
-For one task or mixture and batch shape it measures (1) how fast
-`t5jax.data.pipeline.make_batches` produces packed batches (batches/s, examples/s,
-target tokens/s, with the background prefetch thread the trainer uses), and (2) how
-fast the jitted train step of a model config consumes batches of that shape. The
-pipeline is not the bottleneck when ratio = pipeline batches/s / step batches/s > 1.
+One case measures, in this process, how long `t5jax.data.pipeline.make_batches` takes to
+give its first batch (from the call; the task's example store already built), then its
+sustained batches/s, examples/s and target tokens/s, and the peak RSS of this process and
+of its data workers; optionally (`--model`) the jitted train step's batches/s on the same
+batch shape. `--table` runs the cases of docs/performance.md, each in a fresh process, and
+prints them as one table: start_step 0, 10^4 and 10^6 at 32 and 256 local rows.
 
-  python benchmarks/input_pipeline.py --task text_span_corruption --batch 32 \\
-      --inputs_length 512 --targets_length 114 --model t5_1_1_tiny
+A position at `--start_step N` is synthesized: the run reads a few batches from the start,
+takes each row's mean consumption per step (mixture draws, examples per task) and scales it
+to N steps. Its cost does not depend on its magnitude (it is index arithmetic), and
+tests/test_data_pipeline.py checks that a saved position resumes exactly.
+
+  python benchmarks/input_pipeline.py --task text_span_corruption --batch 2048 \
+      --process_count 8 --process_index 0 --inputs_length 512 --targets_length 114
+  python benchmarks/input_pipeline.py --table
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import subprocess
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from t5jax import losses, optim, partitioning, train_step
-from t5jax.data import pipeline, tasks  # noqa: F401  (registers the shipped tasks)
-from t5jax.model import config as model_config
-from t5jax.model import t5
+import report  # noqa: E402 (benchmarks/report.py, beside this script)
+
+# Batches read from the start to synthesize a position far into a run.
+_PROBE_BATCHES = 4
 
 
-def pipeline_rate(spec: pipeline.InputSpec, batch: int, num_batches: int):
-  """Batches/s, examples/s and target tokens/s of the prefetched batch iterator."""
+def _peak_rss_gb(who: int) -> float:
+  return resource.getrusage(who).ru_maxrss / 2**20  # KiB on Linux.
+
+
+def synthesized_position(spec, batch: int, process_index: int, process_count: int,
+                         start_step: int) -> np.ndarray | None:
+  """This process's rows' position as at `start_step`, scaled from a few real batches."""
+  from t5jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  if start_step == 0:
+    return None
+  probe = pipeline.make_batches(spec, batch, process_index, process_count)
+  for _ in range(_PROBE_BATCHES):
+    next(probe)
+  return np.round(probe.state() * (start_step / _PROBE_BATCHES)).astype(np.int64)
+
+
+def pipeline_rate(spec, batch: int, num_batches: int, process_index: int = 0,
+                  process_count: int = 1, position=None):
+  """First-batch seconds, then batches/s, examples/s and target tokens/s."""
+  from t5jax.data import pipeline  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  iterator = pipeline.make_batches(spec, batch)
+  iterator = pipeline.make_batches(spec, batch, process_index, process_count, state=position)
   first = next(iterator)
   startup = time.perf_counter() - start
   examples = tokens = 0
   start = time.perf_counter()
   for _ in range(num_batches):
     b = next(iterator)
-    # A packed row holds one example per segment: count distinct segment ids > 0.
     seg = b["decoder_segment_ids"]
-    examples += int(sum(len(np.unique(row[row > 0])) for row in seg))
+    # A packed row holds one example per segment: its largest segment id.
+    examples += int(seg.max(axis=1).sum())
     tokens += int(np.sum(b["decoder_loss_weights"]))
   seconds = time.perf_counter() - start
-  return first, {"startup_s": startup, "batches_per_s": num_batches / seconds,
+  return first, {"first_batch_s": startup, "batches_per_s": num_batches / seconds,
                  "examples_per_s": examples / seconds,
                  "target_tokens_per_s": tokens / seconds}
 
 
 def step_rate(model_name: str, batch_arrays: dict, steps: int, dtype: str) -> float:
   """Batches/s the jitted train step consumes (Adafactor; compile excluded)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from t5jax import losses, optim, partitioning, train_step  # pylint: disable=g-import-not-at-top
+  from t5jax.model import config as model_config  # pylint: disable=g-import-not-at-top
+  from t5jax.model import t5  # pylint: disable=g-import-not-at-top
   model = t5.Transformer(model_config.get_config(model_name, dtype=dtype))
   opt = optim.OptimizerConfig()
   tx = optim.make_optimizer(opt)
@@ -69,33 +101,86 @@ def step_rate(model_name: str, batch_arrays: dict, steps: int, dtype: str) -> fl
   return steps / (time.perf_counter() - start)
 
 
+# The cases of docs/performance.md's table: (global batch, process count, start step).
+TABLE_CASES = [(32, 1, 0), (32, 1, 10**4), (32, 1, 10**6),
+               (2048, 8, 0), (2048, 8, 10**4), (2048, 8, 10**6)]
+
+
+def run_case(args) -> dict:
+  from t5jax.data import pipeline, tasks  # noqa: F401  pylint: disable=g-import-not-at-top
+  spec = pipeline.InputSpec(args.task, inputs_length=args.inputs_length,
+                            targets_length=args.targets_length, num_workers=args.workers)
+  # Builds the example stores (once per data dir) before anything is timed.
+  next(pipeline.make_batches(spec, args.process_count, 0, args.process_count))
+  position = synthesized_position(spec, args.batch, args.process_index, args.process_count,
+                                  args.start_step)
+  first, produced = pipeline_rate(spec, args.batch, args.batches, args.process_index,
+                                  args.process_count, position)
+  result = {"task": args.task, "batch": args.batch, "process_count": args.process_count,
+            "process_index": args.process_index,
+            "local_rows": args.batch // args.process_count, "start_step": args.start_step,
+            "workers": args.workers, "lengths": [args.inputs_length, args.targets_length],
+            **produced, "peak_rss_gb": _peak_rss_gb(resource.RUSAGE_SELF),
+            "worker_peak_rss_gb": _peak_rss_gb(resource.RUSAGE_CHILDREN),
+            "cores": os.cpu_count()}
+  if args.model:
+    consumed = step_rate(args.model, first, args.steps, args.dtype)
+    result.update(model=args.model, step_batches_per_s=consumed,
+                  pipeline_over_step=produced["batches_per_s"] / consumed)
+  return result
+
+
+def table(args) -> None:
+  rows = []
+  for batch, count, start_step in TABLE_CASES:
+    cmd = [sys.executable, __file__, "--task", args.task, "--batch", str(batch),
+           "--process_count", str(count), "--process_index", "0", "--start_step",
+           str(start_step), "--inputs_length", str(args.inputs_length), "--targets_length",
+           str(args.targets_length), "--batches", str(args.batches), "--workers",
+           str(args.workers)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    rows.append(json.loads(out.strip().splitlines()[-1]))
+    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+  print("| local rows (global / processes) | start step | first batch | peak RSS (main + largest "
+        "worker) | batches/s | examples/s | target tokens/s |")
+  print("|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['local_rows']} ({r['batch']} / {r['process_count']}) | {r['start_step']:,} | "
+          f"{r['first_batch_s']:.1f} s | {r['peak_rss_gb']:.2f} + {r['worker_peak_rss_gb']:.2f}"
+          f" GB | {r['batches_per_s']:.2f} | {r['examples_per_s']:,.0f} | "
+          f"{r['target_tokens_per_s']:,.0f} |")
+  report.emit_json({"table": rows}, args.json_out)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--task", default="text_span_corruption")
-  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--batch", type=int, default=32, help="global batch size in rows")
+  p.add_argument("--process_count", type=int, default=1,
+                 help="processes sharing the global batch (this one measures its rows)")
+  p.add_argument("--process_index", type=int, default=0)
+  p.add_argument("--start_step", type=int, default=0,
+                 help="start from a (synthesized) position this many steps in")
+  p.add_argument("--workers", type=int, default=-1,
+                 help="InputSpec.num_workers (-1: one per 64 local rows, up to cores - 1)")
   p.add_argument("--inputs_length", type=int, default=512)
   p.add_argument("--targets_length", type=int, default=114)
-  p.add_argument("--batches", type=int, default=50)
-  p.add_argument("--model", default="t5_1_1_tiny")
+  p.add_argument("--batches", type=int, default=20, help="batches timed after the first")
+  p.add_argument("--model", default=None, help="also time this model's train step")
   p.add_argument("--dtype", default="float32")
   p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--table", action="store_true", help="run docs/performance.md's cases")
+  p.add_argument("--json_out", default=None)
   args = p.parse_args(argv)
-  spec = pipeline.InputSpec(args.task, inputs_length=args.inputs_length,
-                            targets_length=args.targets_length)
-  first, produced = pipeline_rate(spec, args.batch, args.batches)
-  consumed = step_rate(args.model, first, args.steps, args.dtype)
-  result = {"task": args.task, "batch": args.batch, "lengths": [args.inputs_length,
-                                                                args.targets_length],
-            "model": args.model, **produced, "step_batches_per_s": consumed,
-            "pipeline_over_step": produced["batches_per_s"] / consumed}
-  print(f"pipeline: {produced['batches_per_s']:.2f} batches/s, "
-        f"{produced['examples_per_s']:,.0f} examples/s, "
-        f"{produced['target_tokens_per_s']:,.0f} target tokens/s (startup "
-        f"{produced['startup_s']:.1f} s)")
-  print(f"train step ({args.model}): {consumed:.2f} batches/s")
-  print(f"pipeline / step = {result['pipeline_over_step']:.2f} (> 1: the input is not the "
-        "bottleneck)")
-  print(json.dumps(result))
+  if args.table:
+    table(args)
+    return
+  result = run_case(args)
+  print(f"first batch {result['first_batch_s']:.1f} s; {result['batches_per_s']:.2f} batches/s, "
+        f"{result['examples_per_s']:,.0f} examples/s, {result['target_tokens_per_s']:,.0f} "
+        f"target tokens/s; peak RSS {result['peak_rss_gb']:.2f} GB (+ "
+        f"{result['worker_peak_rss_gb']:.2f} GB largest worker)", file=sys.stderr)
+  report.emit_json(result, args.json_out)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def test_packing_matches_seqio_feature_converter(t5jax_data_dir):
                   pack=False, num_workers=0), rows, example_ids=True))
     for row in range(rows):
       ids = [i for i in dict.fromkeys(b[pipeline.packing.EXAMPLE_IDS][row]) if i >= 0]
-      examples = [view.example(i, 0) for i in ids]
+      examples = view.examples(np.array(ids), np.zeros(len(ids), np.int64))
       ds = tf.data.Dataset.from_generator(
           lambda ex=examples: ({"inputs": i, "targets": t} for i, t in ex),
           output_signature={"inputs": tf.TensorSpec([None], tf.int32),

@@ -67,7 +67,7 @@ def span_args(kwargs: dict) -> dict:
 
 
 class TaskView:
-  """A task's examples by index: `num_examples` per epoch, `example(i, k)` with noise key k."""
+  """A task's examples by index: `num_examples` per epoch, `examples(ids, keys)`."""
 
   def __init__(self, r: TaskRecipe):
     self.recipe = r
@@ -84,16 +84,31 @@ class TaskView:
       self.num_examples = self._store.num_examples
     self._eos_ops = [name for name, _ in ops]
 
-  def example(self, index: int, key: int) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, targets) of example `index`, trimmed to the lengths; `key` seeds its noise."""
-    if self._span is not None:
-      flat, _ = self._store.features["targets"]
-      tokens = np.asarray(flat[index * self._segment:(index + 1) * self._segment])
-      inputs, targets = noise.corrupt(
-          tokens, (key, _NOISE_SALT), self.recipe.vocab_size, **self._span)
+  def examples(self, ids: np.ndarray, keys: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(inputs, targets)] of stored examples `ids`, trimmed to the lengths; `keys[i]`
+    seeds example i's noise."""
+    if self._span is None:
+      pairs = [(np.asarray(self._store.tokens("inputs", i)),
+                np.asarray(self._store.tokens("targets", i))) for i in ids]
     else:
-      inputs = np.asarray(self._store.tokens("inputs", index))
-      targets = np.asarray(self._store.tokens("targets", index))
+      flat, _ = self._store.features["targets"]
+      ids = np.asarray(ids, np.int64)
+      pairs = [None] * len(ids)
+      # Every segment but the split's last has the full length: corrupt those together.
+      full = np.nonzero((ids + 1) * self._segment <= len(flat))[0]
+      if len(full):
+        starts = ids[full, None] * self._segment + np.arange(self._segment)[None, :]
+        inputs, targets = noise.corrupt_batch(np.asarray(flat[starts]), keys[full],
+                                              _NOISE_SALT, self.recipe.vocab_size, **self._span)
+        for j, i in enumerate(full):
+          pairs[i] = (inputs[j], targets[j])
+      for i in np.nonzero((ids + 1) * self._segment > len(flat))[0]:
+        tokens = np.asarray(flat[ids[i] * self._segment:(ids[i] + 1) * self._segment])
+        pairs[i] = noise.corrupt(tokens, (keys[i], _NOISE_SALT), self.recipe.vocab_size,
+                                 **self._span)
+    return [self._finish(inputs, targets) for inputs, targets in pairs]
+
+  def _finish(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     out = []
     for feature, tokens in (("inputs", inputs), ("targets", targets)):
       length = self.recipe.lengths[feature]

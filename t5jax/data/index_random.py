@@ -43,7 +43,7 @@ def hash64(*keys) -> np.ndarray:
     h = _mix_int((h + 0x9E3779B97F4A7C15 + int(keys[i])) & _MASK64)
     i += 1
   h = np.uint64(h)
-  with np.errstate(over="ignore"):
+  with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as the algorithm wants.
     for key in keys[i:]:
       h = _mix(h + _GOLDEN + np.asarray(key, np.int64).astype(np.uint64))
   return h
@@ -62,9 +62,8 @@ def permute(index, n: int, *keys) -> np.ndarray:
     return np.zeros_like(index)
   half_bits = max(1, (int(n - 1).bit_length() + 1) // 2)
   mask = np.uint64((1 << half_bits) - 1)
-  x = index.astype(np.uint64)
-  todo = np.ones(x.shape, bool)
-  out = x.copy()
+  out = index.astype(np.uint64)
+  todo = np.ones(out.shape, bool)
   with np.errstate(over="ignore"):
     while np.any(todo):
       # Cycle walking: re-encrypt the values that fell outside [0, n) until they land inside;

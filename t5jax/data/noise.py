@@ -94,3 +94,50 @@ def corrupt(tokens: np.ndarray, keys: tuple, vocab_size: int,
   noise_mask = noise_mask[:orig_length]
   return (_replace_spans_np(tokens, noise_mask, vocab_size),
           _replace_spans_np(tokens, ~noise_mask, vocab_size))
+
+
+def corrupt_batch(tokens_nl: np.ndarray, keys_n: np.ndarray, salt: int, vocab_size: int,
+                  noise_density: float = NOISE_DENSITY,
+                  mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """`corrupt` of n sequences of one length at once (keys `(keys_n[i], salt)`): the same
+  outputs, vectorised over the rows (span corruption's segments all have one length but
+  the split's last).
+
+  Returns:
+    (inputs [n, ...], targets [n, ...]) int32 without EOS.
+  """
+  n, length = tokens_nl.shape
+  if length < 2:
+    return tuple(np.stack(x) for x in zip(*(
+        corrupt(t, (k, salt), vocab_size, noise_density, mean_noise_span_length)
+        for t, k in zip(tokens_nl, keys_n))))
+  num_noise = min(max(int(round(length * noise_density)), 1), length - 1)
+  num_spans = max(int(round(num_noise / mean_noise_span_length)), 1)
+  num_spans = min(num_spans, num_noise, length - num_noise)
+  keys = np.asarray(keys_n, np.int64)[:, None]
+
+  def segment_lengths(num_items: int, which: int) -> np.ndarray:
+    if num_spans == 1:
+      return np.full((n, 1), num_items)
+    scores = index_random.uniform(keys, salt, which, np.arange(num_items - 1)[None, :])
+    starts = np.sort(np.argpartition(scores, num_spans - 2, axis=1)[:, :num_spans - 1], axis=1)
+    bounds = np.concatenate([np.zeros((n, 1), np.int64), starts + 1,
+                             np.full((n, 1), num_items)], axis=1)
+    return np.diff(bounds, axis=1)
+
+  interleaved = np.stack([segment_lengths(length - num_noise, 1),
+                          segment_lengths(num_noise, 0)], axis=2).reshape(n, -1)
+  # Span boundaries -> a noise mask: odd spans (counting from 0) are noise.
+  starts = np.cumsum(interleaved, axis=1)[:, :-1]
+  indicator = np.zeros((n, length + 1), np.int64)
+  np.add.at(indicator, (np.repeat(np.arange(n), starts.shape[1]), starts.ravel()), 1)
+  noise_mask = np.cumsum(indicator, axis=1)[:, :length] % 2 == 1
+
+  def replace(mask):
+    prev = np.concatenate([np.zeros((n, 1), bool), mask[:, :-1]], axis=1)
+    first = mask & ~prev
+    out = np.where(first, vocab_size - np.cumsum(first, axis=1), tokens_nl)
+    return out[~(mask & prev)].reshape(n, -1).astype(np.int32)
+
+  return replace(noise_mask), replace(~noise_mask)

@@ -99,13 +99,15 @@ class RowPacker:
       view, key = self._views[t], self._keys[t]
       ids = example_ops.example_ids(ks[sel], int(self._sizes[t]), self._shuffle,
                                     self._seed, key)
+      keys = index_random.hash64(self._seed, key, ks[sel]).astype(np.int64)
+      live = self._repeat | (ks[sel] < self._sizes[t])
+      made = iter(view.examples(ids[live], keys[live]))
       for j, i in enumerate(sel):
-        k = int(ks[i])
-        if not self._repeat and k >= self._sizes[t]:
+        if live[j]:
+          inputs, targets = next(made)
+          self._pending[int(local[i])] = (int(t), int(ids[j]), inputs, targets)
+        else:  # This row has read all of task t (a single pass).
           self._pending[int(local[i])] = (int(t), None, None, None)
-          continue
-        inputs, targets = view.example(int(ids[j]), index_random.hash64(self._seed, key, k))
-        self._pending[int(local[i])] = (int(t), int(ids[j]), inputs, targets)
 
   def _exhausted(self, i: int) -> bool:
     return bool(np.all(self._rows[i] + self._num_rows * self.state[i, 1:] >= self._sizes))
