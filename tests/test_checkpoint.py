@@ -96,6 +96,21 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(reference, tmp_path):
   for step in range(1, 13):
     assert resumed[step] == reference[step], step
 
+  # Other data settings: refused in one line naming the change, nothing set aside...
+  before = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+  proc = start_training(run_dir, "--gin.InputSpec.seed=1", "--gin.TrainConfig.num_steps=13")
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode != 0
+  assert "Traceback" not in out
+  error = [line for line in out.splitlines() if "other data settings" in line]
+  assert len(error) == 1 and "seed 0 -> 1" in error[0] and "data_restart=True" in error[0], out
+  assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == before
+  # ...unless asked to restart the data stream, which keeps the model and goes on.
+  out = finish(start_training(run_dir, "--gin.InputSpec.seed=1", "--gin.TrainConfig.num_steps=13",
+                              "--gin.CheckpointConfig.data_restart=True"))
+  assert "Data settings changed since step 12 (seed 0 -> 1)" in out
+  assert "Resumed from step 12" in out and 13 in losses_by_step(run_dir)
+
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(reference, tmp_path):
   run_dir = str(tmp_path)

@@ -5,7 +5,9 @@ import pytest
 import seqio
 import tensorflow as tf
 
+from t5jax.data import noise
 from t5jax.data import span_corruption as sc
+from t5jax.data import tasks  # noqa: F401  (registers text_span_corruption)
 from t5jax.data import vocab
 
 VOCAB = 32100
@@ -27,8 +29,18 @@ def test_lengths_match_random_spans_helper(inputs_length, expected):
   assert _formula(tokens_length)[1] == targets_length
 
 
+def test_corrupting_many_equals_corrupting_each():
+  tokens = np.random.default_rng(0).integers(3, 32000, (16, 568))
+  keys = np.arange(16) * 7919
+  inputs, targets = noise.corrupt_batch(tokens, keys, 5, VOCAB)
+  for i in range(16):
+    one = noise.corrupt(tokens[i], (keys[i], 5), VOCAB)
+    np.testing.assert_array_equal(inputs[i], one[0])
+    np.testing.assert_array_equal(targets[i], one[1])
+
+
 def test_noise_mask_density_and_spans():
-  mask = sc.random_spans_noise_mask(568, 0.15, 3.0, tf.constant([[1, 2], [3, 4]])).numpy()
+  mask = noise.noise_mask(568, (1, 2), 0.15, 3.0)
   assert mask.sum() == round(568 * 0.15) == 85
   assert not mask[0]  # Spans start after a non-noise token.
   starts = np.flatnonzero(mask & ~np.concatenate([[False], mask[:-1]]))

@@ -70,18 +70,11 @@ def _replace_spans_np(tokens: np.ndarray, noise_mask: np.ndarray, vocab_size: in
   return np.where(first, sentinels, tokens)[~(noise_mask & prev)].astype(np.int32)
 
 
-def corrupt(tokens: np.ndarray, keys: tuple, vocab_size: int,
-               noise_density: float = NOISE_DENSITY,
-               mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
-              ) -> tuple[np.ndarray, np.ndarray]:
-  """Span-corrupts one token sequence, its randomness keyed by `keys`.
-
-  Returns:
-    (inputs, targets) int32 without EOS.
-  """
-  tokens = np.asarray(tokens)
-  orig_length = len(tokens)
-  length = max(orig_length, 2)
+def noise_mask(length: int, keys: tuple, noise_density: float = NOISE_DENSITY,
+               mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> np.ndarray:
+  """bool [length]: noise spans, the first token never noise, randomness keyed by `keys`."""
+  orig_length = length
+  length = max(length, 2)  # At least one noise and one non-noise token.
   num_noise = min(max(int(round(length * noise_density)), 1), length - 1)
   num_spans = max(int(round(num_noise / mean_noise_span_length)), 1)
   noise_lengths = _random_segment_lengths_np(num_noise, num_spans, (*keys, 0))
@@ -89,11 +82,24 @@ def corrupt(tokens: np.ndarray, keys: tuple, vocab_size: int,
   num_spans = min(len(noise_lengths), len(nonnoise_lengths))
   interleaved = np.stack([nonnoise_lengths[:num_spans], noise_lengths[:num_spans]], 1).ravel()
   span_index = np.repeat(np.arange(2 * num_spans), interleaved)
-  noise_mask = np.zeros(length, bool)
-  noise_mask[:len(span_index)] = span_index % 2 == 1
-  noise_mask = noise_mask[:orig_length]
-  return (_replace_spans_np(tokens, noise_mask, vocab_size),
-          _replace_spans_np(tokens, ~noise_mask, vocab_size))
+  mask = np.zeros(length, bool)
+  mask[:len(span_index)] = span_index % 2 == 1
+  return mask[:orig_length]
+
+
+def corrupt(tokens: np.ndarray, keys: tuple, vocab_size: int,
+            noise_density: float = NOISE_DENSITY,
+            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
+           ) -> tuple[np.ndarray, np.ndarray]:
+  """Span-corrupts one token sequence, its randomness keyed by `keys`.
+
+  Returns:
+    (inputs, targets) int32 without EOS.
+  """
+  tokens = np.asarray(tokens)
+  mask = noise_mask(len(tokens), keys, noise_density, mean_noise_span_length)
+  return (_replace_spans_np(tokens, mask, vocab_size),
+          _replace_spans_np(tokens, ~mask, vocab_size))
 
 
 def corrupt_batch(tokens_nl: np.ndarray, keys_n: np.ndarray, salt: int, vocab_size: int,

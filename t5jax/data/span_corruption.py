@@ -21,71 +21,24 @@ from t5jax.data.noise import (MEAN_NOISE_SPAN_LENGTH, NOISE_DENSITY,  # noqa: F4
 CONCAT_BATCH = 128
 
 
-def random_spans_noise_mask(length: tf.Tensor, noise_density: float,
-                            mean_noise_span_length: float, seeds: tf.Tensor) -> tf.Tensor:
-  """Boolean mask of `length` with noise spans; the first token is never noise.
-
-  Same algorithm as T5: split the noise and the non-noise tokens each into `num_spans` random
-  non-empty segments and interleave them, non-noise first.
-
-  Args:
-    length: number of tokens.
-    noise_density: fraction of tokens that are noise.
-    mean_noise_span_length: mean length of a noise span.
-    seeds: int32 [2, 2], one stateless seed for each of the two segmentations.
-
-  Returns:
-    bool [length].
-  """
-  orig_length = length
-  length = tf.maximum(length, 2)  # Guarantees at least one noise and one non-noise token.
-  num_noise_tokens = tf.cast(tf.round(tf.cast(length, tf.float32) * noise_density), tf.int32)
-  num_noise_tokens = tf.minimum(tf.maximum(num_noise_tokens, 1), length - 1)
-  num_noise_spans = tf.cast(
-      tf.round(tf.cast(num_noise_tokens, tf.float32) / mean_noise_span_length), tf.int32)
-  num_noise_spans = tf.maximum(num_noise_spans, 1)
-  num_nonnoise_tokens = length - num_noise_tokens
-
-  def random_segmentation(num_items, num_segments, seed):
-    first_in_segment = tf.pad(
-        seqio.stateless_shuffle(
-            tf.cast(tf.range(num_items - 1) < num_segments - 1, tf.int32), seed),
-        [[1, 0]])
-    segment_id = tf.cumsum(first_in_segment)
-    return tf.math.segment_sum(tf.ones_like(segment_id), segment_id)
-
-  noise_span_lengths = random_segmentation(num_noise_tokens, num_noise_spans, seeds[0])
-  nonnoise_span_lengths = random_segmentation(num_nonnoise_tokens, num_noise_spans, seeds[1])
-  interleaved = tf.reshape(
-      tf.stack([nonnoise_span_lengths, noise_span_lengths], axis=1), [num_noise_spans * 2])
-  span_starts = tf.cumsum(interleaved)[:-1]
-  span_start_indicator = tf.math.unsorted_segment_sum(
-      tf.ones_like(span_starts), span_starts, length)
-  is_noise = tf.equal(tf.cumsum(span_start_indicator) % 2, 1)
-  return is_noise[:orig_length]
-
-
-def replace_spans_with_sentinels(tokens: tf.Tensor, noise_mask: tf.Tensor,
-                                 vocab_size: int) -> tf.Tensor:
-  """Replaces each run of masked tokens by one sentinel, counting down from vocab_size - 1."""
-  prev_is_noise = tf.pad(noise_mask[:-1], [[1, 0]])
-  first_noise = tf.logical_and(noise_mask, tf.logical_not(prev_is_noise))
-  later_noise = tf.logical_and(noise_mask, prev_is_noise)
-  sentinel = vocab_size - tf.cumsum(tf.cast(first_noise, tokens.dtype))
-  tokens = tf.where(first_noise, sentinel, tokens)
-  return tf.boolean_mask(tokens, tf.logical_not(later_noise))
-
-
 def corrupt(tokens: tf.Tensor, seeds: tf.Tensor, vocab_size: int,
             noise_density: float = NOISE_DENSITY,
             mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
            ) -> tuple[tf.Tensor, tf.Tensor]:
-  """Span-corrupts one token sequence; returns (inputs, targets) without EOS."""
-  noise_mask = random_spans_noise_mask(
-      tf.size(tokens), noise_density, mean_noise_span_length, seeds)
-  inputs = replace_spans_with_sentinels(tokens, noise_mask, vocab_size)
-  targets = replace_spans_with_sentinels(tokens, tf.logical_not(noise_mask), vocab_size)
-  return inputs, targets
+  """Span-corrupts one token sequence; returns (inputs, targets) without EOS.
+
+  The algorithm is `t5jax.data.noise.corrupt` (one implementation for SeqIO and the batch
+  pipeline), keyed by the int `seeds`.
+  """
+  def run(t, s):
+    return noise.corrupt(t, tuple(int(x) for x in s.ravel()), vocab_size, noise_density,
+                         mean_noise_span_length)
+
+  inputs, targets = tf.numpy_function(run, [tokens, tf.cast(seeds, tf.int64)],
+                                      [tf.int32, tf.int32], stateful=False)
+  inputs.set_shape([None])
+  targets.set_shape([None])
+  return tf.cast(inputs, tokens.dtype), tf.cast(targets, tokens.dtype)
 
 
 def _concat_tokens(dataset: tf.data.Dataset) -> tf.data.Dataset:
