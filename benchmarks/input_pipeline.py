@@ -35,8 +35,23 @@ import report  # noqa: E402 (benchmarks/report.py, beside this script)
 _PROBE_BATCHES = 4
 
 
-def _peak_rss_gb(who: int) -> float:
-  return resource.getrusage(who).ru_maxrss / 2**20  # KiB on Linux.
+def _peak_rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux.
+
+
+def _children_peak_rss_gb() -> float:
+  """The largest peak RSS (VmHWM) of this process's live children (the data workers)."""
+  peak = 0
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        if int(f.read().rsplit(")", 1)[1].split()[1]) != os.getpid():
+          continue
+      with open(f"/proc/{pid}/status") as f:
+        peak = max([peak] + [int(line.split()[1]) for line in f if line.startswith("VmHWM")])
+    except (OSError, IndexError, ValueError):
+      continue
+  return peak / 2**20
 
 
 def synthesized_position(spec, batch: int, process_index: int, process_count: int,
@@ -70,7 +85,8 @@ def pipeline_rate(spec, batch: int, num_batches: int, process_index: int = 0,
   seconds = time.perf_counter() - start
   return first, {"first_batch_s": startup, "batches_per_s": num_batches / seconds,
                  "examples_per_s": examples / seconds,
-                 "target_tokens_per_s": tokens / seconds}
+                 "target_tokens_per_s": tokens / seconds,
+                 "worker_peak_rss_gb": _children_peak_rss_gb()}
 
 
 def step_rate(model_name: str, batch_arrays: dict, steps: int, dtype: str) -> float:
@@ -120,9 +136,7 @@ def run_case(args) -> dict:
             "process_index": args.process_index,
             "local_rows": args.batch // args.process_count, "start_step": args.start_step,
             "workers": args.workers, "lengths": [args.inputs_length, args.targets_length],
-            **produced, "peak_rss_gb": _peak_rss_gb(resource.RUSAGE_SELF),
-            "worker_peak_rss_gb": _peak_rss_gb(resource.RUSAGE_CHILDREN),
-            "cores": os.cpu_count()}
+            **produced, "peak_rss_gb": _peak_rss_gb(), "cores": os.cpu_count()}
   if args.model:
     consumed = step_rate(args.model, first, args.steps, args.dtype)
     result.update(model=args.model, step_batches_per_s=consumed,

@@ -8,7 +8,7 @@ import tensorflow as tf
 from t5jax.data import prepare
 from t5jax.data import tfds_builders
 
-# Many row streams read at once; a small buffer keeps their memory modest.
+# Evaluation may read many small shards at once; a small buffer keeps their memory modest.
 _READ_BUFFER_BYTES = 1 << 16
 _MAX_SHUFFLE_RECORDS = 100_000
 
@@ -18,9 +18,9 @@ class ShippedTfdsSource(seqio.TfdsDataSource):
 
   The data dir is resolved when the data is first needed, not at task registration, so
   `$T5JAX_DATA_DIR` may be set after `t5jax.data.tasks` is imported. A shard is a contiguous
-  slice of the serialized records, and its index may be a tensor, which lets the batch
-  pipeline build one row's stream per row index inside a traced function. With `shuffle`, the
-  shard's records are shuffled anew each epoch (seeded, so deterministic).
+  slice of the serialized records (its index may be a tensor). With `shuffle`, the shard's
+  records are shuffled anew each epoch (seeded, so deterministic). The batch pipeline reads
+  each split once, in file order, into its example store (`task_cache`).
   """
 
   def __init__(self, dataset: str):
