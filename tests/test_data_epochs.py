@@ -102,7 +102,7 @@ def test_packing_matches_seqio_feature_converter(t5jax_data_dir):
   del t5jax_data_dir
   spec = InputSpec("multi30k_en_fr", inputs_length=64, targets_length=64, shuffle=False,
                    seed=0, num_workers=0)
-  rows = 4
+  rows = 2
   batch = next(pipeline.make_batches(spec, rows, example_ids=True))
   task = seqio.get_mixture_or_task("multi30k_en_fr")
   view = example_ops.TaskView(task_cache.recipe(task, "train", {"inputs": 64, "targets": 64}))
