@@ -58,6 +58,13 @@ def _bucket(n: int, cap: int, least: int = 8) -> int:
   return min(cap, max(least, 1 << (max(n, 1) - 1).bit_length()))
 
 
+def padded_shape(rows: int, longest: int, batch_size: int, cap: int) -> tuple[int, int]:
+  """The [rows, length] a batch is padded to: both rounded up to powers of two,
+  rows at most batch_size and length at most cap, so a file compiles a handful of
+  shapes."""
+  return _bucket(rows, batch_size, least=1), _bucket(longest, cap)
+
+
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
   """Indices in batches of similar length: sorted by length, then cut every
   batch_size, so that a batch pads little and shapes repeat (callers restore the
@@ -112,10 +119,9 @@ class Predictor:
     return out
 
   def _pad(self, rows: list[list[int]], batch_size: int, cap: int) -> np.ndarray:
-    """[R, S] zero-padded tokens: R and S rounded up to powers of two (R at most
-    batch_size, S at most cap), so a file compiles a handful of shapes."""
-    length = _bucket(max(len(r) for r in rows), cap)
-    array = np.zeros((_bucket(len(rows), batch_size, least=1), length), np.int32)
+    """Zero-padded [R, S] tokens, shaped by padded_shape."""
+    array = np.zeros(padded_shape(len(rows), max(len(r) for r in rows), batch_size, cap),
+                     np.int32)
     for i, r in enumerate(rows):
       array[i, :len(r)] = r
     return array
