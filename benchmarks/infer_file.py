@@ -158,6 +158,10 @@ def main(argv=None):
             "t5jax_warm_over_hf": hf_s / warm_s, "t5jax_encoder_padding": pad_ours,
             "hf_encoder_padding": pad_hf,
             "same_predictions": sum(a == c for a, c in zip(ours, theirs)),
+            # SentencePiece shows ids HF's skip_special_tokens drops as " ⁇ ".
+            "same_predictions_normalized": sum(
+                " ".join(a.replace("\u2047", " ").split()) == " ".join(c.split())
+                for a, c in zip(ours, theirs)),
             "first_difference": next(([i, a, c] for i, (a, c) in enumerate(zip(ours, theirs))
                                       if a != c), None),
             "input_tokens_min_median_max": [min(lengths), int(np.median(lengths)), max(lengths)]}
