@@ -150,7 +150,9 @@ def _decode_loop(model, params, encoder_input_tokens, max_decode_length: int, ch
     logits_bv, cache = decode_step(model, params, cache, encoded, encoder_input_tokens, prev_b)
     step_key = None if key is None else jax.random.fold_in(key, i)
     next_b = choose(logits_bv, step_key).astype(jnp.int32)
-    token_logprob_b = jnp.take_along_axis(jax.nn.log_softmax(logits_bv), next_b[:, None], 1)[:, 0]
+    # log p = logit - logsumexp: one pass over the vocabulary fewer than log_softmax.
+    token_logprob_b = (jnp.take_along_axis(logits_bv, next_b[:, None], 1)[:, 0]
+                       - jax.nn.logsumexp(logits_bv, axis=-1))
     logprob_b = logprob_b + jnp.where(done_b, 0.0, token_logprob_b)
     next_b = jnp.where(done_b, PAD_ID, next_b)
     out_bl = jax.lax.dynamic_update_slice(out_bl, next_b[:, None], (0, i))
@@ -250,20 +252,20 @@ def beam_decode(model, params, encoder_input_tokens, max_decode_length: int,
   """
   b = encoder_input_tokens.shape[0]
   encoded = encode(model, params, encoder_input_tokens, task_slots_b)
-  # The cross-attention K/V are projected once per input, then copied to its beams;
-  # row b * K + k is beam k of input b.
+  # Row b * K + k is beam k of input b. The cross-attention K/V stay one copy per
+  # input, which its K beams read together (layers.Attention groups them), so
+  # only the self-attention cache is copied to the beams.
   cache = init_cache(model, params, encoded, encoder_input_tokens, max_decode_length,
                      task_slots_b)
   repeat = functools.partial(jnp.repeat, repeats=num_beams, axis=0)
-  cache = map_cache_rows(repeat, cache)
-  encoded, enc_tokens = repeat(encoded), repeat(encoder_input_tokens)
+  cache = map_cache_rows(repeat, cache, skip=_CROSS_CACHE_LEAVES)
 
   def tokens_to_logits(cache, tokens_f):
-    return decode_step(model, params, cache, encoded, enc_tokens, tokens_f)
+    return decode_step(model, params, cache, encoded, encoder_input_tokens, tokens_f)
 
   def reorder_cache(cache, rows_f):
-    # A beam's parent is a beam of the same input, whose cross-attention K/V are
-    # the same: only the self-attention K/V need gathering.
+    # A beam's parent is a beam of the same input: the shared cross-attention K/V
+    # stay as they are.
     return map_cache_rows(lambda x: jnp.take(x, rows_f, axis=0), cache,
                           skip=_CROSS_CACHE_LEAVES)
 

@@ -52,9 +52,25 @@ def text_of(vocabulary: seqio.Vocabulary, ids) -> str:
   return vocabulary.decode([t for t in ids if t != 0])
 
 
-def _bucket(n: int, cap: int) -> int:
-  """Pads lengths to powers of two (at most `cap`) so few shapes get compiled."""
-  return min(cap, max(8, 1 << (max(n, 1) - 1).bit_length()))
+def _bucket(n: int, cap: int, least: int = 8) -> int:
+  """Pads sizes to powers of two (at least `least`, at most `cap`) so few shapes get
+  compiled."""
+  return min(cap, max(least, 1 << (max(n, 1) - 1).bit_length()))
+
+
+def padded_shape(rows: int, longest: int, batch_size: int, cap: int) -> tuple[int, int]:
+  """The [rows, length] a batch is padded to: both rounded up to powers of two,
+  rows at most batch_size and length at most cap, so a file compiles a handful of
+  shapes."""
+  return _bucket(rows, batch_size, least=1), _bucket(longest, cap)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+  """Indices in batches of similar length: sorted by length, then cut every
+  batch_size, so that a batch pads little and shapes repeat (callers restore the
+  original order)."""
+  order = sorted(range(len(lengths)), key=lengths.__getitem__)
+  return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 class Predictor:
@@ -102,9 +118,10 @@ class Predictor:
       out.append(ids[:max_length - 1] + [decoding.EOS_ID])
     return out
 
-  def _pad(self, rows: list[list[int]], rows_to: int, cap: int) -> np.ndarray:
-    length = _bucket(max(len(r) for r in rows), cap)
-    array = np.zeros((rows_to, length), np.int32)
+  def _pad(self, rows: list[list[int]], batch_size: int, cap: int) -> np.ndarray:
+    """Zero-padded [R, S] tokens, shaped by padded_shape."""
+    array = np.zeros(padded_shape(len(rows), max(len(r) for r in rows), batch_size, cap),
+                     np.int32)
     for i, r in enumerate(rows):
       array[i, :len(r)] = r
     return array
@@ -134,17 +151,20 @@ class Predictor:
                max_input_length: int = 512, max_decode_length: int = 64,
                batch_size: int = 32, task: str | None = None) -> list[Generation]:
     """Decodes each input string; returns one Generation per input, in order.
-    `task` picks the task's parameters in a model with task slots."""
-    results = []
+    `task` picks the task's parameters in a model with task slots.
+
+    Inputs run in batches of similar length (see length_batches): less padding,
+    and the decode loop, which stops when its whole batch has ended, stops sooner.
+    """
     encoded = self.encode(inputs, max_input_length)
-    for start in range(0, len(encoded), batch_size):
-      rows = encoded[start:start + batch_size]
-      tokens = self._pad(rows, batch_size, max_input_length)
+    results: list[Generation | None] = [None] * len(encoded)
+    for batch in length_batches([len(r) for r in encoded], batch_size):
+      tokens = self._pad([encoded[i] for i in batch], batch_size, max_input_length)
       out = self.generate_tokens(tokens, strategy, max_decode_length, task)
-      for i in range(len(rows)):
-        ids = [int(t) for t in out.tokens_bl[i]]
-        results.append(Generation(self.decode_tokens(ids), ids, float(out.logprob_b[i]),
-                                  float(out.score_b[i])))
+      for row, i in enumerate(batch):
+        ids = [int(t) for t in out.tokens_bl[row]]
+        results[i] = Generation(self.decode_tokens(ids), ids, float(out.logprob_b[row]),
+                                float(out.score_b[row]))
     return results
 
   def score(self, inputs: Sequence[str], targets: Sequence[str], *,
@@ -156,12 +176,14 @@ class Predictor:
       raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets; give one each.")
     enc_rows = self.encode(inputs, max_input_length)
     dec_rows = self.encode(targets, max_target_length)
-    scores = []
-    for start in range(0, len(enc_rows), batch_size):
-      enc = self._pad(enc_rows[start:start + batch_size], batch_size, max_input_length)
-      tgt = self._pad(dec_rows[start:start + batch_size], batch_size, max_target_length)
+    scores = [0.0] * len(enc_rows)
+    lengths = [len(e) + len(d) for e, d in zip(enc_rows, dec_rows)]
+    for batch in length_batches(lengths, batch_size):
+      enc = self._pad([enc_rows[i] for i in batch], batch_size, max_input_length)
+      tgt = self._pad([dec_rows[i] for i in batch], batch_size, max_target_length)
       loglik = self.log_likelihood_tokens(enc, tgt, task)
-      scores.extend(float(x) for x in loglik[:len(enc_rows[start:start + batch_size])])
+      for row, i in enumerate(batch):
+        scores[i] = float(loglik[row])
     return scores
 
 

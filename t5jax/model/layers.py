@@ -112,6 +112,13 @@ class Attention(nn.Module):
       cached_k = self.variable("cache", "cross_key", lambda: project_k(kv_bsd))
       cached_v = self.variable("cache", "cross_value", lambda: project_v(kv_bsd))
       k_bsnh, v_bsnh = cached_k.value, cached_v.value
+      # Beam search keeps one copy of an input's K/V for all its beams: rows
+      # b*G .. b*G+G-1 of the queries attend as G more query positions of input b.
+      groups = q_btnh.shape[0] // k_bsnh.shape[0]
+      if groups > 1:
+        q_btnh = q_btnh.reshape((k_bsnh.shape[0], groups * q_btnh.shape[1], n, h))
+        if mask_bts.shape[0] == x_btd.shape[0]:
+          mask_bts = mask_bts.reshape((k_bsnh.shape[0], -1, mask_bts.shape[-1]))
     elif decode and self.decode_role == "self":
       # kv_bsd holds the full-length dummy on the call that creates the cache.
       initialized = self.has_variable("cache", "self_key")
@@ -136,6 +143,7 @@ class Attention(nn.Module):
     weights_bnts = jax.nn.softmax(logits_bnts, axis=-1).astype(cfg.dtype)
     weights_bnts = nn.Dropout(cfg.dropout_rate)(weights_bnts, deterministic=deterministic)
     out_btnh = jnp.einsum("BNTS,BSNH->BTNH", weights_bnts, v_bsnh)
+    out_btnh = out_btnh.reshape(x_btd.shape[:2] + (n, h))  # undoes the beam grouping
     out_btnh = constrain(out_btnh, ("batch", "length", "heads", "kv"))
     return jnp.einsum("BTNH,NHD->BTD", out_btnh, wo)
 
