@@ -3,8 +3,8 @@ Hugging Face loop its docs teach (dynamic padding), same examples, one process.
 
 Both sides train the same T5 shape on the same first --examples examples of a
 mixture (default supervised_mix, real lengths, trimmed to 512 / 128 tokens):
-  t5jax: SeqIO's packing (TaskIdEncDecFeatureConverter, pack=True, as the
-    training pipeline packs) into rows of 512 / 128, the jitted train step
+  t5jax: the training pipeline's packing (`t5jax.data.packing.pack_examples`,
+    greedy, as each pipeline row is packed) into rows of 512 / 128, the jitted train step
     train.py runs (Adafactor as OptimizerConfig sets it up), as many rows per
     step as hold about --batch examples;
   HF: transformers' T5ForConditionalGeneration, the text of the same examples
@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from t5jax import losses, optim, partitioning, train_step  # noqa: E402
-from t5jax.data import feature_converter, registry, tf_devices, vocab  # noqa: E402
+from t5jax.data import packing, registry, tf_devices, vocab  # noqa: E402
 from t5jax.model import config as model_config  # noqa: E402
 from t5jax.model import t5  # noqa: E402
 
@@ -76,19 +76,9 @@ def load_examples(args) -> list[dict]:
 
 
 def packed_rows(examples: list[dict], args) -> dict[str, np.ndarray]:
-  """The examples packed into [rows, length] arrays by SeqIO, as training packs them."""
-  import tensorflow as tf
-  ids = feature_converter.TASK_IDS, feature_converter.ENCODER_TASK_IDS
-  ds = tf.data.Dataset.from_generator(
-      lambda: ({"inputs": e["inputs"], "targets": e["targets"],
-                ids[0]: np.zeros_like(e["targets"]), ids[1]: np.zeros_like(e["inputs"])}
-               for e in examples),
-      output_signature={k: tf.TensorSpec([None], tf.int32) for k in ("inputs", "targets", *ids)})
-  lengths = {"inputs": args.inputs_length, "targets": args.targets_length,
-             ids[0]: args.targets_length, ids[1]: args.inputs_length}
-  rows = list(feature_converter.TaskIdEncDecFeatureConverter(pack=True)(ds, lengths)
-              .as_numpy_iterator())
-  return {k: np.stack([r[k] for r in rows]).astype(np.int32) for k in rows[0]}
+  """The examples packed into [rows, length] arrays, as the training pipeline packs."""
+  return packing.pack_examples([(e["inputs"], e["targets"]) for e in examples],
+                               {"inputs": args.inputs_length, "targets": args.targets_length})
 
 
 def t5jax_batches(rows: dict[str, np.ndarray], per_step: int) -> list[dict[str, np.ndarray]]:

@@ -121,3 +121,7 @@ def test_packing_matches_seqio_feature_converter(t5jax_data_dir):
           ds, {"inputs": 64, "targets": 64}).as_numpy_iterator())
       for key, value in converted.items():
         np.testing.assert_array_equal(b[key][row], value, err_msg=f"{key} pack={pack}")
+      if pack:  # The same packing for a list of examples (benchmarks/end_to_end.py).
+        listed = pipeline.packing.pack_examples(examples, {"inputs": 64, "targets": 64})
+        for key, value in converted.items():
+          np.testing.assert_array_equal(listed[key][0], value, err_msg=key)

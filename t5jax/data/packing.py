@@ -116,10 +116,7 @@ class RowPacker:
     """The next batch of these rows (int32 features) and which rows hold any example."""
     n = len(self._rows)
     li, lt = self._lengths["inputs"], self._lengths["targets"]
-    out = {k: np.zeros((n, li), np.int32) for k in ENCODER_FEATURES}
-    out.update({k: np.zeros((n, lt), np.int32) for k in DECODER_FEATURES})
-    if self._example_ids:
-      out[EXAMPLE_IDS] = np.full((n, lt), -1, np.int32)
+    out = _empty_rows(n, self._lengths, self._example_ids)
     used_in = np.zeros(n, np.int64)
     used_tg = np.zeros(n, np.int64)
     segments = np.zeros(n, np.int64)
@@ -143,27 +140,65 @@ class RowPacker:
           active[i] = False  # Full; the example opens this row's next batch.
           continue
         del self._pending[i]
-        seg = segments[i] + 1
-        m, p = len(inputs), len(targets)
-        out["encoder_input_tokens"][i, a:a + m] = inputs
-        out["encoder_segment_ids"][i, a:a + m] = seg
-        out["encoder_positions"][i, a:a + m] = np.arange(m)
-        out["encoder_task_ids"][i, a:a + m] = t
-        out["decoder_target_tokens"][i, b:b + p] = targets
-        out["decoder_input_tokens"][i, b + 1:b + p] = targets[:-1]
-        if not self._pack and p < lt:
-          # SeqIO shifts an unpacked row whole, so the last target (EOS) is also the input
-          # after it (a position without loss).
-          out["decoder_input_tokens"][i, p] = targets[-1]
-        out["decoder_loss_weights"][i, b:b + p] = targets != 0
-        out["decoder_segment_ids"][i, b:b + p] = seg
-        out["decoder_positions"][i, b:b + p] = np.arange(p)
-        out["decoder_task_ids"][i, b:b + p] = t
-        if self._example_ids:
-          out[EXAMPLE_IDS][i, b:b + p] = ex_id
-        used_in[i], used_tg[i], segments[i] = a + m, b + p, seg
+        _place(out, i, a, b, inputs, targets, segments[i] + 1, t, self._pack,
+               ex_id if self._example_ids else None)
+        used_in[i], used_tg[i], segments[i] = a + len(inputs), b + len(targets), segments[i] + 1
         self.state[i, 0] += 1
         self.state[i, 1 + t] += 1
         if not self._pack:
           active[i] = False
     return out, segments > 0
+
+
+def _empty_rows(n: int, lengths: dict, example_ids: bool = False) -> dict[str, np.ndarray]:
+  out = {k: np.zeros((n, lengths["inputs"]), np.int32) for k in ENCODER_FEATURES}
+  out.update({k: np.zeros((n, lengths["targets"]), np.int32) for k in DECODER_FEATURES})
+  if example_ids:
+    out[EXAMPLE_IDS] = np.full((n, lengths["targets"]), -1, np.int32)
+  return out
+
+
+def _place(out: dict, i: int, a: int, b: int, inputs: np.ndarray, targets: np.ndarray,
+           segment: int, task: int, pack: bool, example_id: int | None) -> None:
+  """Writes one example into row i at encoder offset a and decoder offset b."""
+  m, p = len(inputs), len(targets)
+  out["encoder_input_tokens"][i, a:a + m] = inputs
+  out["encoder_segment_ids"][i, a:a + m] = segment
+  out["encoder_positions"][i, a:a + m] = np.arange(m)
+  out["encoder_task_ids"][i, a:a + m] = task
+  out["decoder_target_tokens"][i, b:b + p] = targets
+  out["decoder_input_tokens"][i, b + 1:b + p] = targets[:-1]
+  if not pack and p < out["decoder_target_tokens"].shape[1]:
+    # SeqIO shifts an unpacked row whole, so the last target (EOS) is also the input after
+    # it (a position without loss).
+    out["decoder_input_tokens"][i, p] = targets[-1]
+  out["decoder_loss_weights"][i, b:b + p] = targets != 0
+  out["decoder_segment_ids"][i, b:b + p] = segment
+  out["decoder_positions"][i, b:b + p] = np.arange(p)
+  out["decoder_task_ids"][i, b:b + p] = task
+  if example_id is not None:
+    out[EXAMPLE_IDS][i, b:b + p] = example_id
+
+
+def pack_examples(pairs: Sequence[tuple[np.ndarray, np.ndarray]], lengths: dict,
+                  task_ids: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+  """Packs (inputs, targets) pairs, in order, into as many rows as they need, the way each
+  row of the pipeline is packed (greedy: the first example that does not fit opens the next
+  row). Examples must already be trimmed to the lengths."""
+  rows, used = [], None
+  for j, (inputs, targets) in enumerate(pairs):
+    if (used is None or used[0] + len(inputs) > lengths["inputs"]
+        or used[1] + len(targets) > lengths["targets"]):
+      rows.append([])
+      used = [0, 0]
+    rows[-1].append(j)
+    used = [used[0] + len(inputs), used[1] + len(targets)]
+  out = _empty_rows(len(rows), lengths)
+  for i, row in enumerate(rows):
+    a = b = 0
+    for seg, j in enumerate(row, start=1):
+      inputs, targets = pairs[j]
+      _place(out, i, a, b, inputs, targets, seg, 0 if task_ids is None else task_ids[j],
+             True, None)
+      a, b = a + len(inputs), b + len(targets)
+  return out
