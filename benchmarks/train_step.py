@@ -117,7 +117,7 @@ def torch_matmul_rate(dtype: str, n: int, repeats: int, device) -> float:
   return 2.0 * n**3 / statistics.median(times)
 
 
-def setup_t5jax(cfg, args, batch_np):
+def setup_t5jax(cfg, args, batch_np, loss_cfg: losses.LossConfig):
   """The jitted step the training loop uses, on a batch already on device.
 
   Returns:
@@ -130,7 +130,6 @@ def setup_t5jax(cfg, args, batch_np):
   model = t5.Transformer(cfg)
   opt_cfg = optim.OptimizerConfig(name="adafactor")
   tx = optim.make_optimizer(opt_cfg)
-  loss_cfg = losses.LossConfig()
   with partitioning.sharding_context(mesh):
     state, shardings = train_step.create_train_state(
         model, tx, mesh, seed=0, inputs_length=args.inputs_length,
