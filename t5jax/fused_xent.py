@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5jax import losses
+from t5jax import losses, partitioning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +133,20 @@ def _fused_bwd(spec: _Spec, residuals, cotangents):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
+def block_length(batch: int, length: int, block_tokens: int) -> int:
+  """Target positions per block, so that a block holds about `block_tokens` tokens
+  per device: the rows are those of one shard of the batch under the current mesh
+  (jax.set_mesh; partitioning.sharding_context), and the blocks are made equal so
+  that the last one is padded least."""
+  mesh = jax.sharding.get_abstract_mesh()
+  shards = 1 if mesh.empty else math.prod(
+      mesh.shape.get(axis, 1) for axis in partitioning.BATCH_MESH_AXES)
+  rows = max(1, batch // shards)
+  positions = max(1, min(length, block_tokens // rows))
+  blocks = -(-length // positions)
+  return -(-length // blocks)
+
+
 def fused_loss_and_stats(hidden_btd, kernel, layout: str, batch, scale_bt, num_tasks: int,
                          cfg: losses.LossConfig):
   """losses.loss_and_stats from the output projection's inputs instead of its logits.
@@ -139,14 +154,12 @@ def fused_loss_and_stats(hidden_btd, kernel, layout: str, batch, scale_bt, num_t
   Args:
     hidden_btd: the decoder's output [B, T, D] (Transformer(..., return_hidden=True)).
     kernel: the output projection, [V, D] (layout "VD") or [D, V] ("DV").
-    cfg: LossConfig; fused_block_tokens sets the block (all rows together).
+    cfg: LossConfig; fused_block_tokens sets the block (see block_length).
   Returns:
     (loss, stats) as losses.loss_and_stats; only the loss is differentiable.
   """
-  b, t = hidden_btd.shape[:2]
-  block_length = max(1, min(t, cfg.fused_block_tokens // b))
-  block_length = -(-t // -(-t // block_length))  # the same blocks, least padding
-  spec = _Spec(layout, float(cfg.z_loss), float(cfg.label_smoothing), block_length)
+  spec_length = block_length(hidden_btd.shape[0], hidden_btd.shape[1], cfg.fused_block_tokens)
+  spec = _Spec(layout, float(cfg.z_loss), float(cfg.label_smoothing), spec_length)
   loss, terms = _fused(hidden_btd, kernel, batch["decoder_target_tokens"], scale_bt, spec)
   loss_bt, z_bt, correct_bt = jax.lax.stop_gradient(terms)
   return loss, losses.per_task_stats(loss_bt, z_bt, correct_bt, batch, scale_bt, num_tasks)

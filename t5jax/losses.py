@@ -54,9 +54,9 @@ class LossConfig:
       blocks of target positions (t5jax/fused_xent.py), never holding the
       [batch, length, vocab] fp32 logits or their gradient. Same loss and
       gradients; less memory, and faster on CPU (docs/performance.md).
-    fused_block_tokens: target tokens per block of the fused cross-entropy, all
-      rows of the (micro)batch together (per device: divided by the batch's
-      shards); one block of logits is this x vocab fp32.
+    fused_block_tokens: target tokens per block and device of the fused
+      cross-entropy (rows of the device's batch shard x target positions); a
+      block's logits are this x vocab (/ tensor shards) fp32.
   """
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
@@ -68,7 +68,7 @@ class LossConfig:
   dwa_temperature: float = 2.0
   soft_sharing_l2: float = 0.0
   fused_cross_entropy: bool = True
-  fused_block_tokens: int = 2048
+  fused_block_tokens: int = 512
 
   def __post_init__(self):
     if self.fused_block_tokens < 1:
