@@ -68,7 +68,7 @@ class LossConfig:
   dwa_temperature: float = 2.0
   soft_sharing_l2: float = 0.0
   fused_cross_entropy: bool = True
-  fused_block_tokens: int = 512
+  fused_block_tokens: int = 256
 
   def __post_init__(self):
     if self.fused_block_tokens < 1:
