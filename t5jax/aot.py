@@ -86,6 +86,7 @@ def format_report(r: dict) -> str:
       f"state + batch shard), temporaries {gib(r['temp_size_in_bytes'])}, "
       f"peak ~{gib(r['peak_bytes_per_device'])}",
       f"  per device: {r['model_flops_per_device'] / 1e12:.3f} model TFLOP per step (matmuls, "
-      f"forward x 3); XLA counts {r['xla_flops_per_device'] / 1e12:.3f} (a scanned layer "
-      "loop is counted once, and remat recomputation is included)",
+      f"forward x 3); XLA counts {r['xla_flops_per_device'] / 1e12:.3f} (the body of a "
+      "scan, of layers or of fused cross-entropy blocks, is counted once; remat "
+      "recomputation is included)",
   ])
