@@ -53,6 +53,10 @@ def parse_args(argv=None):
                  help="matmul side for the peak (default: 8192 on GPU/TPU, 2048 on CPU)")
   p.add_argument("--peak_repeats", type=int, default=10)
   p.add_argument("--skip_hf", action="store_true", help="t5jax only")
+  p.add_argument("--cross_entropy", default="fused", choices=("fused", "unfused", "both"),
+                 help="t5jax's loss: LossConfig.fused_cross_entropy on, off, or both as two "
+                      "sides taking turns (the unfused one reported as t5jax_unfused)")
+  p.add_argument("--fused_block_tokens", type=int, default=losses.LossConfig.fused_block_tokens)
   p.add_argument("--torch_threads", type=int, default=None,
                  help="torch CPU threads (default: the cores this process may use)")
   p.add_argument("--json_out", default=None, help="append the JSON line to this file")
@@ -117,7 +121,7 @@ def torch_matmul_rate(dtype: str, n: int, repeats: int, device) -> float:
   return 2.0 * n**3 / statistics.median(times)
 
 
-def setup_t5jax(cfg, args, batch_np):
+def setup_t5jax(cfg, args, batch_np, loss_cfg: losses.LossConfig):
   """The jitted step the training loop uses, on a batch already on device.
 
   Returns:
@@ -130,7 +134,6 @@ def setup_t5jax(cfg, args, batch_np):
   model = t5.Transformer(cfg)
   opt_cfg = optim.OptimizerConfig(name="adafactor")
   tx = optim.make_optimizer(opt_cfg)
-  loss_cfg = losses.LossConfig()
   with partitioning.sharding_context(mesh):
     state, shardings = train_step.create_train_state(
         model, tx, mesh, seed=0, inputs_length=args.inputs_length,
@@ -264,7 +267,11 @@ def main(argv=None):
   batch_np = synthetic_batch(b, s, t, cfg.vocab_size)
   info = machine()
   flops = model_flops_per_step(cfg, b, s, t)
-  sides = {"t5jax": setup_t5jax(cfg, args, batch_np)}
+  loss_cfg = lambda fused: losses.LossConfig(fused_cross_entropy=fused,
+                                             fused_block_tokens=args.fused_block_tokens)
+  sides = {"t5jax": setup_t5jax(cfg, args, batch_np, loss_cfg(args.cross_entropy != "unfused"))}
+  if args.cross_entropy == "both":
+    sides["t5jax_unfused"] = setup_t5jax(cfg, args, batch_np, loss_cfg(False))
   if not args.skip_hf:
     sides["hf"] = setup_hf(cfg, args, batch_np)
   times, peak_rounds = measure({k: v[0] for k, v in sides.items()}, args,
@@ -277,9 +284,11 @@ def main(argv=None):
           "flops": max(r["best_flops"] for r in peak_rounds)}
   ours = {**sides["t5jax"][1], **times["t5jax"]}
   hf = {**sides["hf"][1], **times["hf"]} if "hf" in sides else None
+  unfused = ({**sides["t5jax_unfused"][1], **times["t5jax_unfused"]}
+             if "t5jax_unfused" in sides else None)
 
   peak_all = peak["flops"] * ours["devices"]  # MFU is against every device in the mesh
-  for r in filter(None, (ours, hf)):
+  for r in filter(None, (ours, hf, unfused)):
     r["step_s"] = step_s = statistics.median(x for rnd in r["step_times_s"] for x in rnd)
     r.update(tokens_per_s=b * (s + t) / step_s, target_tokens_per_s=b * t / step_s,
              model_flops_per_s=flops["total"] / step_s,
@@ -290,6 +299,9 @@ def main(argv=None):
       "benchmark": "train_step", "model": args.model, "layers": args.layers, "dtype": args.dtype,
       "batch": b, "inputs_length": s, "targets_length": t, "steps": args.steps,
       "rounds": args.rounds, "warmup": args.warmup, "machine": info, "matmul_peak": peak,
+      "cross_entropy": args.cross_entropy, "fused_block_tokens": args.fused_block_tokens,
+      "t5jax_unfused": unfused,
+      "fused_over_unfused": unfused["step_s"] / ours["step_s"] if unfused else None,
       "model_flops_per_step": flops, "t5jax": ours, "hf": hf,
       "t5jax_over_hf": hf["step_s"] / ours["step_s"] if hf else None,
       "t5jax_over_hf_per_round": round_ratios,
@@ -321,7 +333,7 @@ def main(argv=None):
         (f", HF {hf['num_params']:,}" if hf else ""))
   print("| side  | step s median [min-max] | tokens/s | target tok/s | model TFLOP/s |   MFU |")
   print("|-------|-------------------------|----------|--------------|---------------|-------|")
-  for name, r in (("t5jax", ours), ("HF", hf)):
+  for name, r in (("t5jax", ours), ("HF", hf), ("unfsd", unfused)):
     if r:
       all_s = [x for rnd in r["step_times_s"] for x in rnd]
       spread = f"{r['step_s']:.3f} [{min(all_s):.3f}-{max(all_s):.3f}]"
@@ -331,6 +343,9 @@ def main(argv=None):
   if hf:
     print(f"t5jax / HF tokens/s: {result['t5jax_over_hf']:.2f}x (per round: "
           f"{', '.join(f'{x:.2f}' for x in round_ratios)})")
+  if unfused:
+    print(f"t5jax fused / unfused cross-entropy tokens/s: {result['fused_over_unfused']:.2f}x "
+          f"(unfused loss {unfused['final_loss']:.3f}; 'unfsd' row above)")
   report.emit_json(result, args.json_out)
   return result
 

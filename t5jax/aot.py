@@ -58,6 +58,7 @@ def compile_train_step(config, num_tasks: int = 1) -> dict:
       "model": config.model, "parameters": params, "mesh": dict(mesh.shape),
       "devices": mesh.size, "batch": config.batch_size, "lengths": list(lengths),
       "compile_seconds": round(seconds, 1),
+      "fused_cross_entropy": config.loss.fused_cross_entropy,
       "xla_flops_per_device": float(cost.get("flops", float("nan"))) if cost else float("nan"),
       "model_flops_per_device": model_flops_per_step(
           model.config, config.batch_size, *lengths)["total"] / mesh.size,
@@ -79,11 +80,13 @@ def format_report(r: dict) -> str:
   return "\n".join([
       f"{r['model']}: {r['parameters']:,} parameters on mesh {r['mesh']} ({r['devices']} "
       f"devices), batch {r['batch']}, lengths {r['lengths']}; compiled in "
-      f"{r['compile_seconds']} s",
+      f"{r['compile_seconds']} s; cross-entropy "
+      f"{'fused' if r['fused_cross_entropy'] else 'from full logits'}",
       f"  per device: arguments {gib(r['argument_size_in_bytes'])} (parameters + optimizer "
       f"state + batch shard), temporaries {gib(r['temp_size_in_bytes'])}, "
       f"peak ~{gib(r['peak_bytes_per_device'])}",
       f"  per device: {r['model_flops_per_device'] / 1e12:.3f} model TFLOP per step (matmuls, "
-      f"forward x 3); XLA counts {r['xla_flops_per_device'] / 1e12:.3f} (a scanned layer "
-      "loop is counted once, and remat recomputation is included)",
+      f"forward x 3); XLA counts {r['xla_flops_per_device'] / 1e12:.3f} (the body of a "
+      "scan, of layers or of fused cross-entropy blocks, is counted once; remat "
+      "recomputation is included)",
   ])

@@ -50,6 +50,13 @@ class LossConfig:
     soft_sharing_l2: lambda of the soft parameter sharing penalty
       lambda * sum_t ||theta_t - theta_shared||^2 over the task copies of the
       modules in T5Config.task_specific (0: the copies train independently).
+    fused_cross_entropy: compute the output projection and the loss together in
+      blocks of target positions (t5jax/fused_xent.py), never holding the
+      [batch, length, vocab] fp32 logits or their gradient. Same loss and
+      gradients; less memory, and faster on CPU (docs/performance.md).
+    fused_block_tokens: target tokens per block and device of the fused
+      cross-entropy (rows of the device's batch shard x target positions); a
+      block's logits are this x vocab (/ tensor shards) fp32.
   """
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
@@ -60,8 +67,13 @@ class LossConfig:
   dwa_window: int = 100
   dwa_temperature: float = 2.0
   soft_sharing_l2: float = 0.0
+  fused_cross_entropy: bool = True
+  fused_block_tokens: int = 256
 
   def __post_init__(self):
+    if self.fused_block_tokens < 1:
+      raise ValueError(
+          f"LossConfig.fused_block_tokens must be >= 1, got {self.fused_block_tokens}.")
     if self.soft_sharing_l2 < 0:
       raise ValueError(f"LossConfig.soft_sharing_l2 must be >= 0, got {self.soft_sharing_l2}.")
     if isinstance(self.normalization, str) and self.normalization not in NORMALIZATIONS:
@@ -101,11 +113,13 @@ class LossConfig:
                        jnp.float32)
 
 
-def token_losses(logits_btv, targets_bt, z_loss: float, label_smoothing: float):
-  """Per-token cross-entropy (+ z-loss) and the z-loss part alone, both [B, T] fp32.
+def token_terms(logits_btv, targets_bt, z_loss: float, label_smoothing: float):
+  """Per-token loss terms, all [B, T] fp32: (loss, z-loss part, correct, log Z).
 
-  With label smoothing the constant entropy of the smoothed target is
-  subtracted, so a perfect prediction still has loss 0 (as in T5).
+  loss is cross-entropy + z-loss. With label smoothing the constant entropy of
+  the smoothed target is subtracted, so a perfect prediction still has loss 0
+  (as in T5). correct is 1.0 where the target has the highest logit (without
+  argmax, which is slow on XLA:CPU). fused_xent.py calls this on blocks of tokens.
   """
   logits_btv = logits_btv.astype(jnp.float32)
   vocab = logits_btv.shape[-1]
@@ -114,8 +128,7 @@ def token_losses(logits_btv, targets_bt, z_loss: float, label_smoothing: float):
   if label_smoothing > 0:
     # q = `confidence` on the target and `low` on every other piece:
     # -sum_v q_v log p_v = log Z - (confidence - low) logit_target - low sum_v logit_v.
-    confidence = 1.0 - label_smoothing
-    low = label_smoothing / (vocab - 1)
+    confidence, low = smoothed_target(label_smoothing, vocab)
     sum_logits_bt = jnp.sum(logits_btv, axis=-1)
     nll_bt = log_z_bt - (confidence - low) * target_logit_bt - low * sum_logits_bt
     min_entropy = -(confidence * jnp.log(confidence) + (vocab - 1) * low * jnp.log(low))
@@ -123,7 +136,19 @@ def token_losses(logits_btv, targets_bt, z_loss: float, label_smoothing: float):
   else:
     nll_bt = log_z_bt - target_logit_bt
   z_bt = z_loss * jnp.square(log_z_bt)
-  return nll_bt + z_bt, z_bt
+  correct_bt = (target_logit_bt >= jnp.max(logits_btv, axis=-1)).astype(jnp.float32)
+  return nll_bt + z_bt, z_bt, correct_bt, log_z_bt
+
+
+def smoothed_target(label_smoothing: float, vocab: int) -> tuple[float, float]:
+  """(probability of the target, of each other piece) of the smoothed target."""
+  return 1.0 - label_smoothing, label_smoothing / (vocab - 1)
+
+
+def token_losses(logits_btv, targets_bt, z_loss: float, label_smoothing: float):
+  """Per-token cross-entropy (+ z-loss) and the z-loss part alone, both [B, T] fp32."""
+  loss_bt, z_bt, _, _ = token_terms(logits_btv, targets_bt, z_loss, label_smoothing)
+  return loss_bt, z_bt
 
 
 def token_scales(loss_weights_bt, task_ids_bt, task_weights_k, normalization):
@@ -139,23 +164,25 @@ def token_scales(loss_weights_bt, task_ids_bt, task_weights_k, normalization):
 
 
 def loss_and_stats(logits_btv, batch, scale_bt, num_tasks: int, cfg: LossConfig):
-  """Returns (loss, stats) for one (micro)batch.
+  """Returns (loss, stats) for one (micro)batch from its logits [B, T, V].
 
   stats holds sums, to be added over microbatches and divided on the host:
   per task (arrays [K]): token count, summed token loss, correct tokens, and the
   task's contribution to the loss (these add up to `loss`).
   """
-  targets_bt = batch["decoder_target_tokens"]
+  loss_bt, z_bt, correct_bt, _ = token_terms(
+      logits_btv, batch["decoder_target_tokens"], cfg.z_loss, cfg.label_smoothing)
+  return jnp.sum(loss_bt * scale_bt), per_task_stats(loss_bt, z_bt, correct_bt, batch,
+                                                     scale_bt, num_tasks)
+
+
+def per_task_stats(loss_bt, z_bt, correct_bt, batch, scale_bt, num_tasks: int) -> dict:
+  """loss_and_stats's stats from the per-token terms [B, T] (see token_terms)."""
   weights_bt = batch["decoder_loss_weights"].astype(jnp.float32)
   task_ids_bt = batch["decoder_task_ids"]
-  loss_bt, z_bt = token_losses(logits_btv, targets_bt, cfg.z_loss, cfg.label_smoothing)
-  loss = jnp.sum(loss_bt * scale_bt)
-  # "The target has the highest logit", without argmax, which is slow on XLA:CPU.
-  target_logit_bt = jnp.take_along_axis(logits_btv, targets_bt[..., None], axis=-1)[..., 0]
-  correct_bt = (target_logit_bt >= jnp.max(logits_btv, axis=-1)).astype(jnp.float32)
   onehot_btk = jax.nn.one_hot(task_ids_bt, num_tasks, dtype=jnp.float32) * weights_bt[..., None]
   per_task = lambda x_bt: jnp.einsum("BT,BTK->K", x_bt, onehot_btk)
-  stats = {
+  return {
       "tokens_k": per_task(jnp.ones_like(weights_bt)),
       "loss_sum_k": per_task(loss_bt),
       "z_loss_sum_k": per_task(z_bt),
@@ -163,4 +190,3 @@ def loss_and_stats(logits_btv, batch, scale_bt, num_tasks: int, cfg: LossConfig)
       "contribution_k": jnp.einsum("BT,BTK->K", loss_bt * scale_bt,
                                    jax.nn.one_hot(task_ids_bt, num_tasks, dtype=jnp.float32)),
   }
-  return loss, stats

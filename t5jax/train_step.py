@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from t5jax import losses, partitioning, task_weighting
+from t5jax import fused_xent, losses, partitioning, task_weighting
 from t5jax.model import task_params
 
 Batch = dict[str, jax.Array]
@@ -140,11 +140,15 @@ def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
                                  task_weights_k, loss_cfg.normalization)
 
   def loss_fn(params, micro, micro_scale_bt, key):
-    logits_btv = model.apply(
+    outputs = model.apply(
         {"params": params}, micro["encoder_input_tokens"], micro["decoder_input_tokens"],
         micro["encoder_segment_ids"], micro["decoder_segment_ids"], enable_dropout=True,
-        rngs={"dropout": key}, **_task_slots(micro, slot_of_task_k))
-    return losses.loss_and_stats(logits_btv, micro, micro_scale_bt, num_tasks, loss_cfg)
+        rngs={"dropout": key}, return_hidden=loss_cfg.fused_cross_entropy,
+        **_task_slots(micro, slot_of_task_k))
+    if loss_cfg.fused_cross_entropy:  # outputs: (hidden_btd, kernel, layout)
+      return fused_xent.fused_loss_and_stats(*outputs, micro, micro_scale_bt, num_tasks,
+                                             loss_cfg)
+    return losses.loss_and_stats(outputs, micro, micro_scale_bt, num_tasks, loss_cfg)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if microbatches == 1:

@@ -164,12 +164,16 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
   """Decoder stack and output projection; in decode mode it keeps its position in
-  the "cache" collection, created by one call over a full-length dummy input."""
+  the "cache" collection, created by one call over a full-length dummy input.
+  With return_hidden it stops before the projection and returns (hidden [B, T, D]
+  (T5 1.0's rescaling applied), kernel, "VD" or "DV": the kernel's layout), for
+  fused_xent.py, which computes the loss without the [B, T, V] logits."""
   config: T5Config
 
   @nn.compact
   def __call__(self, y_btd, encoded_bsd, self_mask_btt, cross_mask_bts, embedding_vd,
-               deterministic: bool, decode: bool = False, slots_bt=None):
+               deterministic: bool, decode: bool = False, slots_bt=None,
+               return_hidden: bool = False):
     cfg = self.config
     t = y_btd.shape[1]
     if decode and cfg.has_task_parameters:
@@ -210,14 +214,16 @@ class Decoder(nn.Module):
     if cfg.tie_word_embeddings:
       # Mesh TF rescales before the tied projection; Hugging Face does the same.
       y_btd = y_btd * (cfg.d_model**-0.5)
-      logits_btv = jnp.einsum("BTD,VD->BTV", y_btd, embedding_vd.astype(cfg.dtype),
-                              preferred_element_type=jnp.float32)
+      kernel, layout = embedding_vd, "VD"
     else:
-      kernel_dv = layers.param_with_axes(
+      kernel, layout = layers.param_with_axes(
           self, "logits_dense", nn.initializers.normal(cfg.d_model**-0.5),
-          (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), jnp.dtype(cfg.param_dtype))
-      logits_btv = jnp.einsum("BTD,DV->BTV", y_btd, kernel_dv.astype(cfg.dtype),
-                              preferred_element_type=jnp.float32)
+          (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), jnp.dtype(cfg.param_dtype)), "DV"
+    kernel = kernel.astype(cfg.dtype)
+    if return_hidden:
+      return y_btd, kernel, layout
+    logits_btv = jnp.einsum(f"BTD,{layout}->BTV", y_btd, kernel,
+                            preferred_element_type=jnp.float32)
     return constrain(logits_btv, ("batch", "length", "vocab"))
 
 
@@ -263,8 +269,8 @@ class Transformer(nn.Module):
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
              encoder_segment_ids=None, decoder_segment_ids=None, enable_dropout=False,
-             decode=False, decoder_task_slots=None):
-    """Returns fp32 logits [B, T, V].
+             decode=False, decoder_task_slots=None, return_hidden=False):
+    """Returns fp32 logits [B, T, V] (return_hidden: the projection's inputs, see Decoder).
 
     With decode=True the first call (over a full-length dummy decoder input)
     creates the "cache" collection; each later call consumes one position (and
@@ -278,17 +284,18 @@ class Transformer(nn.Module):
                            decode)
     return self.decoder(self._embed(decoder_input_tokens), encoded, self_mask, cross_mask,
                         self.embedding_vd, deterministic=not enable_dropout, decode=decode,
-                        slots_bt=slots_bt)
+                        slots_bt=slots_bt, return_hidden=return_hidden)
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
                decoder_segment_ids=None, enable_dropout=False, encoder_task_slots=None,
-               decoder_task_slots=None):
-    """Teacher-forced logits [B, T, V] (fp32)."""
+               decoder_task_slots=None, return_hidden=False):
+    """Teacher-forced logits [B, T, V] (fp32), or with return_hidden the output
+    projection's inputs (hidden [B, T, D], kernel, layout; see Decoder)."""
     encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout,
                           encoder_task_slots)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
                        encoder_segment_ids, decoder_segment_ids, enable_dropout,
-                       decoder_task_slots=decoder_task_slots)
+                       decoder_task_slots=decoder_task_slots, return_hidden=return_hidden)
 
 
 def _segment_ids(tokens_bt, segment_ids_bt):
