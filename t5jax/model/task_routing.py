@@ -101,7 +101,7 @@ def combine(blocks: Blocks, y_jc_, batch_shape):
 
 def _copies_by_block(parent: nn.Module, name: str, owner_j, dtype=None):
   """The copies' parameters stacked per block: leaves [J, ...] (block j: its owner's)."""
-  params = parent.variables["params"]
+  params = nn.meta.unbox(parent.variables["params"])  # boxed when applied to init's output
   copies = [params[copy_name(name, k)] for k in range(len(parent.config.task_slots))]
   def take(*leaves):
     stacked = jnp.stack(leaves)
