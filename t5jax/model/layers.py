@@ -166,8 +166,14 @@ def attend(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dropout=No
   kernel = attention_kernel(cfg, dropout is not None)
   if kernel != "einsum":
     bias = None if bias_nts is None else bias_nts[None]
-    return jax.nn.dot_product_attention(q_btnh, k_bsnh, v_bsnh, bias, mask_bts[:, None],
-                                        scale=1.0, implementation=kernel)
+    try:
+      return jax.nn.dot_product_attention(q_btnh, k_bsnh, v_bsnh, bias, mask_bts[:, None],
+                                          scale=1.0, implementation=kernel)
+    except (ValueError, NotImplementedError):
+      # cuDNN rejects this shape or build (checked while tracing): "auto" means
+      # the fused kernel only where it applies; an explicit choice must fail.
+      if cfg.attention_impl != "auto":
+        raise
   logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bsnh).astype(jnp.float32)
   if bias_nts is not None:
     logits_bnts = logits_bnts + bias_nts[None].astype(jnp.float32)
