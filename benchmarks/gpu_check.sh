@@ -26,7 +26,7 @@ export PYTHONUNBUFFERED=1
 START=$SECONDS
 
 if [ -n "${DRY_RUN:-}" ]; then
-  # No GPU, no installs: check that every step of the script runs, in seconds.
+  # No GPU, no installs: check that every step of the script runs (two tiny compiles).
   mkdir -p "$OUT_DIR"
   for impl in auto einsum; do
     "$PYTHON" benchmarks/train_step.py --model t5_1_1_tiny --dtype bfloat16 --batch 2 \
