@@ -16,6 +16,13 @@ writes the table into docs/experiments.md (between its table markers; the text
 around them is kept) and docs/experiments_task_losses.png (each task's training
 loss per variant). Runs that finished are reused: delete their
 directory (or pass --fresh) to train them again.
+
+  python benchmarks/multitask_experiment.py --step_cost
+
+trains nothing: it compiles the train step of every model variant (hard, soft,
+adapters) in one process, takes XLA's FLOP count of each, times steps on one real
+batch of the mixture with the variants taking turns, and writes the cost table of
+docs/experiments.md (between its cost markers).
 """
 
 from __future__ import annotations
@@ -191,18 +198,89 @@ def plot(results: dict, path: str) -> None:
   fig.savefig(path, dpi=90)
 
 
+COST_LABELS = {"hard": "hard (and uncertainty, DWA)",
+               "soft": "soft (9 copies of the decoder layers)",
+               "adapters": "adapters (9 x 32 wide, every layer)"}
+
+
+def _variant_step(bindings: list[str]):
+  """(compiled step, state, batch, parameter count) of one variant's training run."""
+  import jax
+  from t5jax import config as gin_config
+  from t5jax import optim, partitioning, train, train_step
+  from t5jax.data import pipeline
+  gin_config.parse_gin([BASE_GIN], bindings)
+  cfg = train.TrainConfig()
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=1), devices=jax.devices()[:1])
+  model = train.build_model(cfg)
+  tx = optim.make_optimizer(cfg.optimizer)
+  tasks = pipeline.task_names(cfg.data.mixture_or_task)
+  lengths = (cfg.data.inputs_length, cfg.data.targets_length)
+  with partitioning.sharding_context(mesh):
+    state, shardings = train_step.create_train_state(model, tx, mesh, 0, *lengths)
+    step = train_step.jit_train_step(
+        mesh, shardings, model=model, tx=tx, loss_cfg=cfg.loss,
+        task_weights_k=cfg.loss.weights_vector(tasks),
+        slot_of_task_k=train_step.task_slot_table(model, tasks), microbatches=1,
+        schedule=optim.learning_rate_schedule(cfg.optimizer))
+    host = next(pipeline.make_batches(cfg.data, cfg.batch_size, 0, 1))
+    batch = partitioning.host_batch_to_global(host, mesh)
+    compiled = step.lower(state, batch).compile()
+  params = sum(x.size for x in jax.tree.leaves(state.params))
+  return compiled, state, batch, mesh, params
+
+
+def step_cost(rounds: int, steps: int) -> dict:
+  """XLA FLOPs and median step wall time of each variant, measured in one process
+  with the variants taking turns (so that a change of load hits them all)."""
+  import jax
+  from t5jax import partitioning
+  sides = {}
+  for name in COST_LABELS:
+    compiled, state, batch, mesh, params = _variant_step(VARIANTS[name][1])
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    sides[name] = {"compiled": compiled, "state": state, "batch": batch, "mesh": mesh,
+                   "params": int(params), "flops": float(cost["flops"]), "times": []}
+  for _ in range(rounds):
+    for side in sides.values():
+      with partitioning.sharding_context(side["mesh"]):
+        side["state"], m = side["compiled"](side["state"], side["batch"])  # warm
+        jax.block_until_ready(m)
+        for _ in range(steps):
+          start = time.perf_counter()
+          side["state"], m = side["compiled"](side["state"], side["batch"])
+          jax.block_until_ready(m)
+          side["times"].append(time.perf_counter() - start)
+  return {name: {"parameters": s["params"], "xla_flops": s["flops"],
+                 "step_seconds": float(np.median(s["times"]))} for name, s in sides.items()}
+
+
+def cost_table(cost: dict) -> str:
+  hard = cost["hard"]
+  lines = ["| variant | parameters | XLA FLOPs per train step | vs hard | step wall time | vs hard |",
+           "|---|---|---|---|---|---|"]
+  for name, c in cost.items():
+    lines.append(
+        f"| {COST_LABELS[name]} | {c['parameters']:,} | {c['xla_flops'] / 1e9:.1f} GFLOP | "
+        f"{c['xla_flops'] / hard['xla_flops']:.2f} | {c['step_seconds'] * 1e3:.0f} ms | "
+        f"{c['step_seconds'] / hard['step_seconds']:.2f} |")
+  return "\n".join(lines)
+
+
 START, END = "<!-- table:start -->", "<!-- table:end -->"
+COST_START, COST_END = "<!-- cost:start -->", "<!-- cost:end -->"
 
 
-def write_table(path: str, text: str, command: str) -> None:
+def write_table(path: str, text: str, command: str, start=START, end=END) -> None:
   """Puts the table between the markers of `path` (created when missing)."""
-  block = f"{START}\n<!-- written by: {command} -->\n{text}\n{END}"
-  doc = open(path, encoding="utf-8").read() if os.path.isfile(path) else f"{START}\n{END}\n"
-  if START not in doc or END not in doc:
-    doc += f"\n{START}\n{END}\n"
-  head, rest = doc.split(START, 1)
+  block = f"{start}\n<!-- written by: {command} -->\n{text}\n{end}"
+  doc = open(path, encoding="utf-8").read() if os.path.isfile(path) else f"{start}\n{end}\n"
+  if start not in doc or end not in doc:
+    doc += f"\n{start}\n{end}\n"
+  head, rest = doc.split(start, 1)
   with open(path, "w", encoding="utf-8") as f:
-    f.write(head + block + rest.split(END, 1)[1])
+    f.write(head + block + rest.split(end, 1)[1])
 
 
 def main(argv=None) -> None:
@@ -213,15 +291,27 @@ def main(argv=None) -> None:
   parser.add_argument("--out", default="benchmarks/results/multitask")
   parser.add_argument("--docs", default="docs")
   parser.add_argument("--fresh", action="store_true", help="retrain runs that finished")
+  parser.add_argument("--step_cost", action="store_true",
+                      help="only measure each variant's train-step FLOPs and wall time")
+  parser.add_argument("--rounds", type=int, default=3, help="--step_cost: turns per variant")
+  parser.add_argument("--timed_steps", type=int, default=5, help="--step_cost: steps per turn")
   args = parser.parse_args(argv)
+  command = "python benchmarks/multitask_experiment.py " + " ".join(
+      sys.argv[1:] if argv is None else argv)
+  if args.step_cost:
+    cost = step_cost(args.rounds, args.timed_steps)
+    text = cost_table(cost)
+    write_table(os.path.join(args.docs, "experiments.md"), text, command.strip(),
+                COST_START, COST_END)
+    print(json.dumps(cost))
+    print(text)
+    return
   results = run(args)
   plot(results, os.path.join(args.docs, "experiments_task_losses.png"))
   summary = {c: {k: v for k, v in results[c].items() if k != "curves"} for c in COLUMNS}
   with open(os.path.join(args.out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   text = table(results)
-  command = "python benchmarks/multitask_experiment.py " + " ".join(
-      sys.argv[1:] if argv is None else argv)
   write_table(os.path.join(args.docs, "experiments.md"), text, command.strip())
   print(text)
 

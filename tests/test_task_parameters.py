@@ -60,7 +60,9 @@ def test_at_initialisation_the_model_computes_exactly_the_hard_shared_model(fiel
   hard_cfg = soft_cfg.replace(task_slots=(), task_specific=(), adapter_dim=0)
   hard = _logits(hard_cfg, task_params.shared_only(params), batch)
   soft = _logits(soft_cfg, params, batch, **_slots(batch))
-  np.testing.assert_array_equal(np.asarray(soft), np.asarray(hard))
+  # Equal up to fp32 rounding: the routed blocks sum the same products as one
+  # matmul, in a batched matmul's order.
+  np.testing.assert_allclose(np.asarray(soft), np.asarray(hard), rtol=1e-5, atol=1e-5)
   assert float(task_params.soft_sharing_penalty(params)) == 0.0
 
 

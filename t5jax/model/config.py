@@ -9,6 +9,7 @@ import re
 FEED_FORWARD_KINDS = ("relu", "gated-gelu")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "minimal", "full")
+ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
 # The sub-modules of a layer that can have a copy per task (t5.py's names).
 LAYER_SUBMODULES = {
     "encoder": ("pre_attention_layer_norm", "attention", "pre_mlp_layer_norm", "mlp"),
@@ -55,6 +56,10 @@ class T5Config:
       L2 penalty (LossConfig.soft_sharing_l2); copies are NAME_task{k}.
     adapter_dim: bottleneck width of a per-slot adapter after every layer's MLP
       (Houlsby/Pfeiffer style, identity at initialisation); 0 for none.
+    attention_impl: "einsum" (logits, mask, softmax and weighted sum as einsums),
+      "xla" or "cudnn" (jax.nn.dot_product_attention with that implementation;
+      cuDNN's fused kernel needs a GPU and bf16/fp16), or "auto": cuDNN on a GPU
+      where it applies, else the einsums. Attention dropout always runs the einsums.
   """
 
   vocab_size: int = 32128
@@ -77,6 +82,7 @@ class T5Config:
   task_slots: tuple[str, ...] = ()
   task_specific: tuple[str, ...] = ()
   adapter_dim: int = 0
+  attention_impl: str = "auto"
 
   def __post_init__(self):
     # Gin and JSON metadata give lists; the config must stay hashable (a jit static).
@@ -90,6 +96,10 @@ class T5Config:
     for field in ("dtype", "param_dtype"):
       if getattr(self, field) not in DTYPES:
         raise ValueError(f"{field}={getattr(self, field)!r} is not one of {DTYPES}.")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(
+          f"attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}; "
+          "'auto' picks cuDNN's fused kernel on a GPU and the einsums elsewhere.")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(
           f"remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}.")

@@ -136,16 +136,60 @@ class Attention(nn.Module):
     k_bsnh = constrain(k_bsnh, ("batch", "length", "heads", "kv"))
     v_bsnh = constrain(v_bsnh, ("batch", "length", "heads", "kv"))
 
-    logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bsnh).astype(jnp.float32)
-    if bias_nts is not None:
-      logits_bnts = logits_bnts + bias_nts[None].astype(jnp.float32)
-    logits_bnts = jnp.where(mask_bts[:, None], logits_bnts, jnp.finfo(jnp.float32).min)
-    weights_bnts = jax.nn.softmax(logits_bnts, axis=-1).astype(cfg.dtype)
-    weights_bnts = nn.Dropout(cfg.dropout_rate)(weights_bnts, deterministic=deterministic)
-    out_btnh = jnp.einsum("BNTS,BSNH->BTNH", weights_bnts, v_bsnh)
+    dropout = lambda w: nn.Dropout(cfg.dropout_rate)(w, deterministic=deterministic)
+    out_btnh = attend(cfg, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts,
+                      None if deterministic else dropout)
     out_btnh = out_btnh.reshape(x_btd.shape[:2] + (n, h))  # undoes the beam grouping
     out_btnh = constrain(out_btnh, ("batch", "length", "heads", "kv"))
     return jnp.einsum("BTNH,NHD->BTD", out_btnh, wo)
+
+
+def attention_kernel(cfg: T5Config, with_dropout: bool) -> str:
+  """The attention implementation attend() runs: "einsum" (our einsums), or
+  jax.nn.dot_product_attention's "xla" or "cudnn" (fused) implementation.
+
+  "auto" picks cuDNN on a GPU for half-precision activations and head widths the
+  kernel takes, else the einsums; attention dropout (which the fused function
+  lacks) always runs the einsums.
+  """
+  if with_dropout and cfg.dropout_rate > 0:
+    return "einsum"
+  if cfg.attention_impl != "auto":
+    return cfg.attention_impl
+  fits = cfg.dtype in ("bfloat16", "float16") and cfg.d_kv % 8 == 0 and cfg.d_kv <= 128
+  return "cudnn" if jax.default_backend() == "gpu" and fits else "einsum"
+
+
+def attend(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dropout=None):
+  """softmax(Q K^T + bias, masked) V per head, without 1/sqrt(H) scaling.
+
+  Args:
+    q_btnh, k_bsnh, v_bsnh: projected queries, keys and values.
+    mask_bts: bool, True where a query may attend to a key (B or 1 leading, T may be 1).
+    bias_nts: additive position bias or None.
+    dropout: applied to the attention weights (training), or None.
+  Returns:
+    [B, T, N, H] attention output.
+  """
+  kernel = attention_kernel(cfg, dropout is not None)
+  if kernel != "einsum":
+    bias = None if bias_nts is None else bias_nts[None]
+    try:
+      return jax.nn.dot_product_attention(q_btnh, k_bsnh, v_bsnh, bias, mask_bts[:, None],
+                                          scale=1.0, implementation=kernel)
+    except (ValueError, NotImplementedError):
+      # cuDNN rejects this shape or build (checked while tracing): "auto" means
+      # the fused kernel only where it applies; an explicit choice must fail.
+      if cfg.attention_impl != "auto":
+        raise
+  logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bsnh).astype(jnp.float32)
+  if bias_nts is not None:
+    logits_bnts = logits_bnts + bias_nts[None].astype(jnp.float32)
+  logits_bnts = jnp.where(mask_bts[:, None], logits_bnts, jnp.finfo(jnp.float32).min)
+  weights_bnts = jax.nn.softmax(logits_bnts, axis=-1).astype(cfg.dtype)
+  if dropout is not None:
+    weights_bnts = dropout(weights_bnts)
+  return jnp.einsum("BNTS,BSNH->BTNH", weights_bnts, v_bsnh)
 
 
 @functools.lru_cache(maxsize=64)

@@ -106,13 +106,14 @@ class EncoderLayer(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate)
     sub = lambda make, name, *args: task_routing.per_task(self, make, name, "encoder",
                                                           slots_bt, *args)
-    norm = lambda name: layers.RMSNorm(cfg, name=name)
+    norm = lambda **kw: layers.RMSNorm(cfg, **kw)
     h = sub(norm, "pre_attention_layer_norm", x_btd)
-    h = sub(lambda name: layers.Attention(cfg, name=name), "attention",
-            h, h, mask_bts, bias_nts, self.deterministic)
+    h = task_routing.per_task_attention(
+        self, lambda **kw: layers.Attention(cfg, **kw), "attention", "encoder", slots_bt,
+        slots_bt, h, h, mask_bts, bias_nts, self.deterministic)
     x_btd = x_btd + dropout(h, deterministic=self.deterministic)
     h = sub(norm, "pre_mlp_layer_norm", x_btd)
-    h = sub(lambda name: layers.FeedForward(cfg, name=name), "mlp", h, self.deterministic)
+    h = sub(lambda **kw: layers.FeedForward(cfg, **kw), "mlp", h, self.deterministic)
     x_btd = x_btd + dropout(h, deterministic=self.deterministic)
     x_btd = task_routing.adapt(self, slots_bt, x_btd)
     return constrain(x_btd, ("batch", "length", "embed"))
@@ -125,23 +126,25 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, y_btd, encoded_bsd, self_mask_btt, cross_mask_bts, bias_ntt,
-               cache_index=None, slots_bt=None):
+               cache_index=None, slots_bt=None, encoder_slots_bs=None):
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout_rate)
     sub = lambda make, name, *args: task_routing.per_task(self, make, name, "decoder",
                                                           slots_bt, *args)
-    norm = lambda name: layers.RMSNorm(cfg, name=name)
-    attention = lambda role: lambda name: layers.Attention(cfg, decode_role=role, name=name)
+    norm = lambda **kw: layers.RMSNorm(cfg, **kw)
+    attention = lambda role, name, kv_slots, *args, **kwargs: task_routing.per_task_attention(
+        self, lambda **kw: layers.Attention(cfg, decode_role=role, **kw), name, "decoder",
+        slots_bt, kv_slots, *args, self.deterministic, self.decode, **kwargs)
     h = sub(norm, "pre_self_attention_layer_norm", y_btd)
-    h = sub(attention("self"), "self_attention",
-            h, h, self_mask_btt, bias_ntt, self.deterministic, self.decode, cache_index)
+    h = attention("self", "self_attention", slots_bt, h, h, self_mask_btt, bias_ntt,
+                  cache_index=cache_index)
     y_btd = y_btd + dropout(h, deterministic=self.deterministic)
     h = sub(norm, "pre_cross_attention_layer_norm", y_btd)
-    h = sub(attention("cross"), "encoder_decoder_attention",
-            h, encoded_bsd, cross_mask_bts, None, self.deterministic, self.decode)
+    h = attention("cross", "encoder_decoder_attention", encoder_slots_bs,
+                  h, encoded_bsd, cross_mask_bts, None)
     y_btd = y_btd + dropout(h, deterministic=self.deterministic)
     h = sub(norm, "pre_mlp_layer_norm", y_btd)
-    h = sub(lambda name: layers.FeedForward(cfg, name=name), "mlp", h, self.deterministic)
+    h = sub(lambda **kw: layers.FeedForward(cfg, **kw), "mlp", h, self.deterministic)
     y_btd = y_btd + dropout(h, deterministic=self.deterministic)
     y_btd = task_routing.adapt(self, slots_bt, y_btd)
     return constrain(y_btd, ("batch", "length", "embed"))
@@ -203,10 +206,13 @@ class Decoder(nn.Module):
       causal = causal_mask(t)
       self_mask_btt = causal if self_mask_btt is None else causal & self_mask_btt
 
+    encoder_slots_bs = None
+    if cfg.is_task_specific("decoder", "encoder_decoder_attention") and not decode:
+      encoder_slots_bs = task_routing.encoder_token_slots(cross_mask_bts, slots_bt)
     y_btd = nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)
     y_btd = run_layers(self, DecoderLayer, cfg.num_decoder_layers, y_btd,
                        (encoded_bsd, self_mask_btt, cross_mask_bts, bias_ntt, cache_index,
-                        slots_bt),
+                        slots_bt, encoder_slots_bs),
                        deterministic, decode)
     y_btd = layers.RMSNorm(cfg, name="decoder_norm")(y_btd)
     y_btd = nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)

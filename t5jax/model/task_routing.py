@@ -1,31 +1,46 @@
 """Per-task parameters inside a shared model: soft-shared sub-modules and adapters.
 
 Every token carries the index of its task slot (T5Config.task_slots), so one packed
-row can mix tasks. A task-specific sub-module has one copy per slot; each copy is
-applied to the whole input and each token keeps the output of its own slot's copy.
-Attention never mixes tasks (packing masks attention to the token's own example),
-so a token's result is exactly what its task's copy alone computes, and its
-gradient reaches only that copy (`jnp.where` passes no gradient to the copies it
-does not select).
+row can mix tasks. A task-specific sub-module has one copy per slot, and each
+token goes through its own slot's copy only:
 
-Cost: a task-specific sub-module runs once per slot, so choose them sparingly
-(the decoder's MLPs with 4 slots cost 4x those MLPs' FLOPs); adapters are small.
+- the tokens are sorted by slot and cut into blocks of C tokens, each block owned
+  by one slot (a slot's last block is padded), so there are at most N/C + K
+  blocks for N tokens and K slots;
+- block j runs with the weights of its owner, gathered into a [J, ...] stack
+  (a gather of weights, not of activations), as one batched matmul;
+- the outputs go back to the tokens' places.
+
+The FLOPs are those of one copy over the N tokens plus at most K padded blocks;
+C is chosen so that the padding is about 1/8 of N (block_size). Attention's
+projections are routed this way, and its softmax runs once over the whole
+batch: attention never crosses examples (packing masks it to the token's own
+example, whose tokens share a slot), so each token gets exactly what its task's
+copy computes alone, and its gradient reaches only that copy.
+
 The copies are separate parameters rather than one stacked array, so that
 per-parameter optimizer statistics (Adafactor's factored moments, its update
-clipping and parameter scaling) never couple two tasks.
+clipping and parameter scaling) never couple two tasks. Initialisation and
+cached decoding of a task-specific attention run every copy over the whole
+batch and keep each token's own (select_by_slot): initialisation must create
+every copy, and each copy keeps its own decode cache.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from t5jax.model import layers
 from t5jax.model.config import T5Config
 
 COPY_SUFFIX = "_task"
+# A slot's last block is padded: K blocks of padding at most, about N / PADDING_SHARE.
+PADDING_SHARE = 8
+constrain = nn.with_logical_constraint
 
 
 def copy_name(name: str, slot: int) -> str:
@@ -40,10 +55,81 @@ def select_by_slot(outputs: list, slots_bt):
   return out
 
 
+class Blocks(NamedTuple):
+  """Where each token sits once tokens are sorted by slot into blocks (see above)."""
+  source_jc: jax.Array   # flat index of the token at each block place; N on padding
+  owner_j: jax.Array     # the slot whose weights block j uses
+  place_n: jax.Array     # each token's place in the flattened [J * C] blocks
+
+
+def block_size(num_tokens: int, num_slots: int) -> int:
+  """Tokens per block: K padded blocks cost about 1/PADDING_SHARE of the tokens."""
+  return max(1, -(-num_tokens // (PADDING_SHARE * num_slots)))
+
+
+def plan_blocks(slots_bt, num_slots: int) -> Blocks:
+  """Sorts the tokens of [B, T] by slot into blocks that each belong to one slot."""
+  n = slots_bt.size
+  c = block_size(n, num_slots)
+  num_blocks = n // c + num_slots  # sum_k ceil(n_k / C) <= N // C + K
+  slots_n = slots_bt.reshape(n).astype(jnp.int32)
+  order_n = jnp.argsort(slots_n, stable=True)
+  sorted_n = slots_n[order_n]
+  count_k = jnp.bincount(slots_n, length=num_slots)
+  blocks_k = -(-count_k // c)
+  first_block_k = jnp.cumsum(blocks_k) - blocks_k
+  rank_n = jnp.arange(n) - (jnp.cumsum(count_k) - count_k)[sorted_n]  # rank within its slot
+  place_sorted_n = (first_block_k[sorted_n] + rank_n // c) * c + rank_n % c
+  source = jnp.full((num_blocks * c,), n, jnp.int32).at[place_sorted_n].set(order_n)
+  place_n = jnp.zeros((n,), jnp.int32).at[order_n].set(place_sorted_n)
+  owner_j = jnp.searchsorted(jnp.cumsum(blocks_k), jnp.arange(num_blocks), side="right")
+  return Blocks(source.reshape(num_blocks, c), jnp.minimum(owner_j, num_slots - 1), place_n)
+
+
+def dispatch(blocks: Blocks, x_bt_):
+  """[B, T, ...] -> [J, C, ...]: the tokens in their blocks (zeros on padding)."""
+  x_n_ = x_bt_.reshape((-1,) + x_bt_.shape[2:])
+  padded = jnp.concatenate([x_n_, jnp.zeros_like(x_n_[:1])])
+  return padded[blocks.source_jc]
+
+
+def combine(blocks: Blocks, y_jc_, batch_shape):
+  """[J, C, ...] -> [B, T, ...]: each token's output back in its place."""
+  y_flat = y_jc_.reshape((-1,) + y_jc_.shape[2:])
+  return y_flat[blocks.place_n].reshape(tuple(batch_shape) + y_jc_.shape[2:])
+
+
+def _copies_by_block(parent: nn.Module, name: str, owner_j, dtype=None):
+  """The copies' parameters stacked per block: leaves [J, ...] (block j: its owner's)."""
+  params = nn.meta.unbox(parent.variables["params"])  # boxed when applied to init's output
+  copies = [params[copy_name(name, k)] for k in range(len(parent.config.task_slots))]
+  def take(*leaves):
+    stacked = jnp.stack(leaves)
+    return jnp.take(stacked if dtype is None else stacked.astype(dtype), owner_j, axis=0)
+  return jax.tree.map(take, *copies)
+
+
+def _routed(parent: nn.Module, make: Callable[..., nn.Module], name: str, slots_bt,
+            x_btd, *args):
+  """A position-wise sub-module (norm, MLP, adapter) through each token's own copy."""
+  blocks = plan_blocks(slots_bt, len(parent.config.task_slots))
+  params_j = _copies_by_block(parent, name, blocks.owner_j)
+  module = make(parent=None)
+  num_blocks = blocks.owner_j.shape[0]
+  rngs_j = (jax.random.split(parent.make_rng("dropout"), num_blocks)
+            if parent.has_rng("dropout") else None)
+
+  def one_block(params, x_cd, rng):
+    rngs = None if rng is None else {"dropout": rng}
+    return module.apply({"params": params}, x_cd[None], *args, rngs=rngs)[0]
+  y_jcd = jax.vmap(one_block)(params_j, dispatch(blocks, x_btd), rngs_j)
+  return combine(blocks, y_jcd, x_btd.shape[:2])
+
+
 def per_task(parent: nn.Module, make: Callable[..., nn.Module], name: str, stack: str,
              slots_bt, *args):
-  """Applies sub-module `name` (built by make(name=...)) to args, with one copy per
-  task slot when the config makes it task-specific.
+  """Applies position-wise sub-module `name` (built by make(name=...)) to args,
+  through each token's own slot copy when the config makes it task-specific.
 
   Must be called from `parent`'s compact method. The shared copy, named `name`, is
   created at initialisation only: it is the anchor of the soft-sharing penalty
@@ -52,10 +138,65 @@ def per_task(parent: nn.Module, make: Callable[..., nn.Module], name: str, stack
   cfg: T5Config = parent.config
   if not cfg.is_task_specific(stack, name):
     return make(name=name)(*args)
+  if not parent.is_initializing():
+    return _routed(parent, make, name, slots_bt, *args)
+  make(name=name)(*args)
+  outputs = [make(name=copy_name(name, k))(*args) for k in range(len(cfg.task_slots))]
+  return select_by_slot(outputs, slots_bt)
+
+
+def per_task_attention(parent: nn.Module, make: Callable[..., nn.Module], name: str,
+                       stack: str, slots_bt, kv_slots_bs, x_btd, kv_bsd, mask_bts, bias_nts,
+                       deterministic: bool, decode: bool = False, cache_index=None):
+  """per_task for an attention sub-module (layers.Attention's arguments): queries
+  are routed by the query tokens' slots, keys and values by kv_slots_bs (the key
+  tokens' slots; the encoder's for cross-attention)."""
+  cfg: T5Config = parent.config
+  args = (x_btd, kv_bsd, mask_bts, bias_nts, deterministic, decode, cache_index)
+  if not cfg.is_task_specific(stack, name):
+    return make(name=name)(*args)
+  if not (parent.is_initializing() or decode):
+    return _routed_attention(parent, name, slots_bt, kv_slots_bs, *args[:5])
   if parent.is_initializing():
     make(name=name)(*args)
   outputs = [make(name=copy_name(name, k))(*args) for k in range(len(cfg.task_slots))]
   return select_by_slot(outputs, slots_bt)
+
+
+def _routed_attention(parent: nn.Module, name: str, slots_bt, kv_slots_bs, x_btd, kv_bsd,
+                      mask_bts, bias_nts, deterministic: bool):
+  """layers.Attention with each token projected by its own slot's kernels."""
+  cfg: T5Config = parent.config
+  num_slots = len(cfg.task_slots)
+  q_blocks = plan_blocks(slots_bt, num_slots)
+  kv_blocks = q_blocks if kv_bsd is x_btd else plan_blocks(kv_slots_bs, num_slots)
+  w = _copies_by_block(parent, name, q_blocks.owner_j, cfg.dtype)
+  x_jcd = dispatch(q_blocks, x_btd)
+  if kv_blocks is q_blocks:
+    kv_jcd, w_kv = x_jcd, w
+  else:
+    kv_jcd = dispatch(kv_blocks, kv_bsd)
+    w_kv = _copies_by_block(parent, name, kv_blocks.owner_j, cfg.dtype)
+  axes = ("batch", "length", "heads", "kv")
+
+  def project(blocks, x_jcd, w_jdnh, length_shape):
+    y = combine(blocks, jnp.einsum("JCD,JDNH->JCNH", x_jcd, w_jdnh), length_shape)
+    return constrain(y, axes)
+  q_btnh = project(q_blocks, x_jcd, w["query"], x_btd.shape[:2])
+  k_bsnh = project(kv_blocks, kv_jcd, w_kv["key"], kv_bsd.shape[:2])
+  v_bsnh = project(kv_blocks, kv_jcd, w_kv["value"], kv_bsd.shape[:2])
+  dropout = lambda w_bnts: nn.Dropout(cfg.dropout_rate)(w_bnts, deterministic=deterministic)
+  out_btnh = layers.attend(cfg, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts,
+                           None if deterministic else dropout)
+  out_btnh = constrain(out_btnh, axes)
+  out_jcd = jnp.einsum("JCNH,JNHD->JCD", dispatch(q_blocks, out_btnh), w["out"])
+  return combine(q_blocks, out_jcd, x_btd.shape[:2])
+
+
+def encoder_token_slots(cross_mask_bts, slots_bt):
+  """The slot of each encoder token: that of the decoder tokens of its example
+  (0 where no decoder token attends to it, which then does not matter)."""
+  return jnp.max(jnp.where(cross_mask_bts, slots_bt[:, :, None], 0), axis=1)
 
 
 class Adapter(nn.Module):
@@ -80,6 +221,8 @@ def adapt(parent: nn.Module, slots_bt, x_btd):
   cfg: T5Config = parent.config
   if not cfg.adapter_dim:
     return x_btd
-  outputs = [Adapter(cfg, name=copy_name("adapter", k))(x_btd)
-             for k in range(len(cfg.task_slots))]
+  make = lambda **kw: Adapter(cfg, **kw)
+  if not parent.is_initializing():
+    return _routed(parent, make, "adapter", slots_bt, x_btd)
+  outputs = [make(name=copy_name("adapter", k))(x_btd) for k in range(len(cfg.task_slots))]
   return select_by_slot(outputs, slots_bt)

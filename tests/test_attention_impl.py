@@ -1,0 +1,62 @@
+"""attention_impl: jax.nn.dot_product_attention (the function behind cuDNN's fused
+kernel, run with its "xla" implementation on CPU) computes what the einsums compute,
+with T5's relative-position bias, no 1/sqrt(d) scaling, and packing, causal and
+decode-cache masks."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import synthetic
+from t5jax import decoding
+from t5jax.model import config as model_config
+from t5jax.model import layers, t5
+
+CFG = model_config.get_config("t5_1_1_tiny", dtype="float32", vocab_size=512, dropout_rate=0.0,
+                              num_encoder_layers=1, num_decoder_layers=1)
+
+
+@pytest.fixture(scope="module")
+def params():
+  tokens = jnp.ones((1, 8), jnp.int32)
+  return nn.meta.unbox(t5.Transformer(CFG).init(jax.random.key(0), tokens, tokens)["params"])
+
+
+def test_dot_product_attention_equals_the_einsums_on_packed_rows(params):
+  batch = synthetic.packed_batch(batch_size=4, length=16)
+  args = (batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+          batch["encoder_segment_ids"], batch["decoder_segment_ids"])
+  weights_btv = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 512)), jnp.float32)
+
+  def logits_and_grads(impl):
+    model = t5.Transformer(CFG.replace(attention_impl=impl))
+    loss = lambda p: jnp.sum(model.apply({"params": p}, *args) * weights_btv)
+    return model.apply({"params": params}, *args), jax.grad(loss)(params)
+  (ours, g_ours), (fused, g_fused) = logits_and_grads("einsum"), logits_and_grads("xla")
+  valid = batch["decoder_segment_ids"] > 0
+  np.testing.assert_allclose(np.asarray(fused)[valid], np.asarray(ours)[valid],
+                             rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_ours)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-6 * float(jnp.abs(b).max()) + 1e-7)
+
+
+def test_dot_product_attention_decodes_like_the_einsums(params):
+  tokens = synthetic.packed_batch(batch_size=3, length=16, seed=1)["encoder_input_tokens"]
+  runs = [decoding.greedy_decode(t5.Transformer(CFG.replace(attention_impl=impl)), params,
+                                 tokens, 10) for impl in ("einsum", "xla")]
+  np.testing.assert_array_equal(np.asarray(runs[1][0]), np.asarray(runs[0][0]))
+  np.testing.assert_allclose(np.asarray(runs[1][1]), np.asarray(runs[0][1]), rtol=1e-5)
+
+
+def test_auto_picks_the_fused_kernel_only_where_it_applies():
+  bf16 = CFG.replace(dtype="bfloat16")
+  on_gpu = jax.default_backend() == "gpu"
+  assert layers.attention_kernel(bf16, with_dropout=False) == ("cudnn" if on_gpu else "einsum")
+  assert layers.attention_kernel(CFG, with_dropout=False) == "einsum"  # fp32
+  dropping = bf16.replace(attention_impl="cudnn", dropout_rate=0.1)
+  assert layers.attention_kernel(dropping, with_dropout=True) == "einsum"
+  assert layers.attention_kernel(dropping, with_dropout=False) == "cudnn"
+  with pytest.raises(ValueError, match="attention_impl='flash' is not one of"):
+    CFG.replace(attention_impl="flash")
