@@ -59,7 +59,9 @@ class CheckpointConfig:
 
 
 def checkpoints_dir(path: str) -> str:
-  """Accepts a run directory or its checkpoints/ directory; returns the latter."""
+  """Accepts a run directory or its checkpoints/ directory (relative to the working
+  directory, or with ~); returns the latter as an absolute path, which Orbax needs."""
+  path = os.path.abspath(os.path.expanduser(path))
   sub = os.path.join(path, "checkpoints")
   return sub if os.path.isdir(sub) else path
 
@@ -105,7 +107,7 @@ class Checkpointer:
   """Saves and restores a run's TrainState with Orbax."""
 
   def __init__(self, directory: str, cfg: CheckpointConfig):
-    self.directory = os.path.abspath(directory)
+    self.directory = os.path.abspath(os.path.expanduser(directory))
     self.cfg = cfg
     ensure_writable(self.directory)
     self._manager = _manager(self.directory, cfg)
@@ -231,7 +233,7 @@ def load_params(path: str, abstract_params, shardings=None, step: int | None = N
 
 def save_params(path: str, params, meta: dict, step: int = 0) -> str:
   """Writes a parameters-only checkpoint (e.g. converted from Hugging Face)."""
-  directory = os.path.join(os.path.abspath(path), "checkpoints")
+  directory = os.path.join(os.path.abspath(os.path.expanduser(path)), "checkpoints")
   ensure_writable(directory)
   manager = _manager(directory, CheckpointConfig(async_save=False))
   manager.save(step, args=ocp.args.Composite(
