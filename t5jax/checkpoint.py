@@ -224,6 +224,11 @@ def load_params(path: str, abstract_params, shardings=None, step: int | None = N
   `shardings` and into the dtypes of `abstract_params`."""
   directory = checkpoints_dir(path)
   step = latest_step(directory) if step is None else step
+  if shardings is None:
+    # Onto this process's first device, whatever devices saved it (Orbax would
+    # otherwise insist on the saving run's topology: 8 GPUs then a laptop fails).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract_params)
   manager = _manager(directory, read_only=True)
   restored = manager.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(_abstract(abstract_params, shardings))))
