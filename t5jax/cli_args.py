@@ -100,7 +100,7 @@ def _model_flags(parser, what: str) -> None:
                       help=f"{what}: a run directory (its latest checkpoint), its "
                       "checkpoints/ directory, one step directory, or a converted checkpoint "
                       "(required)")
-  parser.add_argument("--batch_size", type=int, default=32, help="examples per device batch")
+  parser.add_argument("--batch_size", type=int, default=32, help="examples per batch")
   parser.add_argument("--max_input_length", type=int, default=512,
                       help="inputs longer than this many tokens are truncated (with a warning)")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
@@ -174,8 +174,8 @@ def _eval(sub) -> None:
   evaluate.add_argument("--targets_length", type=int, default=128,
                         help="most tokens to generate per example")
   evaluate.add_argument("--output_dir", default=None, metavar="DIR",
-                        help="where eval.jsonl and TensorBoard events go "
-                        "(default: CHECKPOINT/eval)")
+                        help="where the results go, as metrics.jsonl and TensorBoard "
+                        "events (default: CHECKPOINT/eval)")
   _decode_flags(evaluate)
 
 

@@ -23,24 +23,24 @@ def _file_above(path: str) -> str | None:
   return None if os.path.isdir(parent) else parent
 
 
-def check_input_file(flag: str, path: str) -> None:
-  """Raises FileNotFoundError/ValueError unless `path` is "-" or a readable file."""
-  if path == "-":
-    return
+def _check_exists(flag: str, path: str, directory: bool) -> None:
   if not os.path.exists(_absolute(path)):
     raise FileNotFoundError(f"{flag} {path} does not exist (paths are relative to "
                             f"{os.getcwd()}).")
-  if not os.path.isfile(_absolute(path)):
-    raise ValueError(f"{flag} {path} is a directory; give a file.")
+  if os.path.isdir(_absolute(path)) != directory:
+    raise ValueError(f"{flag} {path} is a {'file' if directory else 'directory'}; give a "
+                     f"{'directory' if directory else 'file'}.")
+
+
+def check_input_file(flag: str, path: str) -> None:
+  """Raises FileNotFoundError/ValueError unless `path` is "-" or an existing file."""
+  if path != "-":
+    _check_exists(flag, path, directory=False)
 
 
 def check_input_dir(flag: str, path: str) -> None:
   """Raises FileNotFoundError/ValueError unless `path` is an existing directory."""
-  if not os.path.exists(_absolute(path)):
-    raise FileNotFoundError(f"{flag} {path} does not exist (paths are relative to "
-                            f"{os.getcwd()}).")
-  if not os.path.isdir(_absolute(path)):
-    raise ValueError(f"{flag} {path} is a file; give a directory.")
+  _check_exists(flag, path, directory=True)
 
 
 def check_output_dir(flag: str, path: str) -> None:

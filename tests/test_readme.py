@@ -123,7 +123,8 @@ def workdir(tmp_path_factory):
   old = os.getcwd()
   os.chdir(root)
   try:
-    assert cli.main([*TRAIN_DEMO, f"--gin.TrainConfig.num_steps={STEPS}"]) == 0
+    assert cli.main([*TRAIN_DEMO, f"--gin.TrainConfig.num_steps={STEPS}",
+                     "--gin.TrainConfig.num_sample_predictions=0"]) == 0
     pathlib.Path("inputs.txt").write_text("A man rides a horse.\nTwo dogs play.\n")
     pathlib.Path("lines.txt").write_text("A man rides a horse.\n")
     pathlib.Path("pairs.jsonl").write_text(
@@ -147,7 +148,7 @@ def _outputs(words: list[str]) -> list[str]:
   if words[0] == "plot":
     paths.append(f"{words[1]}/loss_by_task.png")
   if words[0] == "eval" and "--output_dir" not in words:
-    paths.append(f"{words[words.index('--checkpoint') + 1]}/eval")
+    paths.append(f"{words[words.index('--checkpoint') + 1]}/eval/metrics.jsonl")
   return paths
 
 
