@@ -31,7 +31,8 @@ def _import_user_modules(modules: list[str]) -> None:
     ValueError: the module is missing or fails to import (naming it, and where
       in the user's file it failed).
   """
-  sys.path.insert(0, os.getcwd())
+  if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
   for name in modules:
     try:
       importlib.import_module(name)

@@ -84,6 +84,9 @@ def open_input(path: str):
     ValueError: the file is not UTF-8 text.
   """
   if path == "-":
+    if sys.stdin.isatty():  # a newcomer's `--input -` without a pipe would seem to hang
+      print("Reading from stdin, one input a line; end with Ctrl-D.", file=sys.stderr,
+            flush=True)
     f = contextlib.nullcontext(sys.stdin)
   else:
     try:

@@ -181,6 +181,7 @@ def test_bad_input_is_one_line_naming_the_culprit_and_keeps_user_files(
   before = _snapshot(tmp_path)
   monkeypatch.chdir(tmp_path)
   monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+  monkeypatch.setattr(sys, "path", list(sys.path))  # --module puts the cwd on it
   argv = [a.replace(CKPT, str(models / "ckpt")).replace("{models}", str(models)) for a in argv]
   try:
     code = cli.main(argv)

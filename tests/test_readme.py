@@ -152,10 +152,22 @@ def _outputs(words: list[str]) -> list[str]:
   return paths
 
 
+@pytest.fixture
+def forget_user_tasks():
+  """The README's my_tasks module and its task stay out of the other tests' way."""
+  yield
+  import seqio
+  sys.modules.pop("my_tasks", None)
+  if "my_reverse" in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove("my_reverse")
+
+
 @pytest.mark.parametrize("line, words, stdin", RUN, ids=[" ".join(w[:4]) for _, w, _ in RUN])
-def test_readme_command_runs_as_written(line, words, stdin, workdir, monkeypatch, capsys):
+def test_readme_command_runs_as_written(line, words, stdin, workdir, monkeypatch, capsys,
+                                        forget_user_tasks):
   monkeypatch.chdir(workdir)
   monkeypatch.setattr(sys, "stdin", io.StringIO(stdin or ""))
+  monkeypatch.setattr(sys, "path", list(sys.path))  # --module puts the cwd on it
   code = cli.main(words)
   out, err = capsys.readouterr()
   assert code == 0, f"{line}\n{err}"
