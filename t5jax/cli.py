@@ -50,12 +50,7 @@ def _import_user_modules(modules: list[str]) -> None:
       where = (f"{e.filename} line {e.lineno}" if isinstance(e, SyntaxError)
                else f"{frame.filename} line {frame.lineno}")
       raise ValueError(f"--module {name} failed at {where}: {type(e).__name__}: "
-                       f"{_first_line(e)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
+                       f"{cli_io.describe_error(e)}") from None
 
 
 def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -133,9 +128,9 @@ def _check_vocabulary(checkpoint_dir: str) -> None:
     try:
       sentencepiece.SentencePieceProcessor(model_file=spiece)
     except (RuntimeError, OSError) as e:
-      raise ValueError(f"{spiece} is not a SentencePiece model ({_first_line(e)}); replace it "
-                       "with the model's own spiece.model, or remove it to use the shipped T5 "
-                       "vocabulary.") from None
+      raise ValueError(f"{spiece} is not a SentencePiece model ({cli_io.describe_error(e)}); "
+                       "replace it with the model's own spiece.model, or remove it to use the "
+                       "shipped T5 vocabulary.") from None
 
 
 def _run(args, bindings: list[str]) -> None:

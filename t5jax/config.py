@@ -124,7 +124,7 @@ def _check_macros_are_used(bindings: list[str]) -> None:
   """A macro nothing reads is almost always a misspelt binding (gin accepts it silently).
 
   Raises:
-    ValueError: naming the binding and the configurables that could be meant.
+    ValueError: naming the binding, and what a binding looks like.
   """
   used = {ref.scoped_selector.rsplit("/", 1)[0] for ref in gin.config.iterate_references(
       gin.config._CONFIG, to=gin.config.get_configurable(gin.config.macro))}  # noqa: SLF001

@@ -71,8 +71,11 @@ def quiet_stderr() -> None:
   if shown() or not hasattr(os, "fork"):
     return
   sys.stderr.flush()
+  try:
+    real_stderr = os.dup(2)
+  except OSError:  # no stderr at all: nothing to keep clean
+    return
   read_fd, write_fd = os.pipe()
-  real_stderr = os.dup(2)
   pid = os.fork()
   if pid == 0:  # the filter
     # Ctrl-C and a scheduler's SIGTERM reach the whole process group; the filter

@@ -73,7 +73,7 @@ def _read_torch(file: pathlib.Path) -> dict[str, np.ndarray]:
 def _read_sharded(index_file: pathlib.Path,
                   read: Callable[[pathlib.Path], dict]) -> dict[str, np.ndarray]:
   index = _read_json(index_file)
-  if not isinstance(index.get("weight_map"), dict):
+  if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
     raise ValueError(f"{index_file} has no 'weight_map' object mapping tensor names to shards.")
   weight_map = index["weight_map"]
   state = {}
