@@ -63,7 +63,9 @@ class CheckpointConfig:
 
 
 def checkpoints_dir(path: str) -> str:
-  """Accepts a run directory or its checkpoints/ directory; returns the latter."""
+  """Accepts a run directory or its checkpoints/ directory (relative to the working
+  directory, or with ~); returns the latter as an absolute path, which Orbax needs."""
+  path = os.path.abspath(os.path.expanduser(path))
   sub = os.path.join(path, "checkpoints")
   return sub if os.path.isdir(sub) else path
 
@@ -109,7 +111,7 @@ class Checkpointer:
   """Saves and restores a run's TrainState with Orbax."""
 
   def __init__(self, directory: str, cfg: CheckpointConfig):
-    self.directory = os.path.abspath(directory)
+    self.directory = os.path.abspath(os.path.expanduser(directory))
     self.cfg = cfg
     ensure_writable(self.directory)
     self._manager = _manager(self.directory, cfg)
@@ -240,6 +242,11 @@ def load_params(path: str, abstract_params, shardings=None, step: int | None = N
   `shardings` and into the dtypes of `abstract_params`."""
   directory = checkpoints_dir(path)
   step = latest_step(directory) if step is None else step
+  if shardings is None:
+    # Onto this process's first device, whatever devices saved it (Orbax would
+    # otherwise insist on the saving run's topology: 8 GPUs then a laptop fails).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract_params)
   manager = _manager(directory, read_only=True)
   restored = manager.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(_abstract(abstract_params, shardings))))
@@ -249,7 +256,7 @@ def load_params(path: str, abstract_params, shardings=None, step: int | None = N
 
 def save_params(path: str, params, meta: dict, step: int = 0) -> str:
   """Writes a parameters-only checkpoint (e.g. converted from Hugging Face)."""
-  directory = os.path.join(os.path.abspath(path), "checkpoints")
+  directory = os.path.join(os.path.abspath(os.path.expanduser(path)), "checkpoints")
   ensure_writable(directory)
   manager = _manager(directory, CheckpointConfig(async_save=False))
   manager.save(step, args=ocp.args.Composite(

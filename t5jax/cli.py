@@ -1,35 +1,56 @@
-"""Command line: `t5jax train | eval | infer | score | convert | tasks | plot` (thin wrappers).
+"""Command line: `t5jax train | compile | infer | score | eval | convert | tasks | plot`.
 
-Errors print as one line; set T5JAX_TRACEBACK=1 to see the full traceback.
+Thin wrappers over the Python API. Bad input is a one-line `error: ...` and exit
+status 2; T5JAX_TRACEBACK=1 shows the traceback instead. Paths are relative to
+the working directory. The flags are in cli_args.py.
 
     t5jax train --gin_file=runs/demo.gin --gin.TrainConfig.num_steps=100 --run_dir=runs/x
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
+import traceback
+
+from t5jax import cli_args, cli_io, lib_logs
 
 
 def _hide_accelerators_from_tensorflow() -> None:
   """TensorFlow (under SeqIO) must never take the accelerator memory JAX needs."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  lib_logs.quiet_environment()
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")
 
 
 def _import_user_modules(modules: list[str]) -> None:
-  """Imports user modules that register tasks, e.g. --module my_tasks."""
-  sys.path.insert(0, os.getcwd())
+  """Imports user modules that register tasks, e.g. --module my_tasks.
+
+  Raises:
+    ValueError: the module is missing or fails to import (naming it, and where
+      in the user's file it failed).
+  """
+  if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
   for name in modules:
     try:
       importlib.import_module(name)
     except ModuleNotFoundError as e:
-      raise SystemExit(
-          f"error: --module {name}: {e}; put {name}.py in the current directory or on "
-          "PYTHONPATH.") from None
+      if e.name != name and not name.startswith(f"{e.name}."):
+        raise ValueError(f"--module {name}: it imports {e.name!r}, which is not installed "
+                         f"({e}).") from None
+      raise ValueError(
+          f"--module {name}: no module {name!r}; put {name}.py in the working directory "
+          "or on PYTHONPATH (write the module name, not a file path).") from None
+    except Exception as e:  # noqa: BLE001 - the user's code: say where it failed, in one line
+      if os.environ.get("T5JAX_TRACEBACK"):
+        raise
+      frame = traceback.extract_tb(e.__traceback__)[-1]
+      where = (f"{e.filename} line {e.lineno}" if isinstance(e, SyntaxError)
+               else f"{frame.filename} line {frame.lineno}")
+      raise ValueError(f"--module {name} failed at {where}: {type(e).__name__}: "
+                       f"{cli_io.describe_error(e)}") from None
 
 
 def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -39,114 +60,11 @@ def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     if arg.startswith("--gin."):
       binding = arg[len("--gin."):]
       if "=" not in binding:
-        raise SystemExit(f"error: {arg} has no value; write --gin.NAME=VALUE.")
+        cli_args.parser().error(f"{arg} has no value; write --gin.NAME=VALUE.")
       bindings.append(binding)
     else:
       rest.append(arg)
   return bindings, rest
-
-
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="t5jax", description=__doc__.splitlines()[0])
-  sub = parser.add_subparsers(dest="command", required=True)
-
-  train = sub.add_parser("train", help="train or fine-tune a model")
-  train.add_argument("--gin_file", action="append", default=[],
-                     help="gin file(s), looked up in . and gin_configs/ (default runs/demo.gin)")
-  train.add_argument("--run_dir", default="runs/demo", help="where logs and checkpoints go")
-  train.add_argument("--module", action="append", default=[],
-                     help="Python module(s) to import first, e.g. to register your tasks")
-  train.add_argument("--init_from", default=None,
-                     help="fine-tune: start from this run's (or converted) parameters")
-  train.add_argument("--coordinator_address", default=None,
-                     help="multi-process: HOST:PORT of process 0")
-  train.add_argument("--num_processes", type=int, default=None)
-  train.add_argument("--process_id", type=int, default=None)
-  train.add_argument("--heartbeat_timeout_seconds", type=int, default=100,
-                     help="multi-process: a process silent this long is declared dead and "
-                     "the others exit with an error")
-  train.add_argument("--distributed", default=None, choices=("auto", "none"),
-                     help="auto: let JAX detect Cloud TPU / SLURM / Kubernetes "
-                     "(also T5JAX_DISTRIBUTED=auto)")
-
-  tasks = sub.add_parser("tasks", help="list registered tasks and mixtures")
-  tasks.add_argument("--module", action="append", default=[])
-
-  convert = sub.add_parser("convert", help="Hugging Face directory <-> t5jax checkpoint")
-  direction = convert.add_mutually_exclusive_group(required=True)
-  direction.add_argument("--from-hf", dest="from_hf", metavar="HF_DIR",
-                         help="config.json + (sharded) safetensors or pytorch_model.bin")
-  direction.add_argument("--to-hf", dest="to_hf", metavar="CKPT_DIR",
-                         help="a t5jax run or checkpoint directory")
-  convert.add_argument("--out", required=True, help="directory to write")
-  convert.add_argument("--task", default=None,
-                       help="--to-hf of a soft-shared model: export this task's copies")
-  convert.add_argument("--max_shard_bytes", type=int, default=None,
-                       help="with --to-hf: shard model.safetensors above this size")
-  convert.set_defaults(module=[])
-
-  aot = sub.add_parser("compile", help="compile the train step for N devices and print "
-                       "per-device memory and FLOPs (fake CPU devices, no real arrays)")
-  aot.add_argument("--gin_file", action="append", default=[])
-  aot.add_argument("--devices", type=int, required=True, help="devices of the target mesh")
-  aot.add_argument("--module", action="append", default=[])
-
-  plot = sub.add_parser("plot", help="draw a run's per-task loss curves into a PNG")
-  plot.add_argument("run_dir")
-  plot.add_argument("--output", default=None, help="PNG path (default RUN_DIR/loss_by_task.png)")
-  plot.set_defaults(module=[])
-
-  infer = sub.add_parser("infer", help="generate outputs for inputs, one JSON line each")
-  infer.add_argument("--checkpoint", required=True, help="run or converted checkpoint dir")
-  infer.add_argument("--input", required=True, help="text or JSONL ('inputs' field); - is stdin")
-  infer.add_argument("--output", default="-", help="JSONL to write; - is stdout")
-  infer.add_argument("--prefix", default="", help='prepended to each input, e.g. "summarize: "')
-  infer.add_argument("--max_decode_length", type=int, default=64)
-  infer.add_argument("--task", default=None,
-                     help="whose parameters to use, for a model with task slots")
-  _add_decode_flags(infer)
-  _add_common_model_flags(infer)
-
-  score = sub.add_parser("score", help="log-likelihood of targets given inputs")
-  score.add_argument("--checkpoint", required=True)
-  score.add_argument("--input", required=True, help="JSONL with 'inputs' and 'targets'")
-  score.add_argument("--output", default="-")
-  score.add_argument("--max_target_length", type=int, default=512)
-  score.add_argument("--task", default=None,
-                     help="whose parameters to use, for a model with task slots")
-  _add_common_model_flags(score)
-
-  evaluate = sub.add_parser("eval", help="decode a task's split and compute its metrics")
-  evaluate.add_argument("--checkpoint", required=True)
-  which = evaluate.add_mutually_exclusive_group(required=True)
-  which.add_argument("--task")
-  which.add_argument("--mixture")
-  evaluate.add_argument("--split", default="validation")
-  evaluate.add_argument("--max_examples", type=int, default=None)
-  evaluate.add_argument("--targets_length", type=int, default=128)
-  evaluate.add_argument("--output_dir", default=None,
-                        help="where eval.jsonl and TensorBoard events go (default CHECKPOINT/eval)")
-  evaluate.add_argument("--module", action="append", default=[])
-  _add_decode_flags(evaluate)
-  _add_common_model_flags(evaluate)
-  return parser
-
-
-def _add_common_model_flags(parser):
-  parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--max_input_length", type=int, default=512)
-  parser.add_argument("--dtype", default="float32", help="activation dtype: float32 or bfloat16")
-  parser.set_defaults(module=getattr(parser, "module", []))
-
-
-def _add_decode_flags(parser):
-  parser.add_argument("--method", default=None, choices=("greedy", "sample", "beam"))
-  parser.add_argument("--temperature", type=float, default=None)
-  parser.add_argument("--top_k", type=int, default=None)
-  parser.add_argument("--top_p", type=float, default=None)
-  parser.add_argument("--num_beams", type=int, default=None)
-  parser.add_argument("--alpha", type=float, default=None, help="T5 length penalty (beam)")
-  parser.add_argument("--seed", type=int, default=None)
 
 
 def _decode_config(args):
@@ -158,60 +76,132 @@ def _decode_config(args):
   return evaluate.DecodeConfig(**flags)
 
 
+def _check_paths(args) -> None:
+  """Fails on bad paths and numbers before any model is loaded or any file written."""
+  for flag in ("batch_size", "max_input_length", "max_decode_length", "max_target_length",
+               "targets_length", "max_examples", "devices", "max_shard_bytes", "num_beams"):
+    value = getattr(args, flag, None)
+    if value is not None and value < 1:
+      raise ValueError(f"--{flag}={value} must be a positive number.")
+  if args.command in ("infer", "score"):
+    cli_io.check_input_file("--input", args.input)
+    cli_io.check_output_file("--output", args.output, not_same_as=args.input)
+  if args.command in ("infer", "score", "eval"):
+    cli_io.check_input_dir("--checkpoint", args.checkpoint)
+  if args.command == "eval" and args.output_dir:
+    cli_io.check_output_dir("--output_dir", args.output_dir)
+  if args.command == "train":
+    cli_io.check_output_dir("--run_dir", args.run_dir)
+    if args.init_from:
+      cli_io.check_input_dir("--init_from", args.init_from)
+  if args.command == "convert":
+    cli_io.check_input_dir("--from-hf" if args.from_hf else "--to-hf",
+                           args.from_hf or args.to_hf)
+    cli_io.check_output_dir("--out", args.out)
+  if args.command == "plot":
+    cli_io.check_input_dir("RUN_DIR", args.run_dir)
+    if args.output:
+      cli_io.check_output_file("--output", args.output)
+
+
+def _check_eval_split(name: str, split: str) -> None:
+  """Raises ValueError (naming the registered ones) for an unknown task, mixture or split."""
+  import seqio
+  from t5jax.data import registry
+  for task in seqio.get_subtasks(registry.get_task_or_mixture(name)):
+    if split not in task.splits:
+      raise ValueError(f"--split {split!r}: task {task.name} has the splits "
+                       f"{', '.join(sorted(task.splits))}.")
+
+
+def _check_vocabulary(checkpoint_dir: str) -> None:
+  """A checkpoint's own spiece.model (beside checkpoints/) must be a SentencePiece model.
+
+  Raises:
+    ValueError: naming the file and how to fix it.
+  """
+  from t5jax import checkpoint
+  spiece = os.path.join(os.path.dirname(checkpoint.checkpoints_dir(checkpoint_dir)),
+                        "spiece.model")
+  if os.path.isfile(spiece):
+    import sentencepiece
+    try:
+      sentencepiece.SentencePieceProcessor(model_file=spiece)
+    except (RuntimeError, OSError) as e:
+      raise ValueError(f"{spiece} is not a SentencePiece model ({cli_io.describe_error(e)}); "
+                       "replace it with the model's own spiece.model, or remove it to use the "
+                       "shipped T5 vocabulary.") from None
+
+
+def _run(args, bindings: list[str]) -> None:
+  """Runs one parsed subcommand (user modules already imported)."""
+  if args.command == "train":
+    from t5jax import config, distributed, train
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                           args.distributed, args.heartbeat_timeout_seconds)
+    if args.init_from:
+      # Absolute, so that config.gin still names it when read from elsewhere.
+      init_from = os.path.abspath(os.path.expanduser(args.init_from))
+      bindings.append(f"CheckpointConfig.init_from = {init_from!r}")
+    config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
+    train.train(args.run_dir, train.TrainConfig())
+  elif args.command == "convert":
+    from t5jax.interop import convert
+    if args.from_hf:
+      path = convert.hf_to_checkpoint(args.from_hf, args.out)
+      print(f"Wrote t5jax checkpoint {path}")
+    else:
+      convert.checkpoint_to_hf(args.to_hf, args.out, args.max_shard_bytes, task=args.task)
+      print(f"Wrote Hugging Face directory {args.out}")
+  elif args.command in ("infer", "score", "eval"):
+    from t5jax import config, evaluate, inference_cli  # noqa: F401 (gin configurables)
+    config.parse_gin([], bindings)
+    _check_vocabulary(args.checkpoint)
+    if args.command == "eval":
+      _check_eval_split(args.task or args.mixture, args.split)
+    strategy = _decode_config(args) if args.command != "score" else None
+    getattr(inference_cli, args.command)(args, strategy)
+  elif args.command == "compile":
+    import json
+    from t5jax import aot, config, train
+    config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
+    report = aot.compile_train_step(train.TrainConfig())
+    print(aot.format_report(report))
+    print(json.dumps(report))
+  elif args.command == "plot":
+    from t5jax import plot
+    print(f"Wrote {plot.plot_run(args.run_dir, args.output)}")
+  elif args.command == "tasks":
+    from t5jax.data import listing
+    print(listing.format_registry())
+
+
 def main(argv: list[str] | None = None) -> int:
+  """Runs `t5jax ARGV...`; returns the exit status (2 for bad input)."""
+  if argv is None:  # a real command line (not a test calling main): keep library logs quiet
+    lib_logs.quiet_stderr()
   argv = sys.argv[1:] if argv is None else argv
   bindings, rest = _split_gin_flags(argv)
-  args = _parser().parse_args(rest)
-  if args.command == "compile":
-    # Before any backend starts: N fake CPU devices stand in for the target's.
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={args.devices}")
-    os.environ["JAX_PLATFORMS"] = "cpu"
-  _hide_accelerators_from_tensorflow()
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and SeqIO chatter; errors still show
-  import t5jax.data.tasks  # noqa: F401  (registers the shipped tasks and mixtures)
-  _import_user_modules(args.module)
+  args = cli_args.parser().parse_args(rest)
   try:
-    if args.command == "train":
-      from t5jax import config, distributed, train
-      distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                             args.distributed, args.heartbeat_timeout_seconds)
-      if args.init_from:
-        bindings.append(f"CheckpointConfig.init_from = {args.init_from!r}")
-      config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
-      train.train(args.run_dir, train.TrainConfig())
-    elif args.command == "convert":
-      from t5jax.interop import convert
-      if args.from_hf:
-        path = convert.hf_to_checkpoint(args.from_hf, args.out)
-        print(f"Wrote t5jax checkpoint {path}")
-      else:
-        convert.checkpoint_to_hf(args.to_hf, args.out, args.max_shard_bytes, task=args.task)
-        print(f"Wrote Hugging Face directory {args.out}")
-    elif args.command in ("infer", "score", "eval"):
-      from t5jax import config, evaluate, inference_cli  # noqa: F401 (gin configurables)
-      config.parse_gin([], bindings)
-      getattr(inference_cli, args.command)(args, _decode_config(args) if args.command != "score" else None)
-    elif args.command == "compile":
-      import json
-      from t5jax import aot, config, train
-      config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
-      report = aot.compile_train_step(train.TrainConfig())
-      print(aot.format_report(report))
-      print(json.dumps(report))
-    elif args.command == "plot":
-      from t5jax import plot
-      print(f"Wrote {plot.plot_run(args.run_dir, args.output)}")
-    elif args.command == "tasks":
-      from t5jax.data import listing
-      print(listing.format_registry())
-  except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+    _check_paths(args)
+    if args.command == "compile":
+      # Before any backend starts: N fake CPU devices stand in for the target's.
+      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                 f" --xla_force_host_platform_device_count={args.devices}")
+      os.environ["JAX_PLATFORMS"] = "cpu"
+    _hide_accelerators_from_tensorflow()
+    if not lib_logs.shown():
+      from absl import logging as absl_logging
+      absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and SeqIO chatter; errors show
+    import t5jax.data.tasks  # noqa: F401  (registers the shipped tasks and mixtures)
+    _import_user_modules(args.module)
+    _run(args, bindings)
+  except (ValueError, OSError, FloatingPointError, ImportError) as e:
     if os.environ.get("T5JAX_TRACEBACK"):
       raise
     # One line: gin appends its call context to errors of configurables it builds.
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {cli_io.describe_error(e)}", file=sys.stderr)
     return 2
   return 0
 

@@ -1,31 +1,113 @@
-"""Reading and writing the JSONL of `t5jax infer` and `t5jax score`."""
+"""The command line's files: checks of path flags, the JSONL of `t5jax infer` and
+`t5jax score`, and one-line error messages."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from typing import Iterator
 
 
+def _absolute(path: str) -> str:
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def _file_above(path: str) -> str | None:
+  """The nearest existing ancestor of `path` if it is not a directory (so nothing
+  below it can be created), else None."""
+  parent = os.path.dirname(_absolute(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  return None if os.path.isdir(parent) else parent
+
+
+def _check_exists(flag: str, path: str, directory: bool) -> None:
+  if not os.path.exists(_absolute(path)):
+    raise FileNotFoundError(f"{flag} {path} does not exist (paths are relative to "
+                            f"{os.getcwd()}).")
+  if os.path.isdir(_absolute(path)) != directory:
+    raise ValueError(f"{flag} {path} is a {'file' if directory else 'directory'}; give a "
+                     f"{'directory' if directory else 'file'}.")
+
+
+def check_input_file(flag: str, path: str) -> None:
+  """Raises FileNotFoundError/ValueError unless `path` is "-" or an existing file."""
+  if path != "-":
+    _check_exists(flag, path, directory=False)
+
+
+def check_input_dir(flag: str, path: str) -> None:
+  """Raises FileNotFoundError/ValueError unless `path` is an existing directory."""
+  _check_exists(flag, path, directory=True)
+
+
+def check_output_dir(flag: str, path: str) -> None:
+  """Raises ValueError if directory `path` cannot be created where it is asked for."""
+  if os.path.exists(_absolute(path)) and not os.path.isdir(_absolute(path)):
+    raise ValueError(f"{flag} {path} is an existing file; give a directory.")
+  above = _file_above(path)
+  if above:
+    raise ValueError(f"{flag} {path} is below {above}, which is a file; give a directory.")
+
+
+def check_output_file(flag: str, path: str, not_same_as: str | None = None) -> None:
+  """Raises ValueError if file `path` cannot be written, or would overwrite the input."""
+  if path == "-":
+    return
+  if os.path.isdir(_absolute(path)):
+    raise ValueError(f"{flag} {path} is a directory; give a file name.")
+  above = _file_above(path)
+  if above:
+    raise ValueError(f"{flag} {path} is below {above}, which is a file; give another path.")
+  if not_same_as not in (None, "-") and os.path.exists(_absolute(path)) and os.path.samefile(
+      _absolute(path), _absolute(not_same_as)):
+    raise ValueError(f"{flag} {path} is the input file; writing it would destroy the input. "
+                     "Give another file.")
+
+
+def describe_error(error: BaseException) -> str:
+  """One line for an error: the OS's errors name their file, others their first line."""
+  if isinstance(error, OSError) and error.strerror and error.filename:
+    return f"{error.filename}: {error.strerror}."
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
 @contextlib.contextmanager
 def open_input(path: str):
+  """A text file (or stdin for "-"), read as UTF-8.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: the file is not UTF-8 text.
+  """
   if path == "-":
-    yield sys.stdin
-    return
-  try:
-    f = open(path, encoding="utf-8")
-  except FileNotFoundError:
-    raise FileNotFoundError(f"Input file {path} does not exist.") from None
-  with f:
-    yield f
+    if sys.stdin.isatty():  # a newcomer's `--input -` without a pipe would seem to hang
+      print("Reading from stdin, one input a line; end with Ctrl-D.", file=sys.stderr,
+            flush=True)
+    f = contextlib.nullcontext(sys.stdin)
+  else:
+    try:
+      f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+      raise FileNotFoundError(f"Input file {path} does not exist.") from None
+  with f as lines:
+    try:
+      yield lines
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{'stdin' if path == '-' else path} is not UTF-8 text ({e.reason}); "
+                       "save it as UTF-8.") from None
 
 
 @contextlib.contextmanager
 def open_output(path: str):
+  """A file to write (its folder created if needed), or stdout for "-"."""
   if path == "-":
     yield sys.stdout
     return
+  os.makedirs(os.path.dirname(_absolute(path)), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
     yield f
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import tokenize
 from pathlib import Path
 
 import gin
@@ -13,8 +14,10 @@ REPO_GIN_DIR = Path(__file__).resolve().parent.parent / "gin_configs"
 
 
 def gin_search_paths() -> list[Path]:
-  """Where gin files and their includes are looked up: cwd, then t5jax's gin_configs."""
-  return [Path.cwd(), REPO_GIN_DIR]
+  """Where gin files and their includes are looked up: t5jax's gin_configs first,
+  so a shipped name (`runs/demo.gin`) means the shipped file whatever the working
+  directory holds, then the working directory for the user's own files."""
+  return [REPO_GIN_DIR, Path.cwd()]
 
 
 def known_gin_files() -> list[str]:
@@ -23,17 +26,35 @@ def known_gin_files() -> list[str]:
   return sorted(str(p.relative_to(REPO_GIN_DIR)) for p in REPO_GIN_DIR.rglob("*.gin"))
 
 
+def _explicit_path(name: str) -> bool:
+  """`./x.gin`, `../x.gin`, `~/x.gin` and absolute paths name a file, not a shipped config."""
+  return os.path.isabs(name) or name.startswith(("./", "../", "~"))
+
+
 def resolve_gin_file(name: str) -> str:
-  """Returns the path of gin file `name`, or raises a one-line error with close names."""
-  for base in gin_search_paths():
-    for candidate in (base / name, base / f"{name}.gin"):
+  """Returns the absolute path of gin file `name`, or raises a one-line error with close names."""
+  if _explicit_path(name):
+    bases, relative = [Path(os.path.expanduser(name)).resolve().parent], Path(name).name
+  else:
+    bases, relative = gin_search_paths(), name
+  for base in bases:
+    for candidate in (base / relative, base / f"{relative}.gin"):
       if candidate.is_file():
-        return str(candidate)
+        return str(candidate.resolve())
   known = known_gin_files()
   close = difflib.get_close_matches(name, known, n=3, cutoff=0.3)
   hint = f" Did you mean {', '.join(close)}?" if close else ""
   raise FileNotFoundError(
-      f"Gin file {name!r} not found in {', '.join(str(p) for p in gin_search_paths())}.{hint}")
+      f"Gin file {name!r} not found in {', '.join(str(p) for p in bases)}.{hint}")
+
+
+def _set_include_search_paths() -> None:
+  """Makes gin look up `include 'runs/demo.gin'` in gin_search_paths(), in order, and
+  nowhere else. Gin's default prefix '' would also try a relative include as a Python
+  package path, which breaks (a TypeError) when the working directory holds a
+  folder of the same name, e.g. the `runs/` every run writes to. Gin has no public
+  way to reset its prefixes, hence the private list."""
+  gin.config._LOCATION_PREFIXES[:] = [str(p) for p in gin_search_paths()]  # noqa: SLF001
 
 
 def _first_line(error: Exception) -> str:
@@ -74,9 +95,7 @@ def _parse(gin_files: list[str], bindings: list[str]) -> None:
   gin.clear_config()
   for binding in DEFAULT_BINDINGS:  # skipped where training is not imported (e.g. infer)
     gin.parse_config(binding, skip_unknown=True)
-  for path in gin_search_paths():
-    if path.is_dir():
-      gin.add_config_file_search_path(str(path))
+  _set_include_search_paths()
   for name in gin_files:
     path = resolve_gin_file(name)
     try:
@@ -86,10 +105,35 @@ def _parse(gin_files: list[str], bindings: list[str]) -> None:
   for binding in bindings:
     try:
       gin.parse_config(binding)
-    except (ValueError, SyntaxError, KeyError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 - gin's parser raises anything from tokenize up
+      detail = (f"the value is unfinished ({e.args[0]})" if isinstance(e, tokenize.TokenError)
+                else _first_line(e))
       raise ValueError(
-          f"Bad gin binding {binding!r}: {_first_line(e)} "
+          f"Bad gin binding {binding!r}: {detail} "
           "(bindings look like --gin.TrainConfig.num_steps=100).") from None
+  _check_macros_are_used(bindings)
+
+
+def _macro_name(binding: str) -> str | None:
+  """`NAME=value` (no `.PARAMETER`) defines a gin macro; returns NAME, else None."""
+  key = binding.split("=", 1)[0].strip()
+  return None if "." in key.rsplit("/", 1)[-1] else key
+
+
+def _check_macros_are_used(bindings: list[str]) -> None:
+  """A macro nothing reads is almost always a misspelt binding (gin accepts it silently).
+
+  Raises:
+    ValueError: naming the binding, and what a binding looks like.
+  """
+  used = {ref.scoped_selector.rsplit("/", 1)[0] for ref in gin.config.iterate_references(
+      gin.config._CONFIG, to=gin.config.get_configurable(gin.config.macro))}  # noqa: SLF001
+  for binding in bindings:
+    name = _macro_name(binding)
+    if name is not None and name not in used:
+      raise ValueError(
+          f"Bad gin binding {binding!r}: {name} is neither CONFIGURABLE.PARAMETER nor a macro "
+          f"any gin file reads as %{name} (bindings look like --gin.TrainConfig.num_steps=100).")
 
 
 def write_operative_config(run_dir: str) -> str:

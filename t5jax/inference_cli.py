@@ -68,7 +68,7 @@ def score(args, unused_strategy=None) -> None:
 
 def eval(args, strategy) -> None:  # noqa: A001 - the subcommand's name
   """Runs SeqIO's evaluator on a task or mixture; prints a per-task table and
-  writes eval.jsonl and TensorBoard events."""
+  writes metrics.jsonl and TensorBoard events into --output_dir."""
   predictor = _load(args)
   name = args.task or args.mixture
   cfg = evaluate_lib.EvalConfig(

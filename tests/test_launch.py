@@ -16,7 +16,7 @@ import sys
 import pytest
 import yaml
 
-from t5jax import cli
+from t5jax import cli, cli_args
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch"
@@ -60,7 +60,7 @@ def _train_args(words):
   """Parses the words after `t5jax` with t5jax's CLI; returns (args, gin bindings)."""
   assert words[0] == "train", words
   bindings, rest = cli._split_gin_flags(words)
-  return cli._parser().parse_args(rest), bindings
+  return cli_args.parser().parse_args(rest), bindings
 
 
 def _after_t5jax(words):

@@ -20,8 +20,23 @@ GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
 GIN_FILES = sorted(str(p.relative_to(GIN_DIR)) for p in GIN_DIR.rglob("*.gin"))
 
 
+@pytest.fixture(scope="module")
+def busy_cwd(tmp_path_factory):
+  """A working directory like a user's after `make demo`: a runs/ of runs (also a
+  namespace package, as the cwd is on sys.path) and files named like shipped ones."""
+  root = tmp_path_factory.mktemp("busy_cwd")
+  (root / "runs" / "demo" / "checkpoints").mkdir(parents=True)
+  (root / "models").mkdir()
+  for name in ("runs/demo.gin", "runs/finetune.gin", "models/t5_1_0_tiny.gin"):
+    (root / name).write_text("this is not gin (\n")
+  return root
+
+
 @pytest.mark.parametrize("name", GIN_FILES)
-def test_every_gin_file_parses_and_builds_its_model(name):
+def test_every_gin_file_parses_and_builds_its_model(name, busy_cwd, monkeypatch):
+  # Shipped files resolve to themselves whatever the working directory holds.
+  monkeypatch.chdir(busy_cwd)
+  monkeypatch.syspath_prepend(str(busy_cwd))
   gin_config.parse_gin([name], [])
   config = train_lib.TrainConfig()
   cfg = model_config.get_config(config.model, **config.model_overrides)

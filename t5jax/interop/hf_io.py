@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import pickle
 import re
 import shutil
 from collections.abc import Callable, Mapping
@@ -37,8 +38,14 @@ def _read_safetensors(file: pathlib.Path) -> dict[str, np.ndarray]:
 
   # The numpy reader rejects bfloat16; the flax one handles it. Keep the arrays on the
   # host: they are converted to float32 numpy right after.
-  with jax.default_device(jax.devices("cpu")[0]), safe_open(file, framework="flax") as f:
-    return {key: np.asarray(f.get_tensor(key)) for key in f.keys()}
+  try:
+    with jax.default_device(jax.devices("cpu")[0]), safe_open(file, framework="flax") as f:
+      return {key: np.asarray(f.get_tensor(key)) for key in f.keys()}
+  except Exception as e:  # noqa: BLE001 - safetensors' own error type (SafetensorError)
+    if isinstance(e, OSError):
+      raise
+    raise ValueError(f"{file} is not a readable safetensors file ({_first_line(e)}); "
+                     "it may be truncated or from another format.") from None
 
 
 def _read_torch(file: pathlib.Path) -> dict[str, np.ndarray]:
@@ -48,13 +55,27 @@ def _read_torch(file: pathlib.Path) -> dict[str, np.ndarray]:
     raise ImportError(f"reading {file} needs PyTorch (pip install torch), or convert the "
                       "checkpoint to safetensors first.") from None
   # weights_only=True: torch's restricted loader, which refuses arbitrary pickled objects.
-  state = torch.load(file, map_location="cpu", weights_only=True)
+  try:
+    state = torch.load(file, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError:
+    raise ValueError(
+        f"{file} holds objects other than tensors; t5jax will not unpickle it (unpickling "
+        "runs arbitrary code). Use a safetensors copy of the model (model.safetensors) "
+        "instead.") from None
+  except RuntimeError as e:
+    raise ValueError(f"{file} is not a readable PyTorch checkpoint ({_first_line(e)}).") from None
+  if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+    raise ValueError(f"{file} is not a state dict of tensors (it holds a "
+                     f"{type(state).__name__}); save the model's state_dict() or safetensors.")
   return {key: t.detach().to(torch.float32).numpy() for key, t in state.items()}
 
 
 def _read_sharded(index_file: pathlib.Path,
                   read: Callable[[pathlib.Path], dict]) -> dict[str, np.ndarray]:
-  weight_map = json.loads(index_file.read_text())["weight_map"]
+  index = _read_json(index_file)
+  if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+    raise ValueError(f"{index_file} has no 'weight_map' object mapping tensor names to shards.")
+  weight_map = index["weight_map"]
   state = {}
   for shard in sorted(set(weight_map.values())):
     file = index_file.parent / shard
@@ -66,6 +87,18 @@ def _read_sharded(index_file: pathlib.Path,
     raise ValueError(f"{index_file} maps {absent[0]!r} to {weight_map[absent[0]]!r}, which does "
                      "not contain it; the index and shards are from different saves.")
   return state
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
+def _read_json(file: pathlib.Path) -> dict:
+  try:
+    return json.loads(file.read_text(encoding="utf-8"))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{file} is not valid JSON ({_first_line(e)}).") from None
 
 
 def read_hf_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -99,7 +132,15 @@ def load_hf_dir(path: str | os.PathLike) -> tuple[T5Config, dict]:
   if not config_file.is_file():
     raise FileNotFoundError(f"{config_file} not found; a Hugging Face model directory needs "
                             f"{CONFIG_NAME} next to its weights.")
-  cfg = t5config_from_hf(json.loads(config_file.read_text()))
+  raw = _read_json(config_file)
+  if not isinstance(raw, dict):
+    raise ValueError(f"{config_file} holds a JSON {type(raw).__name__}, not the object of a "
+                     "Hugging Face T5 config.")
+  try:
+    cfg = t5config_from_hf(raw)
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"{config_file} is not a usable T5 config ({type(e).__name__}: "
+                     f"{_first_line(e)}).") from None
   return cfg, params_from_hf_state_dict(read_hf_state_dict(path), cfg)
 
 

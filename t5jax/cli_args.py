@@ -1,0 +1,208 @@
+"""The `t5jax` command line's flags: every subcommand, every option with its help and default.
+
+Paths are relative to the working directory (or absolute, or start with ~).
+Any subcommand also takes --gin.CONFIGURABLE.PARAMETER=VALUE bindings; cli.py
+takes those out before argparse sees the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+T5-style text-to-text multi-task learning in JAX/Flax.
+
+Paths are relative to the working directory. Errors are one line;
+T5JAX_TRACEBACK=1 shows the traceback. Library logs (TensorFlow, XLA, CUDA
+probing) are hidden; T5JAX_LIB_LOGS=1 shows them."""
+
+
+class _HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
+  """Appends "(default: X)" to an option's help unless the help already says it or
+  there is no default worth showing (None, False, an empty list)."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    if ("default" in text or action.default in (None, False, [], argparse.SUPPRESS)
+        or action.required or not action.option_strings):
+      return text
+    return f"{text} (default: %(default)s)"
+
+
+def _sub(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+  parser = sub.add_parser(name, help=help_text, description=help_text,
+                          formatter_class=_HelpWithDefaults)
+  parser.add_argument("--module", action="append", default=[], metavar="MODULE",
+                      help="Python module to import first, e.g. one that registers your tasks "
+                      "(my_tasks for ./my_tasks.py); repeatable")
+  return parser
+
+
+def parser() -> argparse.ArgumentParser:
+  """The whole command line, one subparser per subcommand."""
+  top = argparse.ArgumentParser(prog="t5jax", description=DESCRIPTION,
+                                formatter_class=_HelpWithDefaults)
+  sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  _train(sub)
+  _compile(sub)
+  _infer(sub)
+  _score(sub)
+  _eval(sub)
+  _convert(sub)
+  _tasks(sub)
+  _plot(sub)
+  return top
+
+
+def _gin_files(parser) -> None:
+  parser.add_argument(
+      "--gin_file", action="append", default=[], metavar="FILE",
+      help="gin file, looked up in t5jax's gin_configs/ first (e.g. runs/demo.gin, "
+      "models/t5_1_1_small.gin), then in the working directory (./FILE always means the "
+      "working directory's); repeatable, later files override earlier ones "
+      "(default: runs/demo.gin)")
+
+
+def _train(sub) -> None:
+  train = _sub(sub, "train", "train or fine-tune a model; run the same command again to resume")
+  _gin_files(train)
+  train.add_argument("--run_dir", default="runs/demo",
+                     help="where metrics, TensorBoard events, config.gin and checkpoints go")
+  train.add_argument("--init_from", default=None, metavar="DIR",
+                     help="fine-tune: start from the parameters of this run or converted "
+                     "checkpoint, with a fresh optimizer and step (default: a random start)")
+  train.add_argument("--coordinator_address", default=None, metavar="HOST:PORT",
+                     help="multi-process: the address of process 0 (default: one process)")
+  train.add_argument("--num_processes", type=int, default=None,
+                     help="multi-process: how many processes run this command "
+                     "(default: one process)")
+  train.add_argument("--process_id", type=int, default=None,
+                     help="multi-process: this process's index, 0 to num_processes-1 "
+                     "(default: one process)")
+  train.add_argument("--heartbeat_timeout_seconds", type=int, default=100,
+                     help="multi-process: a process silent this long is declared dead and "
+                     "the others exit with an error")
+  train.add_argument("--distributed", default=None, choices=("auto", "none"),
+                     help="auto: let JAX detect Cloud TPU / SLURM / Kubernetes; none: one "
+                     "process (default: $T5JAX_DISTRIBUTED, else none)")
+
+
+def _compile(sub) -> None:
+  aot = _sub(sub, "compile", "compile the train step for N devices and print per-device "
+             "memory and FLOPs (fake CPU devices, no real arrays)")
+  _gin_files(aot)
+  aot.add_argument("--devices", type=int, required=True,
+                   help="number of devices of the target mesh (required)")
+
+
+def _model_flags(parser, what: str) -> None:
+  parser.add_argument("--checkpoint", required=True, metavar="DIR",
+                      help=f"{what}: a run directory (its latest checkpoint), its "
+                      "checkpoints/ directory, one step directory, or a converted checkpoint "
+                      "(required)")
+  parser.add_argument("--batch_size", type=int, default=32, help="examples per batch")
+  parser.add_argument("--max_input_length", type=int, default=512,
+                      help="inputs longer than this many tokens are truncated (with a warning)")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="activation dtype")
+
+
+def _task_flag(parser) -> None:
+  parser.add_argument("--task", default=None,
+                      help="whose parameters to use, for a model with task slots (soft sharing "
+                      "or adapters) (default: the shared parameters)")
+
+
+def _decode_flags(parser) -> None:
+  """Decoding flags; each one left out takes DecodeConfig's value (gin-bindable)."""
+  group = parser.add_argument_group("decoding (unset: DecodeConfig's gin value)")
+  group.add_argument("--method", default=None, choices=("greedy", "sample", "beam"),
+                     help="decoding strategy (default: greedy)")
+  group.add_argument("--temperature", type=float, default=None,
+                     help="sample: softmax temperature (default: 1.0)")
+  group.add_argument("--top_k", type=int, default=None,
+                     help="sample: keep the k most likely tokens; 0 keeps all (default: 0)")
+  group.add_argument("--top_p", type=float, default=None,
+                     help="sample: nucleus probability mass; 1.0 keeps all (default: 1.0)")
+  group.add_argument("--num_beams", type=int, default=None,
+                     help="beam: beam width (default: 4)")
+  group.add_argument("--alpha", type=float, default=None,
+                     help="beam: T5's length penalty exponent (default: 0.6)")
+  group.add_argument("--seed", type=int, default=None,
+                     help="sample: random seed (default: 0)")
+
+
+def _infer(sub) -> None:
+  infer = _sub(sub, "infer", "generate an output for each input line, one JSON line each")
+  _model_flags(infer, "the model")
+  infer.add_argument("--input", required=True, metavar="FILE",
+                     help="plain text (one input a line) or JSONL with an 'inputs' field; "
+                     "- reads stdin (required)")
+  infer.add_argument("--output", default="-", metavar="FILE",
+                     help="JSONL to write, its folder created if needed; - is stdout")
+  infer.add_argument("--prefix", default="",
+                     help='prepended to each input, e.g. "summarize: " (default: none)')
+  infer.add_argument("--max_decode_length", type=int, default=64,
+                     help="most tokens to generate per input")
+  _task_flag(infer)
+  _decode_flags(infer)
+
+
+def _score(sub) -> None:
+  score = _sub(sub, "score", "log-likelihood of each target given its input")
+  _model_flags(score, "the model")
+  score.add_argument("--input", required=True, metavar="FILE",
+                     help="JSONL with 'inputs' and 'targets' fields; - reads stdin (required)")
+  score.add_argument("--output", default="-", metavar="FILE",
+                     help="JSONL to write (each input line plus 'log_likelihood'), its folder "
+                     "created if needed; - is stdout")
+  score.add_argument("--max_target_length", type=int, default=512,
+                     help="targets longer than this many tokens are truncated (with a warning)")
+  _task_flag(score)
+
+
+def _eval(sub) -> None:
+  evaluate = _sub(sub, "eval", "decode a task's or mixture's split and compute its metrics")
+  _model_flags(evaluate, "the model")
+  which = evaluate.add_mutually_exclusive_group(required=True)
+  which.add_argument("--task", help="a registered task to evaluate (`t5jax tasks` lists them); "
+                     "this or --mixture is required")
+  which.add_argument("--mixture", help="a registered mixture: evaluates each of its tasks")
+  evaluate.add_argument("--split", default="validation", help="the dataset split to decode")
+  evaluate.add_argument("--max_examples", type=int, default=None,
+                        help="decode at most this many examples per task (default: all)")
+  evaluate.add_argument("--targets_length", type=int, default=128,
+                        help="most tokens to generate per example")
+  evaluate.add_argument("--output_dir", default=None, metavar="DIR",
+                        help="where the results go, as metrics.jsonl and TensorBoard "
+                        "events (default: CHECKPOINT/eval)")
+  _decode_flags(evaluate)
+
+
+def _convert(sub) -> None:
+  convert = _sub(sub, "convert", "Hugging Face T5 directory <-> t5jax checkpoint")
+  direction = convert.add_mutually_exclusive_group(required=True)
+  direction.add_argument("--from-hf", dest="from_hf", metavar="HF_DIR",
+                         help="read a Hugging Face directory: config.json and (sharded) "
+                         "safetensors, or a tensors-only pytorch_model.bin")
+  direction.add_argument("--to-hf", dest="to_hf", metavar="CKPT_DIR",
+                         help="read a t5jax run or checkpoint directory")
+  convert.add_argument("--out", required=True, metavar="DIR",
+                       help="directory to write, created if needed (required)")
+  convert.add_argument("--task", default=None,
+                       help="with --to-hf of a model with task slots: export this task's "
+                       "parameters as a plain T5 (required for such a model)")
+  convert.add_argument("--max_shard_bytes", type=int, default=None,
+                       help="with --to-hf: split model.safetensors into shards of at most this "
+                       "many bytes (default: one file)")
+
+
+def _tasks(sub) -> None:
+  _sub(sub, "tasks", "list the registered tasks and mixtures with their splits and sizes")
+
+
+def _plot(sub) -> None:
+  plot = _sub(sub, "plot", "draw a run's per-task loss curves into a PNG")
+  plot.add_argument("run_dir", help="a run directory (holding metrics.jsonl)")
+  plot.add_argument("--output", default=None, metavar="FILE",
+                    help="PNG to write (default: RUN_DIR/loss_by_task.png)")

@@ -1,0 +1,214 @@
+"""The README's commands, run as written from a working directory with a relative `runs/`.
+
+The commands are read from README.md's ```bash blocks, so the README cannot
+drift from what is tested. One short training run (the README's own default
+training command with fewer steps) makes `runs/demo`; then every inference,
+evaluation, scoring, conversion, plotting and task-listing command that uses it
+runs exactly as written, except sizes: the step count, and `--max_examples` (4)
+for evaluation. The user's files they read (`inputs.txt`, `pairs.jsonl`,
+`my_tasks.py` from the README's python block, `path/to/hf_t5`) are made first.
+Training commands are parsed (flags and gin), not run. One command also runs in
+a real shell, where its stderr must hold t5jax's lines only.
+"""
+
+import io
+import json
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from t5jax import cli, cli_args
+from t5jax import config as gin_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+STEPS = 2
+EXAMPLES = "4"
+RUN_COMMANDS = ("infer", "eval", "score", "convert", "plot", "tasks")
+
+
+def _complete(command: str) -> bool:
+  try:
+    shlex.split(command, comments=True)
+  except ValueError:  # an open quote: the command goes on on the next line
+    return False
+  return True
+
+
+def _bash_lines(text: str) -> list[str]:
+  """Each shell command of the ```bash blocks, continuation lines joined."""
+  lines = []
+  for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+    command = ""
+    for line in block.splitlines():
+      command += line
+      if command.endswith("\\"):
+        command = command[:-1] + " "
+        continue
+      if not _complete(command):
+        command += "\n"
+        continue
+      if command.strip():
+        lines.append(command.strip())
+      command = ""
+  return lines
+
+
+def _t5jax_words(line: str) -> tuple[list[str], str | None] | None:
+  """(the words after `t5jax`, the text piped in by `echo` or None), or None if the
+  line runs no t5jax command. Leading VAR=value assignments are dropped."""
+  words = shlex.split(line, comments=True)
+  if not words:
+    return None
+  stdin = None
+  if "|" in words:
+    left, words = words[:words.index("|")], words[words.index("|") + 1:]
+    if left[:1] != ["echo"]:
+      return None
+    stdin = " ".join(left[1:]) + "\n"
+  while words and re.fullmatch(r"[A-Z_0-9]+=.*", words[0]):
+    words = words[1:]
+  if words[:1] != ["t5jax"] or "..." in words:
+    return None
+  return words[1:], stdin
+
+
+COMMANDS = [(line, *parsed) for line in _bash_lines(README)
+            if (parsed := _t5jax_words(line)) is not None]
+
+
+def _uses_only_the_demo_run(words: list[str]) -> bool:
+  return all(run == "runs/demo" for w in words for run in re.findall(r"runs/[\w.]+", w)
+             if not run.endswith(".gin"))
+
+
+def _with_sizes(words: list[str]) -> list[str]:
+  """The command with its sizes made small: evaluation examples."""
+  if words[0] != "eval":
+    return words
+  if "--max_examples" in words:
+    words = list(words)
+    words[words.index("--max_examples") + 1] = EXAMPLES
+    return words
+  return [*words, "--max_examples", EXAMPLES]
+
+
+RUN = [(line, _with_sizes(words), stdin) for line, words, stdin in COMMANDS
+       if words[0] in RUN_COMMANDS and _uses_only_the_demo_run(words)]
+PARSE = [(line, words) for line, words, _ in COMMANDS if words[0] in ("train", "compile")]
+TRAIN_DEMO = next(words for _, words in PARSE if "--run_dir=runs/demo" in words)
+
+
+def test_the_readme_has_the_commands_a_newcomer_runs():
+  kinds = {words[0] for _, words, _ in RUN}
+  assert kinds == set(RUN_COMMANDS), kinds
+  assert any(stdin for _, _, stdin in RUN)  # the echo ... | t5jax infer --input - one
+  assert len(RUN) >= 10 and len(PARSE) >= 8, (len(RUN), len(PARSE))
+
+
+def _python_block(name: str) -> str:
+  return next(block for block in re.findall(r"```python\n(.*?)```", README, re.S)
+              if block.startswith(f"# {name}"))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A user's directory after `make demo` (with fewer steps) and with the README's inputs."""
+  root = tmp_path_factory.mktemp("newcomer")
+  old = os.getcwd()
+  os.chdir(root)
+  try:
+    assert cli.main([*TRAIN_DEMO, f"--gin.TrainConfig.num_steps={STEPS}",
+                     "--gin.TrainConfig.num_sample_predictions=0"]) == 0
+    pathlib.Path("inputs.txt").write_text("A man rides a horse.\nTwo dogs play.\n")
+    pathlib.Path("lines.txt").write_text("A man rides a horse.\n")
+    pathlib.Path("pairs.jsonl").write_text(
+        json.dumps({"inputs": "translate English to German: A man.", "targets": "Ein Mann."})
+        + "\n")
+    pathlib.Path("my_tasks.py").write_text(_python_block("my_tasks.py"))
+    pathlib.Path("data").mkdir()
+    for split in ("train", "dev"):
+      pathlib.Path(f"data/{split}.tsv").write_text("red cat\ttac der\nbig dog\tgod gib\n")
+    from t5jax.interop import convert
+    convert.checkpoint_to_hf("runs/demo", "path/to/hf_t5")
+  finally:
+    os.chdir(old)
+  return root
+
+
+def _outputs(words: list[str]) -> list[str]:
+  """The paths a command promises to write."""
+  paths = [words[i + 1] for i, w in enumerate(words[:-1])
+           if w in ("--output", "--out", "--output_dir") and words[i + 1] != "-"]
+  if words[0] == "plot":
+    paths.append(f"{words[1]}/loss_by_task.png")
+  if words[0] == "eval" and "--output_dir" not in words:
+    paths.append(f"{words[words.index('--checkpoint') + 1]}/eval/metrics.jsonl")
+  return paths
+
+
+@pytest.fixture
+def forget_user_tasks():
+  """The README's my_tasks module and its task stay out of the other tests' way."""
+  yield
+  import seqio
+  sys.modules.pop("my_tasks", None)
+  if "my_reverse" in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove("my_reverse")
+
+
+@pytest.mark.parametrize("line, words, stdin", RUN, ids=[" ".join(w[:4]) for _, w, _ in RUN])
+def test_readme_command_runs_as_written(line, words, stdin, workdir, monkeypatch, capsys,
+                                        forget_user_tasks):
+  monkeypatch.chdir(workdir)
+  monkeypatch.setattr(sys, "stdin", io.StringIO(stdin or ""))
+  monkeypatch.setattr(sys, "path", list(sys.path))  # --module puts the cwd on it
+  code = cli.main(words)
+  out, err = capsys.readouterr()
+  assert code == 0, f"{line}\n{err}"
+  assert "Traceback" not in err and "error" not in err.lower(), err
+  for path in _outputs(words):
+    assert (workdir / path).exists(), (line, path)
+  if words[0] == "infer" and "--output" not in words:
+    records = [json.loads(l) for l in out.splitlines()]
+    assert records and all(isinstance(r["prediction"], str) for r in records), out
+  if words[0] == "tasks":
+    assert "multi30k_en_fr" in out and ("my_reverse" in out) == ("--module" in words)
+  if words[0] == "eval":
+    assert re.search(r"multi30k_en_fr\s+bleu", out), out
+
+
+@pytest.mark.parametrize("line, words", PARSE, ids=[" ".join(w[:3]) for _, w in PARSE])
+def test_readme_training_command_parses(line, words, workdir, monkeypatch):
+  """Flags and gin bindings of every training command (nothing is trained)."""
+  import t5jax.train  # noqa: F401  (the configurables)
+  monkeypatch.chdir(workdir)
+  bindings, rest = cli._split_gin_flags(words)  # noqa: SLF001
+  args = cli_args.parser().parse_args(rest)
+  gin_config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
+  if getattr(args, "init_from", None):
+    assert (workdir / args.init_from).is_dir()
+
+
+def test_first_readme_command_in_a_real_shell_prints_only_t5jax_lines(workdir, tmp_path):
+  """`echo ... | t5jax infer --checkpoint runs/demo --input -` through bash, as typed."""
+  line = next(line for line, words, stdin in RUN if stdin)
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "t5jax").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m t5jax.cli "$@"\n')
+  (bin_dir / "t5jax").chmod(0o755)
+  env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+  for name in ("TF_CPP_MIN_LOG_LEVEL", "T5JAX_LIB_LOGS", "XLA_FLAGS"):
+    env.pop(name, None)
+  result = subprocess.run(["bash", "-c", line], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert json.loads(result.stdout)["inputs"].startswith("translate English to French:")
+  # t5jax's own line only: no library logs (I0000/E0000 ..., CUDA probing, oneDNN).
+  assert result.stderr.splitlines() == [l for l in result.stderr.splitlines()
+                                        if l.startswith("Loaded runs/demo:")], result.stderr
