@@ -117,9 +117,17 @@ def step_rate(model_name: str, batch_arrays: dict, steps: int, dtype: str) -> fl
   return steps / (time.perf_counter() - start)
 
 
-# The cases of docs/performance.md's table: (global batch, process count, start step).
-TABLE_CASES = [(32, 1, 0), (32, 1, 10**4), (32, 1, 10**6),
-               (2048, 8, 0), (2048, 8, 10**4), (2048, 8, 10**6)]
+# The cases of docs/performance.md's table: (global batch, process count, start step,
+# workers; -1: automatic).
+TABLE_CASES = [(32, 1, 0, -1), (32, 1, 10**4, -1), (32, 1, 10**6, -1),
+               (2048, 8, 0, -1), (2048, 8, 10**4, -1), (2048, 8, 10**6, -1),
+               (2048, 8, 0, 0), (2048, 8, 0, 2)]
+
+
+def _workers_used(args) -> int:
+  from t5jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  local = args.batch // args.process_count
+  return pipeline.auto_workers(local) if args.workers < 0 else min(args.workers, local)
 
 
 def run_case(args) -> dict:
@@ -135,7 +143,8 @@ def run_case(args) -> dict:
   result = {"task": args.task, "batch": args.batch, "process_count": args.process_count,
             "process_index": args.process_index,
             "local_rows": args.batch // args.process_count, "start_step": args.start_step,
-            "workers": args.workers, "lengths": [args.inputs_length, args.targets_length],
+            "workers": args.workers, "workers_used": _workers_used(args),
+            "lengths": [args.inputs_length, args.targets_length],
             **produced, "peak_rss_gb": _peak_rss_gb(), "cores": os.cpu_count()}
   if args.model:
     consumed = step_rate(args.model, first, args.steps, args.dtype)
@@ -146,20 +155,21 @@ def run_case(args) -> dict:
 
 def table(args) -> None:
   rows = []
-  for batch, count, start_step in TABLE_CASES:
+  for batch, count, start_step, workers in TABLE_CASES:
     cmd = [sys.executable, __file__, "--task", args.task, "--batch", str(batch),
            "--process_count", str(count), "--process_index", "0", "--start_step",
            str(start_step), "--inputs_length", str(args.inputs_length), "--targets_length",
            str(args.targets_length), "--batches", str(args.batches), "--workers",
-           str(args.workers)]
+           str(workers)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     rows.append(json.loads(out.strip().splitlines()[-1]))
     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-  print("| local rows (global / processes) | start step | first batch | peak RSS (main + largest "
-        "worker) | batches/s | examples/s | target tokens/s |")
-  print("|---|---|---|---|---|---|---|")
+  print("| local rows (global / processes) | start step | workers | first batch | peak RSS (main "
+        "+ largest worker) | batches/s | examples/s | target tokens/s |")
+  print("|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['local_rows']} ({r['batch']} / {r['process_count']}) | {r['start_step']:,} | "
+          f"{r['workers_used']} | "
           f"{r['first_batch_s']:.1f} s | {r['peak_rss_gb']:.2f} + {r['worker_peak_rss_gb']:.2f}"
           f" GB | {r['batches_per_s']:.2f} | {r['examples_per_s']:,.0f} | "
           f"{r['target_tokens_per_s']:,.0f} |")

@@ -133,7 +133,8 @@ def state_shape(spec: InputSpec, global_batch_size: int) -> tuple[int, int]:
   return (global_batch_size, 1 + len(task_names(spec.mixture_or_task)))
 
 
-def _auto_workers(local_rows: int) -> int:
+def auto_workers(local_rows: int) -> int:
+  """`InputSpec.num_workers=-1`: one worker per 64 local rows, up to the cores less one."""
   return max(0, min(local_rows // ROWS_PER_WORKER, (os.cpu_count() or 1) - 1))
 
 
@@ -160,7 +161,7 @@ def _producer(spec: InputSpec, global_batch_size: int, process_index: int,
         f"data position has shape {state.shape} but {local} local rows of {len(tasks)} tasks "
         f"need {(local, 1 + len(tasks))}; resume with the batch size and mixture it was saved "
         "with")
-  num_workers = _auto_workers(local) if spec.num_workers < 0 else spec.num_workers
+  num_workers = auto_workers(local) if spec.num_workers < 0 else spec.num_workers
   if num_workers:
     yield from workers.worker_batches(recipes, rates, rows, global_batch_size, spec.seed,
                                       spec.pack, spec.shuffle, repeat, state, example_ids,
