@@ -121,7 +121,7 @@ def step_rate(model_name: str, batch_arrays: dict, steps: int, dtype: str) -> fl
 # workers; -1: automatic).
 TABLE_CASES = [(32, 1, 0, -1), (32, 1, 10**4, -1), (32, 1, 10**6, -1),
                (2048, 8, 0, -1), (2048, 8, 10**4, -1), (2048, 8, 10**6, -1),
-               (2048, 8, 0, 0), (2048, 8, 0, 2)]
+               (2048, 8, 0, 1), (2048, 8, 0, 2)]
 
 
 def _workers_used(args) -> int:
@@ -170,7 +170,8 @@ def table(args) -> None:
   for r in rows:
     print(f"| {r['local_rows']} ({r['batch']} / {r['process_count']}) | {r['start_step']:,} | "
           f"{r['workers_used']} | "
-          f"{r['first_batch_s']:.1f} s | {r['peak_rss_gb']:.2f} + {r['worker_peak_rss_gb']:.2f}"
+          f"{r['first_batch_s'] * 1000:,.0f} ms | {r['peak_rss_gb']:.2f} + "
+          f"{r['worker_peak_rss_gb']:.2f}"
           f" GB | {r['batches_per_s']:.2f} | {r['examples_per_s']:,.0f} | "
           f"{r['target_tokens_per_s']:,.0f} |")
   report.emit_json({"table": rows}, args.json_out)
@@ -186,7 +187,7 @@ def main(argv=None):
   p.add_argument("--start_step", type=int, default=0,
                  help="start from a (synthesized) position this many steps in")
   p.add_argument("--workers", type=int, default=-1,
-                 help="InputSpec.num_workers (-1: one per 64 local rows, up to cores - 1)")
+                 help="InputSpec.num_workers (-1: one per 64 local rows, up to cores / 2 - 1)")
   p.add_argument("--inputs_length", type=int, default=512)
   p.add_argument("--targets_length", type=int, default=114)
   p.add_argument("--batches", type=int, default=20, help="batches timed after the first")

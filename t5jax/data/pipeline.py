@@ -57,8 +57,8 @@ class InputSpec:
     shuffle: a fresh order of each task's examples every epoch (off: file order).
     seed: the one seed for shuffling, mixing and span corruption; same seed, same stream.
     num_workers: worker processes filling this host's rows (0: a thread of this process;
-      -1: one per 64 local rows, at most the host's cores less one). It changes the speed,
-      never the batches.
+      -1: one per 64 local rows, at most half the host's cores less one). It changes the
+      speed, never the batches.
   """
   mixture_or_task: str
   split: str = "train"
@@ -134,8 +134,10 @@ def state_shape(spec: InputSpec, global_batch_size: int) -> tuple[int, int]:
 
 
 def auto_workers(local_rows: int) -> int:
-  """`InputSpec.num_workers=-1`: one worker per 64 local rows, up to the cores less one."""
-  return max(0, min(local_rows // ROWS_PER_WORKER, (os.cpu_count() or 1) - 1))
+  """`InputSpec.num_workers=-1`: one worker per 64 local rows, up to half the host's cores
+  less one (the train step's own threads want the rest); none on a 2-core host, where a
+  thread of the trainer gives more (docs/performance.md)."""
+  return max(0, min(local_rows // ROWS_PER_WORKER, (os.cpu_count() or 1) // 2 - 1))
 
 
 def _producer(spec: InputSpec, global_batch_size: int, process_index: int,

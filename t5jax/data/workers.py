@@ -38,18 +38,28 @@ def _layout(num_rows: int, lengths: dict, example_ids: bool, num_tasks: int):
   return fields
 
 
-def _send(out: BinaryIO, message: bytes) -> None:
-  out.write(struct.pack("<Q", len(message)))
-  out.write(message)
+def _send(out: BinaryIO, tag: bytes, parts: Sequence) -> None:
+  """Writes one message: its size, the tag, then each part's bytes (no copies)."""
+  views = [memoryview(np.ascontiguousarray(p)).cast("B") for p in parts]
+  out.write(struct.pack("<Q", len(tag) + sum(v.nbytes for v in views)) + tag)
+  for v in views:
+    out.write(v)
   out.flush()
 
 
-def _receive(stream: BinaryIO) -> bytes | None:
+def _receive(stream: BinaryIO) -> bytearray | None:
   header = stream.read(8)
   if len(header) < 8:
     return None
   (size,) = struct.unpack("<Q", header)
-  return stream.read(size)
+  message = bytearray(size)
+  view, got = memoryview(message), 0
+  while got < size:
+    n = stream.readinto(view[got:])
+    if not n:
+      return None
+    got += n
+  return message
 
 
 def _run(config: str, out: BinaryIO) -> None:
@@ -65,12 +75,12 @@ def _run(config: str, out: BinaryIO) -> None:
       features, valid = packer.next_batch()
       parts = [features[name] for name, _, _ in layout[:-2]]
       parts += [valid.astype(np.int32), packer.state]
-      _send(out, _BATCH + b"".join(np.ascontiguousarray(p).tobytes() for p in parts))
+      _send(out, _BATCH, parts)
   except (BrokenPipeError, KeyboardInterrupt):
     return
   except Exception as e:  # noqa: BLE001 - reported to the main process in one line
     try:
-      _send(out, _ERROR + f"{type(e).__name__}: {e}".encode())
+      _send(out, _ERROR, [np.frombuffer(f"{type(e).__name__}: {e}".encode(), np.uint8)])
     except (BrokenPipeError, OSError):
       pass
 
@@ -106,8 +116,8 @@ def worker_batches(recipes: Sequence[example_ops.TaskRecipe], rates: Sequence[fl
               f"data worker pid {proc.pid} exited with code {proc.wait()}; rerun with "
               "InputSpec.num_workers=0 to see the error in this process")
         if message[:1] == _ERROR:
-          raise RuntimeError(f"data worker failed: {message[1:].decode()}")
-        parts.append(_decode(message[1:], layout))
+          raise RuntimeError(f"data worker failed: {bytes(message[1:]).decode()}")
+        parts.append(_decode(memoryview(message)[1:], layout))
       features = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]
                   if not k.startswith("_")}
       yield (features, np.concatenate([p["_valid"] for p in parts]).astype(bool),
