@@ -147,13 +147,18 @@ def _add_decode_flags(parser):
   parser.add_argument("--num_beams", type=int, default=None)
   parser.add_argument("--alpha", type=float, default=None, help="T5 length penalty (beam)")
   parser.add_argument("--seed", type=int, default=None)
+  parser.add_argument("--no_repeat_ngram_size", type=int, default=None,
+                      help="never repeat an n-gram of this size in the output (0: off)")
+  parser.add_argument("--repetition_penalty", type=float, default=None,
+                      help="> 1 discourages tokens already output (1.0: off)")
 
 
 def _decode_config(args):
   """DecodeConfig from gin bindings, overridden by the flags that were given."""
   from t5jax import evaluate
   flags = {k: getattr(args, k) for k in ("method", "temperature", "top_k", "top_p",
-                                         "num_beams", "alpha", "seed")
+                                         "num_beams", "alpha", "seed",
+                                         "no_repeat_ngram_size", "repetition_penalty")
            if getattr(args, k) is not None}
   return evaluate.DecodeConfig(**flags)
 

@@ -70,3 +70,11 @@ def test_bad_guard_options_are_one_line_errors(kwargs, message):
 def test_guard_is_off_by_default():
   assert decoding.DecodeConfig().guard is None
   assert decoding.DecodeConfig(no_repeat_ngram_size=3).guard.no_repeat_ngram_size == 3
+
+
+def test_infer_and_eval_flags_set_the_guard():
+  from t5jax import cli
+  for command in (["infer", "--input", "-"], ["eval", "--task", "t"]):
+    args = cli._parser().parse_args([*command, "--checkpoint", "c", "--no_repeat_ngram_size",
+                                     "3", "--repetition_penalty", "1.2"])
+    assert cli._decode_config(args).guard == logits_processors.RepetitionGuard(3, 1.2)
