@@ -10,6 +10,7 @@ answer) and then the whole result as one JSON line (report.emit_json).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from report import emit_json
@@ -27,6 +28,7 @@ STRATEGIES = {
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--checkpoint", required=True)
+  parser.add_argument("--step", type=int, default=None, help="default: the latest")
   parser.add_argument("--mixture", default="multi30k_mix")
   parser.add_argument("--split", default="test")
   parser.add_argument("--max_examples", type=int, default=200)
@@ -38,8 +40,9 @@ def main() -> None:
   from t5jax import decoding, evaluate
   from t5jax.inference import Predictor
 
-  predictor = Predictor.from_checkpoint(args.checkpoint, dtype="float32")
-  result = {"benchmark": "demo_quality", "checkpoint": args.checkpoint, "split": args.split,
+  predictor = Predictor.from_checkpoint(os.path.abspath(args.checkpoint), dtype="float32",
+                                       step=args.step)
+  result = {"benchmark": "demo_quality", "checkpoint": args.checkpoint, "step": args.step, "split": args.split,
             "max_examples": args.max_examples, "strategies": {}}
   for name in args.strategies.split(","):
     strategy = decoding.DecodeConfig(**STRATEGIES[name])
