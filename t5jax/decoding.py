@@ -62,7 +62,7 @@ class DecodeConfig:
   repetition_penalty: float = 1.0
 
   def __post_init__(self):
-    self.guard  # noqa: B018 - validates the repetition options
+    RepetitionGuard(self.no_repeat_ngram_size, self.repetition_penalty)  # one-line errors
     if self.method not in DECODE_METHODS:
       raise ValueError(f"method={self.method!r} is not one of {DECODE_METHODS}.")
     if not self.temperature >= 0.0:
