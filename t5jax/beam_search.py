@@ -63,7 +63,7 @@ def _take(x_bc, idx_bk):
 
 def beam_search(tokens_to_logits: Callable, reorder_cache: Callable, cache, *, batch_size: int,
                 num_beams: int, max_decode_length: int, alpha, eos_id: int,
-                start_id: int, num_returned: int | None = None) -> BeamResult:
+                start_id: int, num_returned: int | None = None, guard=None) -> BeamResult:
   """Beam search over a cache already expanded to batch_size * num_beams rows.
 
   Args:
@@ -76,6 +76,10 @@ def beam_search(tokens_to_logits: Callable, reorder_cache: Callable, cache, *, b
     num_returned: how many of the best hypotheses must be final (default all K).
       Search stops once live beams can no longer change those, so 1 (when only
       the best is wanted) often stops far sooner than K.
+    guard: None, or (log-probs [B*K, V], live tokens [B*K, L], step, start_id) ->
+      log-probs the beams expand by (a logits_processors.RepetitionGuard). With a
+      repetition penalty the returned log-likelihoods are those of the guarded
+      distribution, as Hugging Face's sequences_scores are.
   Returns:
     BeamResult. An input whose beams never reach EOS returns its live beams, cut at
     max_decode_length and scored at that length.
@@ -100,7 +104,10 @@ def beam_search(tokens_to_logits: Callable, reorder_cache: Callable, cache, *, b
     if v < 2 * k:
       raise ValueError(f"num_beams={k} needs a vocabulary of at least {2 * k} tokens, got "
                        f"{v}; use fewer beams.")
-    logprob_bkv = jax.nn.log_softmax(logits_fv.astype(jnp.float32)).reshape(b, k, v)
+    logprob_fv = jax.nn.log_softmax(logits_fv.astype(jnp.float32))
+    if guard is not None:
+      logprob_fv = guard(logprob_fv, s.live_seqs_bkl.reshape(b * k, l), s.i, start_id)
+    logprob_bkv = logprob_fv.reshape(b, k, v)
     cand_bkv = s.live_logprob_bk[:, :, None] + logprob_bkv
     # 2K candidates: at most K of them end with EOS (one per beam), so K stay live.
     top_logprob_bc, flat_bc = jax.lax.top_k(cand_bkv.reshape(b, k * v), 2 * k)

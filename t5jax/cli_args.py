@@ -130,6 +130,11 @@ def _decode_flags(parser) -> None:
                      help="beam: T5's length penalty exponent (default: 0.6)")
   group.add_argument("--seed", type=int, default=None,
                      help="sample: random seed (default: 0)")
+  group.add_argument("--no_repeat_ngram_size", type=int, default=None,
+                     help="never repeat an n-gram of this size in the output; 0 is off "
+                     "(default: 0)")
+  group.add_argument("--repetition_penalty", type=float, default=None,
+                     help="> 1 discourages tokens already output; 1.0 is off (default: 1.0)")
 
 
 def _infer(sub) -> None:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from t5jax import beam_search
+from t5jax.logits_processors import RepetitionGuard
 
 PAD_ID = 0  # T5 starts decoding from the pad id
 EOS_ID = 1
@@ -43,6 +44,10 @@ class DecodeConfig:
       (t5x's brevity_penalty; 0 ranks by log-likelihood, T5 used 0.6).
     seed: PRNG seed for sampling (generate's `rng` argument overrides it).
     return_all_beams: also return every beam with its scores (beam only).
+    no_repeat_ngram_size: n > 0 never repeats an n-gram of the output (HF's
+      option of that name); 0 is off.
+    repetition_penalty: p > 1 scales down the scores of tokens already output
+      (HF's option of that name); 1.0 is off. See logits_processors.py.
   """
 
   method: str = "greedy"
@@ -53,8 +58,11 @@ class DecodeConfig:
   alpha: float = 0.6
   seed: int = 0
   return_all_beams: bool = False
+  no_repeat_ngram_size: int = 0
+  repetition_penalty: float = 1.0
 
   def __post_init__(self):
+    RepetitionGuard(self.no_repeat_ngram_size, self.repetition_penalty)  # one-line errors
     if self.method not in DECODE_METHODS:
       raise ValueError(f"method={self.method!r} is not one of {DECODE_METHODS}.")
     if not self.temperature >= 0.0:
@@ -67,6 +75,12 @@ class DecodeConfig:
       raise ValueError(f"num_beams must be >= 1, got {self.num_beams}.")
     if self.return_all_beams and self.method != "beam":
       raise ValueError(f"return_all_beams=True needs method='beam', got method={self.method!r}.")
+
+  @property
+  def guard(self) -> RepetitionGuard | None:
+    """The repetition options as one decode step hook; None when both are off."""
+    guard = RepetitionGuard(self.no_repeat_ngram_size, self.repetition_penalty)
+    return guard if guard.active else None
 
 
 class DecodeOutput(NamedTuple):
@@ -130,9 +144,10 @@ def map_cache_rows(fn, cache, skip=()):
 
 
 def _decode_loop(model, params, encoder_input_tokens, max_decode_length: int, choose, key,
-                 task_slots_b=None):
+                 task_slots_b=None, guard=None):
   """One token per row per step, chosen by choose(logits [B, V], key) -> [B];
-  step i gets fold_in(key, i) (None when key is None).
+  step i gets fold_in(key, i) (None when key is None); guard(logits, tokens, i)
+  edits the logits that choose sees, not the returned log-likelihood.
 
   Returns (tokens [B, L] with padding after EOS, log-likelihood [B] including EOS).
   """
@@ -149,7 +164,8 @@ def _decode_loop(model, params, encoder_input_tokens, max_decode_length: int, ch
     i, cache, prev_b, out_bl, done_b, logprob_b = carry
     logits_bv, cache = decode_step(model, params, cache, encoded, encoder_input_tokens, prev_b)
     step_key = None if key is None else jax.random.fold_in(key, i)
-    next_b = choose(logits_bv, step_key).astype(jnp.int32)
+    guarded_bv = logits_bv if guard is None else guard(logits_bv, out_bl, i, PAD_ID)
+    next_b = choose(guarded_bv, step_key).astype(jnp.int32)
     # log p = logit - logsumexp: one pass over the vocabulary fewer than log_softmax.
     token_logprob_b = (jnp.take_along_axis(logits_bv, next_b[:, None], 1)[:, 0]
                        - jax.nn.logsumexp(logits_bv, axis=-1))
@@ -170,9 +186,9 @@ def _argmax(logits_bv, key):
   return jnp.argmax(logits_bv, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_decode_length"))
+@functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "guard"))
 def greedy_decode(model, params, encoder_input_tokens, max_decode_length: int,
-                  task_slots_b=None):
+                  task_slots_b=None, guard: RepetitionGuard | None = None):
   """Greedy decoding with the KV cache (task_slots_b: [B] slots, for models with
   task slots; likewise below).
 
@@ -181,7 +197,7 @@ def greedy_decode(model, params, encoder_input_tokens, max_decode_length: int,
     the decoded sequence including EOS).
   """
   return _decode_loop(model, params, encoder_input_tokens, max_decode_length, _argmax, None,
-                      task_slots_b)
+                      task_slots_b, guard)
 
 
 def sample_logits(logits_bv, key, temperature: float, top_k: int, top_p: float):
@@ -214,10 +230,10 @@ def sample_logits(logits_bv, key, temperature: float, top_k: int, top_p: float):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "temperature",
-                                             "top_k", "top_p"))
+                                             "top_k", "top_p", "guard"))
 def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, key, *,
                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  task_slots_b=None):
+                  task_slots_b=None, guard: RepetitionGuard | None = None):
   """Temperature sampling with optional top-k and top-p cuts, over the KV cache.
 
   The same key gives the same tokens; step i uses fold_in(key, i). temperature=0
@@ -233,14 +249,15 @@ def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, k
     choose = functools.partial(sample_logits, temperature=temperature, top_k=top_k,
                                top_p=top_p)
   return _decode_loop(model, params, encoder_input_tokens, max_decode_length, choose, key,
-                      task_slots_b)
+                      task_slots_b, guard)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "num_beams",
-                                             "num_returned"))
+                                             "num_returned", "guard"))
 def beam_decode(model, params, encoder_input_tokens, max_decode_length: int,
                 num_beams: int = 4, alpha=0.6, num_returned: int | None = None,
-                task_slots_b=None) -> beam_search.BeamResult:
+                task_slots_b=None, guard: RepetitionGuard | None = None
+                ) -> beam_search.BeamResult:
   """Beam search over the KV cache, expanded to batch x beams rows.
 
   Args:
@@ -272,7 +289,7 @@ def beam_decode(model, params, encoder_input_tokens, max_decode_length: int,
   return beam_search.beam_search(
       tokens_to_logits, reorder_cache, cache, batch_size=b, num_beams=num_beams,
       max_decode_length=max_decode_length, alpha=alpha, eos_id=EOS_ID, start_id=PAD_ID,
-      num_returned=num_returned)
+      num_returned=num_returned, guard=guard)
 
 
 def generate(model, params, encoder_input_tokens, *, max_decode_length: int,
@@ -296,7 +313,7 @@ def generate(model, params, encoder_input_tokens, *, max_decode_length: int,
   if s.method == "beam":
     res = beam_decode(model, params, encoder_input_tokens, max_decode_length, s.num_beams,
                       s.alpha, num_returned=s.num_beams if s.return_all_beams else 1,
-                      task_slots_b=task_slots_b)
+                      task_slots_b=task_slots_b, guard=s.guard)
     extra = (res.seqs_bkl, res.logprob_bk, res.score_bk) if s.return_all_beams else ()
     return DecodeOutput(res.seqs_bkl[:, 0], res.logprob_bk[:, 0], res.score_bk[:, 0], *extra)
   if s.method == "sample" and s.temperature > 0.0:
@@ -304,10 +321,10 @@ def generate(model, params, encoder_input_tokens, *, max_decode_length: int,
     tokens_bl, logprob_b = sample_decode(model, params, encoder_input_tokens,
                                          max_decode_length, key, temperature=s.temperature,
                                          top_k=s.top_k, top_p=s.top_p,
-                                         task_slots_b=task_slots_b)
+                                         task_slots_b=task_slots_b, guard=s.guard)
   else:
     tokens_bl, logprob_b = greedy_decode(model, params, encoder_input_tokens,
-                                         max_decode_length, task_slots_b)
+                                         max_decode_length, task_slots_b, s.guard)
   return DecodeOutput(tokens_bl, logprob_b, logprob_b)
 
 

@@ -21,23 +21,24 @@ MAX_NEW_TOKENS = 10
 
 # HF T5Config kwargs. Each case varies several things at once to keep the file fast.
 CASES = {
-    # T5 1.0: ReLU, tied and scaled output.
+    # T5 1.0's tied and scaled output, with a plain exact GELU MLP.
     "t5_1_0": dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=2,
-                   feed_forward_proj="relu"),
+                   feed_forward_proj="gelu"),
     # T5 1.1: gated GELU, untied and unscaled; d_kv * heads != d_model; deeper decoder;
     # few buckets and a short max distance, so the encoder's 24 tokens saturate them.
     "t5_1_1": dict(vocab_size=160, d_model=48, d_kv=16, d_ff=96, num_heads=4, num_layers=2,
                    num_decoder_layers=3, relative_attention_num_buckets=16,
                    relative_attention_max_distance=10, feed_forward_proj="gated-gelu",
                    tie_word_embeddings=False),
-    # ReLU with 3 heads of 5, a shallower decoder, 8 buckets.
+    # ReLU (T5 1.0) with 3 heads of 5, a shallower decoder, 8 buckets.
     "odd_heads": dict(vocab_size=96, d_model=24, d_kv=5, d_ff=40, num_heads=3, num_layers=3,
                       num_decoder_layers=1, relative_attention_num_buckets=8,
                       relative_attention_max_distance=20, feed_forward_proj="relu"),
     # What transformers 5.x saves for a fresh 1.1 model: lm_head tied to the embedding
-    # but no output scaling (config: tie_word_embeddings=true, scale_decoder_outputs=false).
+    # but no output scaling (config: tie_word_embeddings=true, scale_decoder_outputs=false);
+    # with UL2's gated SiLU.
     "tied_unscaled": dict(vocab_size=112, d_model=32, d_kv=16, d_ff=48, num_heads=2,
-                          num_layers=1, num_decoder_layers=2, feed_forward_proj="gated-gelu",
+                          num_layers=1, num_decoder_layers=2, feed_forward_proj="gated-silu",
                           tie_word_embeddings=False),
 }
 UNTIE = {"t5_1_1"}  # give these a separate random lm_head, as real 1.1 checkpoints have
@@ -117,6 +118,10 @@ def test_config_says_tied_only_for_scaled_models(pair):
     assert not np.allclose(pair["params"]["decoder"]["logits_dense"], emb.T)
   if pair["case"] == "tied_unscaled":  # HF ties lm_head; we hold an untied copy
     np.testing.assert_array_equal(pair["params"]["decoder"]["logits_dense"], emb.T)
+
+
+def test_feed_forward_is_transformers_activation(pair):
+  assert pair["cfg"].feed_forward == CASES[pair["case"]]["feed_forward_proj"]
 
 
 def test_params_have_the_tree_and_shapes_init_makes(pair):
@@ -247,3 +252,32 @@ def test_bfloat16_safetensors_load_as_float32(build, tmp_path):
   assert emb.dtype == np.float32
   want = pair["params"]["token_embedder"]
   np.testing.assert_array_equal(emb, torch.tensor(want).bfloat16().float().numpy())
+
+
+@pytest.mark.parametrize("hf_kwargs", [
+    dict(num_beams=1, no_repeat_ngram_size=2, repetition_penalty=1.5),
+    dict(num_beams=3, no_repeat_ngram_size=2, length_penalty=0.0, early_stopping=True),
+])
+def test_repetition_guards_match_generate(build, hf_kwargs):
+  """Same tokens as HF's no_repeat_ngram_size / repetition_penalty, on a model whose
+  plain greedy output repeats tokens."""
+  pair = build("t5_1_0")
+  enc = pair["enc"].astype(np.int32)
+  strategy = decoding.DecodeConfig(
+      "beam" if hf_kwargs["num_beams"] > 1 else "greedy", num_beams=hf_kwargs["num_beams"],
+      alpha=0.0, no_repeat_ngram_size=hf_kwargs["no_repeat_ngram_size"],
+      repetition_penalty=hf_kwargs.get("repetition_penalty", 1.0))
+  ours = np.asarray(decoding.generate(pair["model"], pair["params"], enc,
+                                      max_decode_length=MAX_NEW_TOKENS, strategy=strategy).tokens_bl)
+  with torch.no_grad():
+    theirs = pair["hf"].generate(
+        input_ids=torch.tensor(pair["enc"]), attention_mask=torch.tensor(pair["enc"] > 0),
+        do_sample=False, max_new_tokens=MAX_NEW_TOKENS, use_cache=False, **hf_kwargs)
+  theirs = theirs.numpy()[:, 1:]
+  theirs = np.pad(theirs, ((0, 0), (0, MAX_NEW_TOKENS - theirs.shape[1])))
+  eos = (theirs == decoding.EOS_ID).astype(int)
+  theirs = np.where(np.cumsum(eos, axis=1) - eos > 0, 0, theirs)  # HF pads beams with EOS
+  np.testing.assert_array_equal(ours, theirs)
+  plain = np.asarray(decoding.greedy_decode(pair["model"], pair["params"], enc,
+                                            max_decode_length=MAX_NEW_TOKENS)[0])
+  assert not np.array_equal(ours, plain)  # the guard changed the output

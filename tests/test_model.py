@@ -47,9 +47,10 @@ def test_unknown_size_names_close_matches():
     model_config.get_config("t5_1_1_bsae")
 
 
-def test_bad_feed_forward_is_rejected():
-  with pytest.raises(ValueError, match="feed_forward"):
-    model_config.T5Config(feed_forward="swish")
+@pytest.mark.parametrize("name", ["geglu", "gated-laplace", "gated-relu-relu"])
+def test_bad_feed_forward_is_rejected(name):
+  with pytest.raises(ValueError, match=f"feed_forward='{name}' .*silu"):
+    model_config.T5Config(feed_forward=name)
 
 
 def _init(cfg, seed=0):

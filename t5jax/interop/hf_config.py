@@ -12,7 +12,7 @@ a copy of the embedding (see hf_weights.py).
 
 from __future__ import annotations
 
-from t5jax.model.config import T5Config
+from t5jax.model.config import ACTIVATIONS, T5Config
 
 # transformers' defaults, for keys an old config.json leaves out.
 _DEFAULTS = {
@@ -23,27 +23,27 @@ _DEFAULTS = {
 }
 _COMMON_DEFAULTS = dict(relative_attention_num_buckets=32, relative_attention_max_distance=128,
                         dropout_rate=0.1, layer_norm_epsilon=1e-6)
-# Activations transformers may run for an MLP, and the T5Config name of each we implement.
-# gelu_new and gelu_pytorch_tanh are both the tanh approximation, which ours uses.
-_FEED_FORWARD = {(False, "relu"): "relu", (True, "gelu_new"): "gated-gelu",
-                 (True, "gelu_pytorch_tanh"): "gated-gelu"}
 # Token ids that t5jax.decoding and the padding masks hard-code.
 _SPECIAL_IDS = {"pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
 
 
 def _feed_forward(hf: dict) -> str:
+  """Our feed_forward name for transformers' (is_gated_act, dense_act_fn)."""
   proj = hf.get("feed_forward_proj", "relu")
   parts = proj.split("-")
   gated = parts[0] == "gated" and len(parts) == 2
   act = "gelu_new" if proj == "gated-gelu" else parts[-1]
-  # A saved dense_act_fn / is_gated_act overrides the derived one in transformers.
-  key = (hf.get("is_gated_act", gated), hf.get("dense_act_fn", act))
-  if key not in _FEED_FORWARD:
+  # A saved dense_act_fn / is_gated_act overrides the derived one in transformers 4.x.
+  gated, act = hf.get("is_gated_act", gated), hf.get("dense_act_fn", act)
+  # Our "gated-gelu" is transformers' legacy name for the gated tanh GELU.
+  tanh_gelu = act in ("gelu_new", "gelu_pytorch_tanh")
+  name = "gated-gelu" if gated and tanh_gelu else f"gated-{act}" if gated else act
+  if act not in ACTIVATIONS or (gated and act == "gelu"):
     raise ValueError(
-        f"feed_forward_proj={proj!r} (is_gated_act={key[0]}, dense_act_fn={key[1]!r}) is not "
-        "supported; t5jax implements 'relu' (T5 1.0) and 'gated-gelu' with the tanh GELU "
-        "(T5 1.1, Flan-T5, mT5).")
-  return _FEED_FORWARD[key]
+        f"feed_forward_proj={proj!r} (is_gated_act={gated}, dense_act_fn={act!r}) is not "
+        f"supported; t5jax implements [gated-]ACT with ACT one of {', '.join(ACTIVATIONS)} "
+        "(a gated exact 'gelu' only as the tanh 'gated-gelu').")
+  return name
 
 
 def _check_special_ids(hf: dict) -> None:
@@ -98,7 +98,6 @@ def hf_config_from_t5config(cfg: T5Config) -> dict:
   `tie_word_embeddings: false` is how the hub's T5 1.1 configs say "untied and
   unscaled"; transformers 4.x and 5.x both read it that way.
   """
-  gated = cfg.feed_forward == "gated-gelu"
   return {
       "architectures": ["T5ForConditionalGeneration"],
       "model_type": "t5",
@@ -115,8 +114,8 @@ def hf_config_from_t5config(cfg: T5Config) -> dict:
       "layer_norm_epsilon": cfg.layer_norm_epsilon,
       "initializer_factor": 1.0,
       "feed_forward_proj": cfg.feed_forward,
-      "dense_act_fn": "gelu_new" if gated else "relu",
-      "is_gated_act": gated,
+      "dense_act_fn": cfg.mlp_activation,
+      "is_gated_act": cfg.gated_mlp,
       "tie_word_embeddings": cfg.tie_word_embeddings,
       "is_encoder_decoder": True,
       "use_cache": True,

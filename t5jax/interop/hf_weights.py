@@ -37,7 +37,7 @@ def _attention(hf_prefix, path, cfg) -> Iterator[_Entry]:
 
 def _mlp(hf_prefix, path, cfg) -> Iterator[_Entry]:
   d, f = cfg.d_model, cfg.d_ff
-  wis = ("wi_0", "wi_1") if cfg.feed_forward == "gated-gelu" else ("wi",)
+  wis = ("wi_0", "wi_1") if cfg.gated_mlp else ("wi",)
   for name in wis:
     yield _Entry(f"{hf_prefix}.{name}.weight", (*path, name), "dense", (f, d))
   yield _Entry(f"{hf_prefix}.wo.weight", (*path, "wo"), "dense", (d, f))

@@ -4,9 +4,32 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 
-FEED_FORWARD_KINDS = ("relu", "gated-gelu")
+import jax
+import jax.numpy as jnp
+
+# The MLP activations, by their names in transformers' ACT2FN. A feed_forward is
+# "ACT" (one input projection) or "gated-ACT" (act(x wi_0) * (x wi_1)), as
+# transformers' T5Config.feed_forward_proj; "gated-gelu" means the tanh GELU
+# (gelu_new), as it does there.
+_TANH_GELU = functools.partial(jax.nn.gelu, approximate=True)
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # exact (erf)
+    "gelu_new": _TANH_GELU,
+    "gelu_fast": _TANH_GELU,
+    "gelu_pytorch_tanh": _TANH_GELU,
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+}
+FEED_FORWARD_KINDS = tuple(ACTIVATIONS) + tuple(f"gated-{a}" for a in ACTIVATIONS)
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "minimal", "full")
 ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
@@ -34,7 +57,9 @@ class T5Config:
     relative_attention_num_buckets: buckets of the relative position bias.
     relative_attention_max_distance: distance beyond which buckets saturate.
     dropout_rate: dropout on embeddings, sub-layer outputs and attention weights.
-    feed_forward: "relu" (T5 1.0) or "gated-gelu" (T5 1.1, mT5).
+    feed_forward: the MLP, "ACT" or "gated-ACT" with ACT a key of ACTIVATIONS:
+      "relu" (T5 1.0), "gated-gelu" (tanh GELU: T5 1.1, mT5, Flan-T5),
+      "gated-silu" (UL2, Flan-UL2), "gelu" (exact GELU), ...
     tie_word_embeddings: output projection shares the input embedding; T5 1.0 then
       scales the decoder output by d_model**-0.5 (as Mesh TF and Hugging Face do).
     layer_norm_epsilon: RMS norm epsilon.
@@ -91,8 +116,8 @@ class T5Config:
     self._check_task_parameters()
     if self.feed_forward not in FEED_FORWARD_KINDS:
       raise ValueError(
-          f"feed_forward={self.feed_forward!r} is not one of {FEED_FORWARD_KINDS}; "
-          "use 'relu' for T5 1.0 or 'gated-gelu' for T5 1.1 / mT5.")
+          f"feed_forward={self.feed_forward!r} is not 'ACT' or 'gated-ACT' with ACT one of "
+          f"{', '.join(ACTIVATIONS)}; e.g. 'relu' (T5 1.0), 'gated-gelu' (T5 1.1 / mT5).")
     for field in ("dtype", "param_dtype"):
       if getattr(self, field) not in DTYPES:
         raise ValueError(f"{field}={getattr(self, field)!r} is not one of {DTYPES}.")
@@ -133,6 +158,18 @@ class T5Config:
       except re.error as e:
         raise ValueError(f"task_slots entry {slot!r} is not a valid regular expression: {e}."
                          ) from None
+
+  @property
+  def gated_mlp(self) -> bool:
+    """Whether the MLP has two input projections, wi_0 (activated) and wi_1."""
+    return self.feed_forward.startswith("gated-")
+
+  @property
+  def mlp_activation(self) -> str:
+    """The MLP's activation, as a key of ACTIVATIONS."""
+    if self.feed_forward == "gated-gelu":
+      return "gelu_new"
+    return self.feed_forward.removeprefix("gated-")
 
   @property
   def has_task_parameters(self) -> bool:

@@ -10,7 +10,7 @@ def model_flops_per_step(cfg: T5Config, b: int, s: int, t: int) -> dict[str, flo
   forward one). Embedding lookups, norms, softmax and the optimizer are not counted;
   causal self-attention is counted at full T x T, as XLA computes it."""
   nh = cfg.num_heads * cfg.d_kv
-  ffn = (3 if cfg.feed_forward == "gated-gelu" else 2) * cfg.d_model * cfg.d_ff
+  ffn = (3 if cfg.gated_mlp else 2) * cfg.d_model * cfg.d_ff
   fwd = {
       "encoder": cfg.num_encoder_layers * (
           2 * b * s * (4 * cfg.d_model * nh + ffn) + 4 * b * s * s * nh),

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5jax.model.config import T5Config
+from t5jax.model.config import ACTIVATIONS, T5Config
 
 constrain = nn.with_logical_constraint
 
@@ -45,7 +45,7 @@ class RMSNorm(nn.Module):
 
 
 class FeedForward(nn.Module):
-  """ReLU MLP (T5 1.0) or gated-GELU MLP (T5 1.1)."""
+  """act(x wi) wo (T5 1.0: ReLU) or (act(x wi_0) * x wi_1) wo (T5 1.1: GELU, UL2: SiLU)."""
   config: T5Config
 
   @nn.compact
@@ -53,15 +53,16 @@ class FeedForward(nn.Module):
     cfg = self.config
     d, f = cfg.d_model, cfg.d_ff
     pdt = jnp.dtype(cfg.param_dtype)
-    if cfg.feed_forward == "gated-gelu":
+    act = ACTIVATIONS[cfg.mlp_activation]
+    if cfg.gated_mlp:
       wi_0 = param_with_axes(self, "wi_0", _normal(d**-0.5), (d, f), ("embed", "mlp"), pdt)
       wi_1 = param_with_axes(self, "wi_1", _normal(d**-0.5), (d, f), ("embed", "mlp"), pdt)
       gate_btf = jnp.einsum("BTD,DF->BTF", x_btd, wi_0.astype(cfg.dtype))
       lin_btf = jnp.einsum("BTD,DF->BTF", x_btd, wi_1.astype(cfg.dtype))
-      h_btf = nn.gelu(gate_btf, approximate=True) * lin_btf
+      h_btf = act(gate_btf) * lin_btf
     else:
       wi = param_with_axes(self, "wi", _normal(d**-0.5), (d, f), ("embed", "mlp"), pdt)
-      h_btf = nn.relu(jnp.einsum("BTD,DF->BTF", x_btd, wi.astype(cfg.dtype)))
+      h_btf = act(jnp.einsum("BTD,DF->BTF", x_btd, wi.astype(cfg.dtype)))
     h_btf = constrain(h_btf, ("batch", "length", "mlp"))
     h_btf = nn.Dropout(cfg.dropout_rate)(h_btf, deterministic=deterministic)
     wo = param_with_axes(self, "wo", _normal(f**-0.5), (f, d), ("mlp", "embed"), pdt)
