@@ -71,7 +71,8 @@ def _decode_config(args):
   """DecodeConfig from gin bindings, overridden by the flags that were given."""
   from t5jax import evaluate
   flags = {k: getattr(args, k) for k in ("method", "temperature", "top_k", "top_p",
-                                         "num_beams", "alpha", "seed")
+                                         "num_beams", "alpha", "seed",
+                                         "no_repeat_ngram_size", "repetition_penalty")
            if getattr(args, k) is not None}
   return evaluate.DecodeConfig(**flags)
 

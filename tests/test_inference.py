@@ -98,7 +98,7 @@ def test_eval_cli_prints_bleu_per_task(trained_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["eval", "--mixture=multi30k_mixx"], "multi30k_mix"),
-    (["score", "--input=/nonexistent.jsonl"], "Input file /nonexistent.jsonl does not exist"),
+    (["score", "--input=/nonexistent.jsonl"], "--input /nonexistent.jsonl does not exist"),
 ])
 def test_bad_input_errors(trained_run, capsys, args, message):
   code, _, err = run([args[0], f"--checkpoint={trained_run}", *args[1:]], capsys)

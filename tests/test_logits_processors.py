@@ -73,8 +73,8 @@ def test_guard_is_off_by_default():
 
 
 def test_infer_and_eval_flags_set_the_guard():
-  from t5jax import cli
+  from t5jax import cli, cli_args
   for command in (["infer", "--input", "-"], ["eval", "--task", "t"]):
-    args = cli._parser().parse_args([*command, "--checkpoint", "c", "--no_repeat_ngram_size",
+    args = cli_args.parser().parse_args([*command, "--checkpoint", "c", "--no_repeat_ngram_size",
                                      "3", "--repetition_penalty", "1.2"])
     assert cli._decode_config(args).guard == logits_processors.RepetitionGuard(3, 1.2)
