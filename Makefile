@@ -18,7 +18,7 @@ demo: setup
 	$(BIN)/t5jax train --gin_file=runs/demo.gin --run_dir=runs/demo
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/train_step.py
