@@ -140,14 +140,13 @@ def auto_workers(local_rows: int) -> int:
   return max(0, min(local_rows // ROWS_PER_WORKER, (os.cpu_count() or 1) // 2 - 1))
 
 
-def _producer(spec: InputSpec, global_batch_size: int, process_index: int,
+def _producer(spec: InputSpec, provider, global_batch_size: int, process_index: int,
               process_count: int, repeat: bool, state: np.ndarray | None,
               example_ids: bool) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
-  """(features, valid rows, positions after) for this process's rows, batch after batch."""
+  """(features, valid rows, positions after) for this process's rows, batch after batch;
+  `make_batches` has validated the arguments."""
   tf_devices.hide_accelerators_from_tf()
-  provider = registry.get_task_or_mixture(spec.mixture_or_task)
   tasks = _tasks(provider)
-  _validate(spec, tasks, global_batch_size, process_index, process_count)
   rates = _rates(provider)
   if sum(rates) <= 0:
     raise ValueError(f"mixture {spec.mixture_or_task!r} has no task with a positive rate")
@@ -260,14 +259,15 @@ def make_batches(spec: InputSpec, global_batch_size: int, process_index: int = 0
     ValueError: (one line) for an unknown name or split, a batch size that does not split,
       or a position of the wrong shape.
   """
-  tasks = _tasks(registry.get_task_or_mixture(spec.mixture_or_task))
+  provider = registry.get_task_or_mixture(spec.mixture_or_task)
+  tasks = _tasks(provider)
   _validate(spec, tasks, global_batch_size, process_index, process_count)
   local = global_batch_size // process_count
   num_tasks = len(tasks)
   start = np.zeros((local, 1 + num_tasks), np.int64) if state is None else state
 
   def items():
-    for features, valid, after in _producer(spec, global_batch_size, process_index,
+    for features, valid, after in _producer(spec, provider, global_batch_size, process_index,
                                             process_count, repeat, state, example_ids):
       if not repeat and not valid.any():
         return  # Every row is padding: the single pass is over.
