@@ -122,4 +122,6 @@ def test_a_dead_process_stops_the_others_with_an_error(tmp_path):
     procs[0].kill()
     pytest.fail("process 0 hung after process 1 died")
   assert procs[0].returncode != 0
-  assert "another task died" in out and "stopped sending heartbeats" in out, out[-3000:]
+  # XLA words the missed heartbeat two ways depending on where process 0 notices it
+  # ("stopped sending heartbeats" mid-step, "heartbeat timeout" at its shutdown barrier).
+  assert "another task died" in out and "heartbeat" in out, out[-3000:]
