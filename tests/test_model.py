@@ -1,4 +1,7 @@
 """The T5 model: published sizes, packing masks, decode cache, relative buckets."""
+
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -30,6 +33,17 @@ def count_params(cfg):
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_parameter_count_matches_published(name):
   assert count_params(model_config.get_config(name)) == PUBLISHED[name]
+
+
+def test_the_demos_mini_size_is_tiny_twice_as_deep():
+  tiny, mini = model_config.get_config("t5_1_0_tiny"), model_config.get_config("t5_1_0_mini")
+  assert (mini.num_encoder_layers, mini.num_decoder_layers) == (4, 4)
+  assert mini == dataclasses.replace(tiny, num_encoder_layers=4, num_decoder_layers=4)
+  # Two more layers per stack: 2 x (attention + MLP + norm) + 2 x (self, cross, MLP, 3 norms).
+  d, inner, ff = 128, 4 * 32, 512
+  attention, mlp = 4 * d * inner, 2 * d * ff
+  per_encoder, per_decoder = attention + mlp + 2 * d, 2 * attention + mlp + 3 * d
+  assert count_params(mini) == count_params(tiny) + 2 * (per_encoder + per_decoder) == 5_950_464
 
 
 def test_every_parameter_has_logical_axes():

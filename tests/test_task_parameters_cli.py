@@ -12,7 +12,7 @@ from t5jax.inference import Predictor
 from t5jax.interop import convert
 from t5jax.model import task_params
 
-FAST = ["--gin.TrainConfig.batch_size=8", "--gin.InputSpec.inputs_length=32",
+FAST = ["--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8", "--gin.InputSpec.inputs_length=32",
         "--gin.InputSpec.targets_length=32", "--gin.TrainConfig.log_every=5",
         "--gin.TrainConfig.num_sample_predictions=2"]
 MODEL = ("--gin.TrainConfig.model_overrides={'dtype': 'float32', 'dropout_rate': 0.0, "
@@ -152,7 +152,7 @@ def test_compile_plans_a_soft_shared_model_on_a_mesh(capsys, monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
   monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", ""))
   code = cli.main(["compile", "--devices=8", "--gin_file=runs/demo.gin",
-                   "--gin_file=mesh/fsdp_tp.gin",
+                   "--gin_file=mesh/fsdp_tp.gin", "--gin.TrainConfig.model='t5_1_0_tiny'",
                    "--gin.TrainConfig.model_overrides={'scan_layers': True, "
                    "'task_slots': ('multi30k_en_fr', 'multi30k_en_de'), "
                    "'task_specific': ('decoder.mlp',), 'adapter_dim': 16}"])

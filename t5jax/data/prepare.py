@@ -2,8 +2,10 @@
 
 import contextlib
 import fcntl
+import io
 import os
 import pathlib
+import sys
 import threading
 
 import tensorflow_datasets as tfds
@@ -61,8 +63,13 @@ def prepared_builder(name: str) -> tfds.core.DatasetBuilder:
         builder = cls(data_dir=str(root))  # Another process may have finished while we waited.
         if not builder.is_prepared():
           tfds.disable_progress_bar()  # Per-split progress bars drown the training logs.
-          builder.download_and_prepare(
-              download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+          # One line of ours on stderr instead of TFDS's two on stdout ("Downloading and
+          # preparing dataset Unknown size ..."): stdout may be a command's JSON output.
+          print(f"Preparing the shipped dataset {name} in {root} (once per data dir).",
+                file=sys.stderr, flush=True)
+          with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
           builder = cls(data_dir=str(root))  # Reload the info from disk, as every reader does.
     _prepared[key] = builder
     return builder
