@@ -110,39 +110,49 @@ class Attention(nn.Module):
 
     if decode and self.decode_role == "cross":
       # The encoder output is fixed during decoding: project it once.
-      cached_k = self.variable("cache", "cross_key", lambda: project_k(kv_bsd))
-      cached_v = self.variable("cache", "cross_value", lambda: project_v(kv_bsd))
-      k_bsnh, v_bsnh = cached_k.value, cached_v.value
+      # Cached K/V are kept heads-major, [B, N, S, H]: the layout the per-head
+      # matmuls read, so a decode step transposes nothing (it used to copy every
+      # layer's K and V each step).
+      cache_axes = ("batch", "heads", "length", "kv")
+      heads_major = lambda y: constrain(jnp.transpose(y, (0, 2, 1, 3)), cache_axes)
+      cached_k = self.variable("cache", "cross_key", lambda: heads_major(project_k(kv_bsd)))
+      cached_v = self.variable("cache", "cross_value", lambda: heads_major(project_v(kv_bsd)))
+      k_bnsh, v_bnsh = cached_k.value, cached_v.value
       # Beam search keeps one copy of an input's K/V for all its beams: rows
       # b*G .. b*G+G-1 of the queries attend as G more query positions of input b.
-      groups = q_btnh.shape[0] // k_bsnh.shape[0]
+      groups = q_btnh.shape[0] // k_bnsh.shape[0]
       if groups > 1:
-        q_btnh = q_btnh.reshape((k_bsnh.shape[0], groups * q_btnh.shape[1], n, h))
+        q_btnh = q_btnh.reshape((k_bnsh.shape[0], groups * q_btnh.shape[1], n, h))
         if mask_bts.shape[0] == x_btd.shape[0]:
-          mask_bts = mask_bts.reshape((k_bsnh.shape[0], -1, mask_bts.shape[-1]))
+          mask_bts = mask_bts.reshape((k_bnsh.shape[0], -1, mask_bts.shape[-1]))
+      out_btnh = attend_cached(cfg, q_btnh, k_bnsh, v_bnsh, mask_bts, bias_nts)
     elif decode and self.decode_role == "self":
       # kv_bsd holds the full-length dummy on the call that creates the cache.
       initialized = self.has_variable("cache", "self_key")
       b, s = kv_bsd.shape[0], kv_bsd.shape[1]
-      cached_k = self.variable("cache", "self_key", jnp.zeros, (b, s, n, h), cfg.dtype)
-      cached_v = self.variable("cache", "self_value", jnp.zeros, (b, s, n, h), cfg.dtype)
+      cached_k = self.variable("cache", "self_key", jnp.zeros, (b, n, s, h), cfg.dtype)
+      cached_v = self.variable("cache", "self_value", jnp.zeros, (b, n, s, h), cfg.dtype)
       if initialized:
-        k_new, v_new = project_k(kv_bsd), project_v(kv_bsd)  # [B, 1, N, H]
-        start = (0, cache_index, 0, 0)
+        # [B, 1, N, H] -> [B, N, 1, H]: a transpose of one position, not of the cache.
+        k_new = jnp.transpose(project_k(kv_bsd), (0, 2, 1, 3))
+        v_new = jnp.transpose(project_v(kv_bsd), (0, 2, 1, 3))
+        start = (0, 0, cache_index, 0)
         cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_new, start)
         cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_new, start)
-      k_bsnh, v_bsnh = cached_k.value, cached_v.value
+      out_btnh = attend_cached(cfg, q_btnh, cached_k.value, cached_v.value, mask_bts, bias_nts)
     else:
       k_bsnh, v_bsnh = project_k(kv_bsd), project_v(kv_bsd)
-    k_bsnh = constrain(k_bsnh, ("batch", "length", "heads", "kv"))
-    v_bsnh = constrain(v_bsnh, ("batch", "length", "heads", "kv"))
-
-    dropout = lambda w: nn.Dropout(cfg.dropout_rate)(w, deterministic=deterministic)
-    out_btnh = attend(cfg, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts,
-                      None if deterministic else dropout)
+      k_bsnh = constrain(k_bsnh, ("batch", "length", "heads", "kv"))
+      v_bsnh = constrain(v_bsnh, ("batch", "length", "heads", "kv"))
+      dropout = lambda w: nn.Dropout(cfg.dropout_rate)(w, deterministic=deterministic)
+      out_btnh = attend(cfg, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts,
+                        None if deterministic else dropout)
     out_btnh = out_btnh.reshape(x_btd.shape[:2] + (n, h))  # undoes the beam grouping
     out_btnh = constrain(out_btnh, ("batch", "length", "heads", "kv"))
-    return jnp.einsum("BTNH,NHD->BTD", out_btnh, wo)
+    # One [B, T, N*H] x [N*H, D] matmul: contracting (N, H) as two axes let XLA pick a
+    # layout that transposed the weight at every decode step.
+    out_btk = out_btnh.reshape(x_btd.shape[:2] + (n * h,))
+    return jnp.einsum("BTK,KD->BTD", out_btk, wo.reshape(n * h, d))
 
 
 def attention_kernel(cfg: T5Config, with_dropout: bool) -> str:
@@ -183,14 +193,36 @@ def attend(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dropout=No
       # the fused kernel only where it applies; an explicit choice must fail.
       if cfg.attention_impl != "auto":
         raise
-  logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bsnh).astype(jnp.float32)
-  if bias_nts is not None:
-    logits_bnts = logits_bnts + bias_nts[None].astype(jnp.float32)
-  logits_bnts = jnp.where(mask_bts[:, None], logits_bnts, jnp.finfo(jnp.float32).min)
-  weights_bnts = jax.nn.softmax(logits_bnts, axis=-1).astype(cfg.dtype)
+  logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bsnh)
+  weights_bnts = _attention_weights(cfg, logits_bnts, mask_bts, bias_nts)
   if dropout is not None:
     weights_bnts = dropout(weights_bnts)
   return jnp.einsum("BNTS,BSNH->BTNH", weights_bnts, v_bsnh)
+
+
+def attend_cached(cfg: T5Config, q_btnh, k_bnsh, v_bnsh, mask_bts, bias_nts):
+  """attend() over a decode cache held heads-major ([B, N, S, H]).
+
+  The einsums read that layout as it is (batch and heads leading, as the matmul
+  wants them); the fused kernels take [B, S, N, H], so they get a transposed copy.
+  """
+  k_bnsh = constrain(k_bnsh, ("batch", "heads", "length", "kv"))
+  v_bnsh = constrain(v_bnsh, ("batch", "heads", "length", "kv"))
+  if attention_kernel(cfg, with_dropout=False) != "einsum":
+    to_bsnh = lambda x: jnp.transpose(x, (0, 2, 1, 3))
+    return attend(cfg, q_btnh, to_bsnh(k_bnsh), to_bsnh(v_bnsh), mask_bts, bias_nts)
+  logits_bnts = jnp.einsum("BTNH,BNSH->BNTS", q_btnh, k_bnsh)
+  weights_bnts = _attention_weights(cfg, logits_bnts, mask_bts, bias_nts)
+  return jnp.einsum("BNTS,BNSH->BTNH", weights_bnts, v_bnsh)
+
+
+def _attention_weights(cfg: T5Config, logits_bnts, mask_bts, bias_nts):
+  """softmax over keys of the fp32 logits plus the position bias, masked."""
+  logits_bnts = logits_bnts.astype(jnp.float32)
+  if bias_nts is not None:
+    logits_bnts = logits_bnts + bias_nts[None].astype(jnp.float32)
+  logits_bnts = jnp.where(mask_bts[:, None], logits_bnts, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits_bnts, axis=-1).astype(cfg.dtype)
 
 
 @functools.lru_cache(maxsize=64)

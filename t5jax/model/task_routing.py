@@ -189,7 +189,10 @@ def _routed_attention(parent: nn.Module, name: str, slots_bt, kv_slots_bs, x_btd
   out_btnh = layers.attend(cfg, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts,
                            None if deterministic else dropout)
   out_btnh = constrain(out_btnh, axes)
-  out_jcd = jnp.einsum("JCNH,JNHD->JCD", dispatch(q_blocks, out_btnh), w["out"])
+  # (N, H) contracted as one N*H axis, as layers.Attention does.
+  out_jcnh, w_out_jnhd = dispatch(q_blocks, out_btnh), w["out"]
+  out_jcd = jnp.einsum("JCK,JKD->JCD", out_jcnh.reshape(out_jcnh.shape[:2] + (-1,)),
+                       w_out_jnhd.reshape((w_out_jnhd.shape[0], -1, w_out_jnhd.shape[-1])))
   return combine(q_blocks, out_jcd, x_btd.shape[:2])
 
 
