@@ -65,6 +65,9 @@ def _forward(hidden_btd, kernel, targets_bt, scale_bt, spec: _Spec, with_grads: 
   gradients of sum(scale * loss) w.r.t. hidden and kernel."""
   length = hidden_btd.shape[1]
   xs = tuple(_blocks(x, spec.block_length) for x in (hidden_btd, targets_bt, scale_bt))
+  # Matmuls in the activations' dtype; the kernel's gradient accumulates in fp32 and
+  # is returned in the kernel's own dtype (fp32 parameters: no bf16 round trip).
+  param_kernel, kernel = kernel, kernel.astype(hidden_btd.dtype)
 
   def block(grad_kernel, xs):
     hidden_bkd, targets_bk, scale_bk = xs
@@ -87,7 +90,7 @@ def _forward(hidden_btd, kernel, targets_bt, scale_bt, spec: _Spec, with_grads: 
   per_token = tuple(_unblock(x, length) for x in per_block)
   if not with_grads:
     return per_token, None
-  return per_token[:3], (per_token[3], grad_kernel.astype(kernel.dtype))
+  return per_token[:3], (per_token[3], grad_kernel.astype(param_kernel.dtype))
 
 
 def _dlogits(logits_bkv, log_z_bk, targets_bk, scale_bk, spec: _Spec):
@@ -153,7 +156,8 @@ def fused_loss_and_stats(hidden_btd, kernel, layout: str, batch, scale_bt, num_t
 
   Args:
     hidden_btd: the decoder's output [B, T, D] (Transformer(..., return_hidden=True)).
-    kernel: the output projection, [V, D] (layout "VD") or [D, V] ("DV").
+    kernel: the output projection as stored (its parameter dtype), [V, D] (layout "VD")
+      or [D, V] ("DV"); the matmuls run in hidden_btd's dtype.
     cfg: LossConfig; fused_block_tokens sets the block (see block_length).
   Returns:
     (loss, stats) as losses.loss_and_stats; only the loss is differentiable.

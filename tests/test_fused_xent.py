@@ -51,6 +51,33 @@ def test_matches_full_logits_with_padding_weights_smoothing_and_z_loss(layout, l
   assert float(want_stats["z_loss_sum_k"].sum()) > 0
 
 
+def test_bf16_activations_give_the_fp32_kernel_an_fp32_gradient():
+  """bf16 matmuls, but the [D, V] kernel's gradient is summed over the blocks in fp32
+  and returned in fp32: what one fp32-accumulated einsum over all tokens gives, not
+  that rounded to bf16 (~3 significant digits)."""
+  batch = synthetic.packed_batch(batch_size=4, length=16, vocab=64, num_tasks=1, seed=5)
+  keys = jax.random.split(jax.random.key(2), 2)
+  hidden_btd = jax.random.normal(keys[0], (4, 16, 32)).astype(jnp.bfloat16)
+  kernel_dv = jax.random.normal(keys[1], (32, 64)) * 0.2  # fp32, as stored
+  cfg = losses.LossConfig(z_loss=0.0, label_smoothing=0.0, fused_block_tokens=16)
+  scale_bt = losses.token_scales(batch["decoder_loss_weights"], batch["decoder_task_ids"],
+                                 jnp.ones(1), cfg.normalization)
+  fused = lambda k: fused_xent.fused_loss_and_stats(hidden_btd, k, "DV", batch, scale_bt, 1,
+                                                    cfg)[0]
+  got_dv = jax.jit(jax.grad(fused))(kernel_dv)
+  assert got_dv.dtype == jnp.float32
+  # The same terms by hand: bf16 logits' softmax minus the target, bf16, times hidden.
+  logits_btv = jnp.einsum("BTD,DV->BTV", hidden_btd, kernel_dv.astype(jnp.bfloat16),
+                          preferred_element_type=jnp.float32)
+  onehot_btv = jax.nn.one_hot(batch["decoder_target_tokens"], 64)
+  dlogits_btv = (scale_bt[..., None] * (jax.nn.softmax(logits_btv) - onehot_btv))
+  want_dv = jnp.einsum("BTV,BTD->DV", dlogits_btv.astype(jnp.bfloat16), hidden_btd,
+                       preferred_element_type=jnp.float32)
+  np.testing.assert_allclose(got_dv, want_dv, rtol=1e-5, atol=1e-6)
+  rounded_dv = want_dv.astype(jnp.bfloat16).astype(jnp.float32)
+  assert not np.allclose(rounded_dv, want_dv, rtol=1e-5, atol=1e-6)  # bf16 would fail
+
+
 def test_block_length_covers_the_targets_with_least_padding():
   assert fused_xent.block_length(batch=32, length=114, block_tokens=512) == 15  # 8 x 15
   assert fused_xent.block_length(batch=32, length=64, block_tokens=512) == 16

@@ -225,9 +225,11 @@ class Decoder(nn.Module):
       kernel, layout = layers.param_with_axes(
           self, "logits_dense", nn.initializers.normal(cfg.d_model**-0.5),
           (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), jnp.dtype(cfg.param_dtype)), "DV"
-    kernel = kernel.astype(cfg.dtype)
     if return_hidden:
+      # The kernel as stored (fp32): the fused loss casts it itself and returns its
+      # gradient in fp32, with no low-precision copy of a [V, D] gradient.
       return y_btd, kernel, layout
+    kernel = kernel.astype(cfg.dtype)
     logits_btv = jnp.einsum(f"BTD,{layout}->BTV", y_btd, kernel,
                             preferred_element_type=jnp.float32)
     return constrain(logits_btv, ("batch", "length", "vocab"))
