@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from report import emit_json
 
 
-def single_pass_update(grad_vd, row_v, col_d, count, param_vd, *, learning_rate=0.01,
+def two_pass_update(grad_vd, row_v, col_d, count, param_vd, *, learning_rate=0.01,
                        decay_exponent=0.8, eps1=1e-30, eps2=1e-3, clip=1.0):
   """Global-norm clip, factored second moments, update RMS clip and parameter scale,
   with the [V, D] update recomputed in the final elementwise pass."""
@@ -61,7 +61,7 @@ def main() -> None:
   optax_temp = jax.jit(optax_update, donate_argnums=(1, 2)).lower(
       param, state, param).compile().memory_analysis().temp_size_in_bytes
   vector = lambda n: jax.ShapeDtypeStruct((n,), jnp.float32)
-  single_temp = jax.jit(single_pass_update, donate_argnums=(1, 2, 4)).lower(
+  two_pass_temp = jax.jit(two_pass_update, donate_argnums=(1, 2, 4)).lower(
       param, vector(args.vocab), vector(args.embed), jax.ShapeDtypeStruct((), jnp.int32),
       param).compile().memory_analysis().temp_size_in_bytes
   matrix = args.vocab * args.embed * 4
@@ -73,7 +73,7 @@ def main() -> None:
   for step in range(2):
     grad = jax.random.normal(jax.random.fold_in(k_g, step), small_p.shape) * 0.01
     want_p, small_state = optax_update(grad, small_state, want_p)
-    got_p, row, col, count = single_pass_update(grad, row, col, jnp.int32(count), got_p)
+    got_p, row, col, count = two_pass_update(grad, row, col, jnp.int32(count), got_p)
   max_difference = float(jnp.max(jnp.abs(got_p - want_p)))
   max_change = float(jnp.max(jnp.abs(want_p - small_p)))
   print(f"same arithmetic: after 2 steps on a 256 x 160 matrix the two differ by at most "
@@ -81,12 +81,12 @@ def main() -> None:
   print(f"one fp32 [{args.vocab}, {args.embed}] matrix: {matrix / 2**30:.2f} GiB")
   print(f"optax (t5jax.optim) update temporaries: {optax_temp / 2**30:.2f} GiB "
         f"({optax_temp / matrix:.1f} matrices)")
-  print(f"single-pass update temporaries:        {single_temp / 2**30:.2f} GiB "
-        f"({single_temp / matrix:.1f} matrices)")
+  print(f"two-pass update temporaries:           {two_pass_temp / 2**30:.2f} GiB "
+        f"({two_pass_temp / matrix:.1f} matrices)")
   emit_json({"benchmark": "optimizer_memory", "vocab": args.vocab, "embed": args.embed,
              "jax": jax.__version__, "backend": jax.default_backend(),
              "matrix_bytes": matrix, "optax_temp_bytes": optax_temp,
-             "single_pass_temp_bytes": single_temp, "two_step_max_difference": max_difference,
+             "two_pass_temp_bytes": two_pass_temp, "two_step_max_difference": max_difference,
              "two_step_max_change": max_change}, args.json_out)
 
 

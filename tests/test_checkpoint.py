@@ -19,7 +19,8 @@ from t5jax.model import config as model_config
 from t5jax.model import t5
 
 FLAGS = [
-    "--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8", "--gin.InputSpec.inputs_length=32",
+    "--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8",
+    "--gin.InputSpec.inputs_length=32",
     "--gin.InputSpec.targets_length=32", "--gin.TrainConfig.num_steps=12",
     "--gin.TrainConfig.log_every=1", "--gin.CheckpointConfig.every_steps=4",
     "--gin.TrainConfig.num_sample_predictions=0",

@@ -11,7 +11,8 @@ from t5jax import config as gin_config
 import t5jax.train as train_lib
 
 # The demo's model at two layers per stack (t5_1_0_tiny): the same code, half the work.
-FAST = ["TrainConfig.model='t5_1_0_tiny'", "TrainConfig.batch_size=8", "InputSpec.inputs_length=32", "InputSpec.targets_length=32",
+FAST = ["TrainConfig.model='t5_1_0_tiny'", "TrainConfig.batch_size=8",
+        "InputSpec.inputs_length=32", "InputSpec.targets_length=32",
         "TrainConfig.log_every=5", "TrainConfig.num_sample_predictions=0",
         "OptimizerConfig.warmup_steps=0"]
 

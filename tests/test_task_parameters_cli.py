@@ -12,7 +12,8 @@ from t5jax.inference import Predictor
 from t5jax.interop import convert
 from t5jax.model import task_params
 
-FAST = ["--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8", "--gin.InputSpec.inputs_length=32",
+FAST = ["--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8",
+        "--gin.InputSpec.inputs_length=32",
         "--gin.InputSpec.targets_length=32", "--gin.TrainConfig.log_every=5",
         "--gin.TrainConfig.num_sample_predictions=2"]
 MODEL = ("--gin.TrainConfig.model_overrides={'dtype': 'float32', 'dropout_rate': 0.0, "

@@ -240,7 +240,8 @@ def test_task_state_is_checkpointed_and_resumes_exactly(cfg, tmp_path):
 
 # ------------------------------------------------------ end to end, real data
 
-RUN = ["TrainConfig.model='t5_1_0_tiny'", "TrainConfig.batch_size=8", "InputSpec.inputs_length=32", "InputSpec.targets_length=32",
+RUN = ["TrainConfig.model='t5_1_0_tiny'", "TrainConfig.batch_size=8",
+       "InputSpec.inputs_length=32", "InputSpec.targets_length=32",
        "TrainConfig.num_steps=8", "TrainConfig.log_every=2",
        "TrainConfig.num_sample_predictions=0", "LossConfig.dwa_window=2"]
 

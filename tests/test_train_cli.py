@@ -52,7 +52,8 @@ def test_every_gin_file_parses_and_builds_its_model(name, busy_cwd, monkeypatch)
   assert pipeline.task_names(config.data.mixture_or_task)
 
 
-FAST = ["--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8", "--gin.InputSpec.inputs_length=32",
+FAST = ["--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8",
+        "--gin.InputSpec.inputs_length=32",
         "--gin.InputSpec.targets_length=32", "--gin.TrainConfig.log_every=5",
         "--gin.CheckpointConfig.every_steps=0"]
 

@@ -205,13 +205,15 @@ def _layers(n):
   return dict(num_encoder_layers=n, num_decoder_layers=n)
 
 
+_T5_1_0_TINY_WIDTH = dict(_T5_1_0, d_model=128, d_kv=32, d_ff=512, num_heads=4)
+
 # Published sizes (t5-*, t5-v1_1-*, mt5-*). "tiny" is ours, for tests and the CPU demo.
 SIZES: dict[str, dict] = {
-    "t5_1_0_tiny": dict(_T5_1_0, d_model=128, d_kv=32, d_ff=512, num_heads=4, **_layers(2)),
+    "t5_1_0_tiny": dict(_T5_1_0_TINY_WIDTH, **_layers(2)),
     # The demo's shape: tiny's width, twice its depth. At a 32k vocabulary the output
     # layer is most of tiny's FLOPs, so two more layers per stack cost ~20 % more per
     # step and train better for the same FLOPs (docs/performance.md, the demo recipe).
-    "t5_1_0_mini": dict(_T5_1_0, d_model=128, d_kv=32, d_ff=512, num_heads=4, **_layers(4)),
+    "t5_1_0_mini": dict(_T5_1_0_TINY_WIDTH, **_layers(4)),
     "t5_1_0_small": dict(_T5_1_0, d_model=512, d_kv=64, d_ff=2048, num_heads=8, **_layers(6)),
     "t5_1_0_base": dict(_T5_1_0, d_model=768, d_kv=64, d_ff=3072, num_heads=12, **_layers(12)),
     "t5_1_0_large": dict(_T5_1_0, d_model=1024, d_kv=64, d_ff=4096, num_heads=16, **_layers(24)),

@@ -113,10 +113,9 @@ class Attention(nn.Module):
       # Cached K/V are kept heads-major, [B, N, S, H]: the layout the per-head
       # matmuls read, so a decode step transposes nothing (it used to copy every
       # layer's K and V each step).
-      cache_axes = ("batch", "heads", "length", "kv")
-      heads_major = lambda y: constrain(jnp.transpose(y, (0, 2, 1, 3)), cache_axes)
-      cached_k = self.variable("cache", "cross_key", lambda: heads_major(project_k(kv_bsd)))
-      cached_v = self.variable("cache", "cross_value", lambda: heads_major(project_v(kv_bsd)))
+      cached_k = self.variable("cache", "cross_key", lambda: _swap_length_heads(project_k(kv_bsd)))
+      cached_v = self.variable("cache", "cross_value",
+                               lambda: _swap_length_heads(project_v(kv_bsd)))
       k_bnsh, v_bnsh = cached_k.value, cached_v.value
       # Beam search keeps one copy of an input's K/V for all its beams: rows
       # b*G .. b*G+G-1 of the queries attend as G more query positions of input b.
@@ -134,8 +133,7 @@ class Attention(nn.Module):
       cached_v = self.variable("cache", "self_value", jnp.zeros, (b, n, s, h), cfg.dtype)
       if initialized:
         # [B, 1, N, H] -> [B, N, 1, H]: a transpose of one position, not of the cache.
-        k_new = jnp.transpose(project_k(kv_bsd), (0, 2, 1, 3))
-        v_new = jnp.transpose(project_v(kv_bsd), (0, 2, 1, 3))
+        k_new, v_new = _swap_length_heads(project_k(kv_bsd)), _swap_length_heads(project_v(kv_bsd))
         start = (0, 0, cache_index, 0)
         cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_new, start)
         cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_new, start)
@@ -209,11 +207,16 @@ def attend_cached(cfg: T5Config, q_btnh, k_bnsh, v_bnsh, mask_bts, bias_nts):
   k_bnsh = constrain(k_bnsh, ("batch", "heads", "length", "kv"))
   v_bnsh = constrain(v_bnsh, ("batch", "heads", "length", "kv"))
   if attention_kernel(cfg, with_dropout=False) != "einsum":
-    to_bsnh = lambda x: jnp.transpose(x, (0, 2, 1, 3))
-    return attend(cfg, q_btnh, to_bsnh(k_bnsh), to_bsnh(v_bnsh), mask_bts, bias_nts)
+    return attend(cfg, q_btnh, _swap_length_heads(k_bnsh), _swap_length_heads(v_bnsh),
+                  mask_bts, bias_nts)
   logits_bnts = jnp.einsum("BTNH,BNSH->BNTS", q_btnh, k_bnsh)
   weights_bnts = _attention_weights(cfg, logits_bnts, mask_bts, bias_nts)
   return jnp.einsum("BNTS,BNSH->BTNH", weights_bnts, v_bnsh)
+
+
+def _swap_length_heads(x):
+  """[B, S, N, H] <-> [B, N, S, H] (its own inverse)."""
+  return jnp.transpose(x, (0, 2, 1, 3))
 
 
 def _attention_weights(cfg: T5Config, logits_bnts, mask_bts, bias_nts):
