@@ -49,6 +49,8 @@ def parse_args(argv=None):
   p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes; -1 = the rest")
   p.add_argument("--attention_impl", default="auto", choices=model_config.ATTENTION_IMPLS,
                  help="T5Config.attention_impl (auto: cuDNN's fused kernel on a GPU)")
+  p.add_argument("--attention_query_block", type=int, default=0,
+                 help="T5Config.attention_query_block (0: all queries at once)")
   p.add_argument("--layers", type=int, default=None,
                  help="override encoder and decoder depth (shallow CPU runs)")
   p.add_argument("--peak_size", type=int, default=None,
@@ -66,7 +68,8 @@ def parse_args(argv=None):
 
 
 def model_cfg(args) -> model_config.T5Config:
-  overrides = {"dtype": args.dtype, "attention_impl": args.attention_impl}
+  overrides = {"dtype": args.dtype, "attention_impl": args.attention_impl,
+               "attention_query_block": args.attention_query_block}
   if args.layers:
     overrides.update(num_encoder_layers=args.layers, num_decoder_layers=args.layers)
   return model_config.get_config(args.model, **overrides)

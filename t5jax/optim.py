@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from t5jax import adafactor
+
 OPTIMIZERS = ("adafactor", "adamw")
 DECAYS = ("rsqrt", "constant", "linear", "cosine")
 
@@ -104,15 +106,15 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
   """The optimiser, with global-norm clipping first and the schedule injected."""
   schedule = learning_rate_schedule(cfg)
   if cfg.name == "adafactor":
-    core = optax.adafactor(
-        learning_rate=schedule, decay_rate=cfg.adafactor_decay_rate, clipping_threshold=1.0,
-        multiply_by_parameter_scale=True, momentum=None,
-        weight_decay_rate=cfg.weight_decay or None)
+    # optax's Adafactor arithmetic and state, computed in two passes per parameter.
+    core = adafactor.adafactor(schedule, decay_rate=cfg.adafactor_decay_rate,
+                               clip_global_norm=cfg.clip_grad_norm,
+                               weight_decay_rate=cfg.weight_decay)
   else:
     core = optax.adamw(learning_rate=schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                        weight_decay=cfg.weight_decay)
-  if cfg.clip_grad_norm:
-    core = optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm), core)
+    if cfg.clip_grad_norm:
+      core = optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm), core)
   if not cfg.trainable:
     return core
   pattern = re.compile(cfg.trainable)

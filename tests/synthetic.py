@@ -46,3 +46,26 @@ def unpack_row(batch, row, segment):
   out["encoder_segment_ids"] = (out["encoder_input_tokens"] > 0).astype(np.int32)
   out["decoder_segment_ids"] = out["decoder_loss_weights"].copy()
   return out
+
+
+def logits_and_grads(model, params, batch, vocab):
+  """The model's logits on a packed batch, and the gradient of a fixed random
+  projection of them: what two attention implementations must agree on."""
+  import jax
+  import jax.numpy as jnp
+  args = (batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+          batch["encoder_segment_ids"], batch["decoder_segment_ids"])
+  shape = batch["decoder_input_tokens"].shape + (vocab,)
+  weights_btv = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
+  loss = lambda p: jnp.sum(model.apply({"params": p}, *args) * weights_btv)
+  return model.apply({"params": params}, *args), jax.grad(loss)(params)
+
+
+def init_params(cfg):
+  """Unboxed parameters of a Transformer with config `cfg`, from key 0."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from t5jax.model import t5
+  tokens = jnp.ones((1, 8), jnp.int32)
+  return nn.meta.unbox(t5.Transformer(cfg).init(jax.random.key(0), tokens, tokens)["params"])

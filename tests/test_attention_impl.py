@@ -19,20 +19,13 @@ CFG = model_config.get_config("t5_1_1_tiny", dtype="float32", vocab_size=512, dr
 
 @pytest.fixture(scope="module")
 def params():
-  tokens = jnp.ones((1, 8), jnp.int32)
-  return nn.meta.unbox(t5.Transformer(CFG).init(jax.random.key(0), tokens, tokens)["params"])
+  return synthetic.init_params(CFG)
 
 
 def test_dot_product_attention_equals_the_einsums_on_packed_rows(params):
   batch = synthetic.packed_batch(batch_size=4, length=16)
-  args = (batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-          batch["encoder_segment_ids"], batch["decoder_segment_ids"])
-  weights_btv = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 512)), jnp.float32)
-
-  def logits_and_grads(impl):
-    model = t5.Transformer(CFG.replace(attention_impl=impl))
-    loss = lambda p: jnp.sum(model.apply({"params": p}, *args) * weights_btv)
-    return model.apply({"params": params}, *args), jax.grad(loss)(params)
+  logits_and_grads = lambda impl: synthetic.logits_and_grads(
+      t5.Transformer(CFG.replace(attention_impl=impl)), params, batch, 512)
   (ours, g_ours), (fused, g_fused) = logits_and_grads("einsum"), logits_and_grads("xla")
   valid = batch["decoder_segment_ids"] > 0
   np.testing.assert_allclose(np.asarray(fused)[valid], np.asarray(ours)[valid],

@@ -142,9 +142,8 @@ class Attention(nn.Module):
       k_bsnh, v_bsnh = project_k(kv_bsd), project_v(kv_bsd)
       k_bsnh = constrain(k_bsnh, ("batch", "length", "heads", "kv"))
       v_bsnh = constrain(v_bsnh, ("batch", "length", "heads", "kv"))
-      dropout = lambda w: nn.Dropout(cfg.dropout_rate)(w, deterministic=deterministic)
       out_btnh = attend(cfg, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts,
-                        None if deterministic else dropout)
+                        attention_dropout_rng(self, cfg, deterministic))
     out_btnh = out_btnh.reshape(x_btd.shape[:2] + (n, h))  # undoes the beam grouping
     out_btnh = constrain(out_btnh, ("batch", "length", "heads", "kv"))
     # One [B, T, N*H] x [N*H, D] matmul: contracting (N, H) as two axes let XLA pick a
@@ -169,18 +168,25 @@ def attention_kernel(cfg: T5Config, with_dropout: bool) -> str:
   return "cudnn" if jax.default_backend() == "gpu" and fits else "einsum"
 
 
-def attend(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dropout=None):
+def attention_dropout_rng(module: nn.Module, cfg: T5Config, deterministic: bool):
+  """The key for attention-weight dropout, or None where there is none."""
+  if deterministic or cfg.dropout_rate == 0:
+    return None
+  return module.make_rng("dropout")
+
+
+def attend(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dropout_rng=None):
   """softmax(Q K^T + bias, masked) V per head, without 1/sqrt(H) scaling.
 
   Args:
     q_btnh, k_bsnh, v_bsnh: projected queries, keys and values.
     mask_bts: bool, True where a query may attend to a key (B or 1 leading, T may be 1).
     bias_nts: additive position bias or None.
-    dropout: applied to the attention weights (training), or None.
+    dropout_rng: key for dropout on the attention weights (training), or None.
   Returns:
     [B, T, N, H] attention output.
   """
-  kernel = attention_kernel(cfg, dropout is not None)
+  kernel = attention_kernel(cfg, dropout_rng is not None)
   if kernel != "einsum":
     bias = None if bias_nts is None else bias_nts[None]
     try:
@@ -191,11 +197,53 @@ def attend(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dropout=No
       # the fused kernel only where it applies; an explicit choice must fail.
       if cfg.attention_impl != "auto":
         raise
+  block = cfg.attention_query_block
+  if block and q_btnh.shape[1] > block:
+    return _attend_in_query_blocks(cfg, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts,
+                                   dropout_rng, block)
+  return _attend_einsum(cfg, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dropout_rng)
+
+
+def _attend_einsum(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dropout_rng):
   logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bsnh)
   weights_bnts = _attention_weights(cfg, logits_bnts, mask_bts, bias_nts)
-  if dropout is not None:
-    weights_bnts = dropout(weights_bnts)
+  if dropout_rng is not None:
+    keep = 1.0 - cfg.dropout_rate
+    kept_bnts = jax.random.bernoulli(dropout_rng, keep, weights_bnts.shape)
+    weights_bnts = jnp.where(kept_bnts, weights_bnts / keep, 0).astype(weights_bnts.dtype)
   return jnp.einsum("BNTS,BSNH->BTNH", weights_bnts, v_bsnh)
+
+
+def _attend_in_query_blocks(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts,
+                            dropout_rng, block: int):
+  """attend() one block of `block` queries at a time, each block rematerialised.
+
+  The [B, N, T, S] scores and weights exist one [B, N, block, S] slice at a time,
+  in the forward and, because each block is under jax.checkpoint, in the backward
+  too: the price is computing each block's scores once more in the backward.
+  Softmax is per query, so the result is the unblocked one. The last block is
+  padded with masked queries that are dropped.
+  """
+  b, t, n, h = q_btnh.shape
+  blocks = -(-t // block)
+  pad = blocks * block - t
+  split = lambda x_t, axis: jnp.moveaxis(
+      x_t.reshape(x_t.shape[:axis] + (blocks, block) + x_t.shape[axis + 1:]), axis, 0)
+  q_jbcnh = split(jnp.pad(q_btnh, ((0, 0), (0, pad), (0, 0), (0, 0))), 1)
+  per_block = {"q": q_jbcnh, "index": jnp.arange(blocks)}
+  if mask_bts.shape[1] != 1:  # one row per query (causal or packed); else shared by all
+    per_block["mask"] = split(jnp.pad(mask_bts, ((0, 0), (0, pad), (0, 0))), 1)
+  if bias_nts is not None:
+    per_block["bias"] = split(jnp.pad(bias_nts, ((0, 0), (0, pad), (0, 0))), 1)
+
+  @jax.checkpoint
+  def one_block(xs):
+    rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, xs["index"])
+    return _attend_einsum(cfg, xs["q"], k_bsnh, v_bsnh, xs.get("mask", mask_bts),
+                          xs.get("bias"), rng)
+
+  out_jbcnh = jax.lax.map(one_block, per_block)
+  return jnp.moveaxis(out_jbcnh, 0, 1).reshape(b, blocks * block, n, h)[:, :t]
 
 
 def attend_cached(cfg: T5Config, q_btnh, k_bnsh, v_bnsh, mask_bts, bias_nts):

@@ -185,9 +185,8 @@ def _routed_attention(parent: nn.Module, name: str, slots_bt, kv_slots_bs, x_btd
   q_btnh = project(q_blocks, x_jcd, w["query"], x_btd.shape[:2])
   k_bsnh = project(kv_blocks, kv_jcd, w_kv["key"], kv_bsd.shape[:2])
   v_bsnh = project(kv_blocks, kv_jcd, w_kv["value"], kv_bsd.shape[:2])
-  dropout = lambda w_bnts: nn.Dropout(cfg.dropout_rate)(w_bnts, deterministic=deterministic)
   out_btnh = layers.attend(cfg, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts,
-                           None if deterministic else dropout)
+                           layers.attention_dropout_rng(parent, cfg, deterministic))
   out_btnh = constrain(out_btnh, axes)
   # (N, H) contracted as one N*H axis, as layers.Attention does.
   out_jcnh, w_out_jnhd = dispatch(q_blocks, out_btnh), w["out"]
