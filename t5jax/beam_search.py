@@ -21,6 +21,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from t5jax.vocab_reduce import log_softmax
+
 # Finite, so that NEG_INF + log p stays ordered and never turns into NaN.
 NEG_INF = -1.0e7
 
@@ -104,7 +106,7 @@ def beam_search(tokens_to_logits: Callable, reorder_cache: Callable, cache, *, b
     if v < 2 * k:
       raise ValueError(f"num_beams={k} needs a vocabulary of at least {2 * k} tokens, got "
                        f"{v}; use fewer beams.")
-    logprob_fv = jax.nn.log_softmax(logits_fv.astype(jnp.float32))
+    logprob_fv = log_softmax(logits_fv.astype(jnp.float32))
     if guard is not None:
       logprob_fv = guard(logprob_fv, s.live_seqs_bkl.reshape(b * k, l), s.i, start_id)
     logprob_bkv = logprob_fv.reshape(b, k, v)

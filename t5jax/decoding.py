@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from t5jax import beam_search
+from t5jax import beam_search, vocab_reduce
 from t5jax.logits_processors import RepetitionGuard
 
 PAD_ID = 0  # T5 starts decoding from the pad id
@@ -183,7 +183,7 @@ def _decode_loop(model, params, encoder_input_tokens, max_decode_length: int, ch
 
 def _argmax(logits_bv, key):
   del key
-  return jnp.argmax(logits_bv, axis=-1)
+  return vocab_reduce.argmax(logits_bv)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "guard"))

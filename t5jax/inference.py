@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from t5jax import checkpoint, decoding
+from t5jax import checkpoint, decoding, vocab_reduce
 from t5jax.model import t5
 from t5jax.model.config import T5Config
 
@@ -217,6 +217,6 @@ def _log_likelihood(model, params, encoder_tokens, targets, task_slots_b):
   slots_b1 = decoding.row_slots(task_slots_b)
   logits = model.apply({"params": params}, encoder_tokens, decoder_inputs,
                        encoder_task_slots=slots_b1, decoder_task_slots=slots_b1)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  logp = vocab_reduce.log_softmax(logits.astype(jnp.float32))
   token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
   return jnp.sum(token_logp * (targets > 0), axis=-1)
