@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from t5jax.vocab_reduce import log_softmax
+from t5jax import vocab_reduce
 
 # Finite, so that NEG_INF + log p stays ordered and never turns into NaN.
 NEG_INF = -1.0e7
@@ -106,13 +106,13 @@ def beam_search(tokens_to_logits: Callable, reorder_cache: Callable, cache, *, b
     if v < 2 * k:
       raise ValueError(f"num_beams={k} needs a vocabulary of at least {2 * k} tokens, got "
                        f"{v}; use fewer beams.")
-    logprob_fv = log_softmax(logits_fv.astype(jnp.float32))
+    logprob_fv = vocab_reduce.log_softmax(logits_fv.astype(jnp.float32))
     if guard is not None:
       logprob_fv = guard(logprob_fv, s.live_seqs_bkl.reshape(b * k, l), s.i, start_id)
     logprob_bkv = logprob_fv.reshape(b, k, v)
     cand_bkv = s.live_logprob_bk[:, :, None] + logprob_bkv
     # 2K candidates: at most K of them end with EOS (one per beam), so K stay live.
-    top_logprob_bc, flat_bc = jax.lax.top_k(cand_bkv.reshape(b, k * v), 2 * k)
+    top_logprob_bc, flat_bc = vocab_reduce.top_k(cand_bkv.reshape(b, k * v), 2 * k)
     parent_bc, token_bc = flat_bc // v, (flat_bc % v).astype(jnp.int32)
     seqs_bcl = _take(s.live_seqs_bkl, parent_bc)
     seqs_bcl = jax.lax.dynamic_update_slice(seqs_bcl, token_bc[:, :, None], (0, 0, s.i))

@@ -32,3 +32,19 @@ def test_log_softmax_is_jax_log_softmax():
   got = jax.jit(vocab_reduce.log_softmax)(logits_btv)
   np.testing.assert_allclose(got, jax.nn.log_softmax(logits_btv), rtol=1e-6, atol=2e-5)
   np.testing.assert_allclose(jnp.sum(jnp.exp(got), axis=-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n,k", [(4 * 32128, 8), (32128, 2), (1000, 8), (300, 4), (40, 3)])
+def test_top_k_is_lax_top_k_including_ties(n, k):
+  rng = np.random.default_rng(n + k)
+  x_bn = rng.normal(size=(5, n)).astype(np.float32)
+  x_bn[1] = rng.integers(0, 3, size=n)          # few distinct values: ties everywhere
+  x_bn[2] = -1e7                                # all equal
+  x_bn[2, [n - 1, n // 2]] = 1.0
+  x_bn[3, : n // 2] = -np.inf                   # masked entries
+  x_bn[4] = 0.0
+  x_bn[4, [(5 * 128 + 3) % n, 3, 128 * (n // 256)]] = 2.0  # ties across blocks and in block 0
+  want_values, want_index = jax.lax.top_k(jnp.asarray(x_bn), k)
+  got_values, got_index = jax.jit(vocab_reduce.top_k, static_argnums=1)(jnp.asarray(x_bn), k)
+  np.testing.assert_array_equal(got_values, want_values)
+  np.testing.assert_array_equal(got_index, want_index)
