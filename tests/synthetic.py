@@ -57,8 +57,9 @@ def logits_and_grads(model, params, batch, vocab):
           batch["encoder_segment_ids"], batch["decoder_segment_ids"])
   shape = batch["decoder_input_tokens"].shape + (vocab,)
   weights_btv = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
-  loss = lambda p: jnp.sum(model.apply({"params": p}, *args) * weights_btv)
-  return model.apply({"params": params}, *args), jax.grad(loss)(params)
+  logits = jax.jit(lambda p: model.apply({"params": p}, *args))
+  loss = lambda p: jnp.sum(logits(p) * weights_btv)
+  return logits(params), jax.jit(jax.grad(loss))(params)
 
 
 def init_params(cfg):

@@ -10,7 +10,7 @@ from t5jax.model import config as model_config
 from t5jax.model import layers, t5
 
 CFG = model_config.get_config("t5_1_1_tiny", dtype="float32", vocab_size=512, dropout_rate=0.0,
-                              num_encoder_layers=2, num_decoder_layers=2, attention_impl="einsum")
+                              num_encoder_layers=1, num_decoder_layers=1, attention_impl="einsum")
 
 
 def _qkv(b=2, t=10, s=12, n=3, h=5, seed=0):
@@ -36,8 +36,8 @@ def test_blocks_equal_the_unblocked_attention_and_its_gradients(mask_kind):
     cfg = CFG.replace(attention_query_block=block)
     f = lambda q, k, v, bias: jnp.sum(
         layers.attend(cfg, q, k, v, mask_bts, bias) * probe_btnh)
-    out = layers.attend(cfg, q, k, v, mask_bts, bias_nts)
-    return out, jax.grad(f, argnums=(0, 1, 2, 3))(q, k, v, bias_nts)
+    out = jax.jit(lambda *a: layers.attend(cfg, *a))(q, k, v, mask_bts, bias_nts)
+    return out, jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))(q, k, v, bias_nts)
 
   want, want_grads = run(0)
   for block in (4, 5):  # 10 queries: 3 blocks with 2 padded queries, and 2 exact blocks
@@ -86,7 +86,8 @@ def test_the_model_trains_with_query_blocks_and_dropout(params):
   model = t5.Transformer(CFG.replace(attention_query_block=8, dropout_rate=0.1))
   loss = lambda p, rng: jnp.mean(model.apply({"params": p}, *args, enable_dropout=True,
                                              rngs={"dropout": rng}) ** 2)
-  values = [jax.value_and_grad(loss)(params, jax.random.key(i)) for i in (0, 1)]
+  loss_and_grads = jax.jit(jax.value_and_grad(loss))
+  values = [loss_and_grads(params, jax.random.key(i)) for i in (0, 1)]
   assert all(np.isfinite(float(value)) for value, _ in values)
   assert float(values[0][0]) != float(values[1][0])  # dropout took effect
 
