@@ -2,7 +2,6 @@
 kernel, run with its "xla" implementation on CPU) computes what the einsums compute,
 with T5's relative-position bias, no 1/sqrt(d) scaling, and packing, causal and
 decode-cache masks."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
