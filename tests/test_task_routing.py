@@ -96,12 +96,12 @@ def layer_case():
 def test_routed_layer_equals_dense_selection_outputs_and_gradients(layer_case):
   params, (x, kv, mask, slots, kv_slots) = layer_case
   weights_btd = jnp.asarray(np.random.default_rng(3).normal(size=x.shape), jnp.float32)
-  routed = lambda p: _Layer(CFG).apply({"params": p}, x, kv, mask, slots, kv_slots)
-  dense = lambda p: _dense(p, x, kv, mask, slots)
+  routed = jax.jit(lambda p: _Layer(CFG).apply({"params": p}, x, kv, mask, slots, kv_slots))
+  dense = jax.jit(lambda p: _dense(p, x, kv, mask, slots))
   np.testing.assert_allclose(np.asarray(routed(params)), np.asarray(dense(params)),
                              rtol=1e-5, atol=1e-5)
-  loss = lambda f: lambda p: jnp.sum(f(p) * weights_btd)
-  g_routed, g_dense = jax.grad(loss(routed))(params), jax.grad(loss(dense))(params)
+  loss = lambda f: jax.jit(jax.grad(lambda p: jnp.sum(f(p) * weights_btd)))
+  g_routed, g_dense = loss(routed)(params), loss(dense)(params)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_routed),
                           jax.tree.leaves(g_dense)):
     # fp32 rounding of gradients that reach a few hundred: relative to the leaf's scale.
