@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 
+from decode import median_times  # noqa: E402 (benchmarks/decode.py, beside this script)
 from report import emit_json
 
 
@@ -45,13 +46,7 @@ def parse_args(argv=None):
 
 def seconds_per_call(fn, repeats: int) -> float:
   """Median wall seconds of `fn()` over `repeats` calls, after two untimed ones."""
-  fn(), fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return statistics.median(median_times(fn, warmup=2, repeats=repeats)[1])
 
 
 def xla_bytes_per_s(rows_bd: np.ndarray, kernel_dv: np.ndarray, repeats: int) -> float:

@@ -1,4 +1,7 @@
 """Packed encoder-decoder batches with known structure, for model-level tests."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -51,8 +54,6 @@ def unpack_row(batch, row, segment):
 def logits_and_grads(model, params, batch, vocab):
   """The model's logits on a packed batch, and the gradient of a fixed random
   projection of them: what two attention implementations must agree on."""
-  import jax
-  import jax.numpy as jnp
   args = (batch["encoder_input_tokens"], batch["decoder_input_tokens"],
           batch["encoder_segment_ids"], batch["decoder_segment_ids"])
   shape = batch["decoder_input_tokens"].shape + (vocab,)
@@ -64,9 +65,16 @@ def logits_and_grads(model, params, batch, vocab):
 
 def init_params(cfg):
   """Unboxed parameters of a Transformer with config `cfg`, from key 0."""
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
   from t5jax.model import t5
   tokens = jnp.ones((1, 8), jnp.int32)
   return nn.meta.unbox(t5.Transformer(cfg).init(jax.random.key(0), tokens, tokens)["params"])
+
+
+def assert_grads_close(got, want):
+  """Two gradient trees equal up to fp32 rounding: each leaf within rtol 1e-4 and an
+  absolute 1e-6 of its own largest entry (gradients that reach a few hundred)."""
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-6 * float(jnp.abs(b).max()) + 1e-7,
+                               err_msg=jax.tree_util.keystr(path))
