@@ -110,33 +110,34 @@ class Attention(nn.Module):
 
     if decode and self.decode_role == "cross":
       # The encoder output is fixed during decoding: project it once.
-      # Cached K/V are kept heads-major, [B, N, S, H]: the layout the per-head
-      # matmuls read, so a decode step transposes nothing (it used to copy every
-      # layer's K and V each step).
-      cached_k = self.variable("cache", "cross_key", lambda: _swap_length_heads(project_k(kv_bsd)))
+      # Cached K/V are kept in the layouts the per-head matmuls read as they are
+      # (see attend_cached): K as [B, N, H, S], V as [B, N, S, H].
+      cached_k = self.variable("cache", "cross_key", lambda: _keys_bnhs(project_k(kv_bsd)))
       cached_v = self.variable("cache", "cross_value",
                                lambda: _swap_length_heads(project_v(kv_bsd)))
-      k_bnsh, v_bnsh = cached_k.value, cached_v.value
+      k_bnhs, v_bnsh = cached_k.value, cached_v.value
       # Beam search keeps one copy of an input's K/V for all its beams: rows
       # b*G .. b*G+G-1 of the queries attend as G more query positions of input b.
-      groups = q_btnh.shape[0] // k_bnsh.shape[0]
+      groups = q_btnh.shape[0] // k_bnhs.shape[0]
       if groups > 1:
-        q_btnh = q_btnh.reshape((k_bnsh.shape[0], groups * q_btnh.shape[1], n, h))
+        q_btnh = q_btnh.reshape((k_bnhs.shape[0], groups * q_btnh.shape[1], n, h))
         if mask_bts.shape[0] == x_btd.shape[0]:
-          mask_bts = mask_bts.reshape((k_bnsh.shape[0], -1, mask_bts.shape[-1]))
-      out_btnh = attend_cached(cfg, q_btnh, k_bnsh, v_bnsh, mask_bts, bias_nts)
+          mask_bts = mask_bts.reshape((k_bnhs.shape[0], -1, mask_bts.shape[-1]))
+      out_btnh = attend_cached(cfg, q_btnh, k_bnhs, v_bnsh, mask_bts, bias_nts)
     elif decode and self.decode_role == "self":
       # kv_bsd holds the full-length dummy on the call that creates the cache.
       initialized = self.has_variable("cache", "self_key")
       b, s = kv_bsd.shape[0], kv_bsd.shape[1]
-      cached_k = self.variable("cache", "self_key", jnp.zeros, (b, n, s, h), cfg.dtype)
+      cached_k = self.variable("cache", "self_key", jnp.zeros, (b, n, h, s), cfg.dtype)
       cached_v = self.variable("cache", "self_value", jnp.zeros, (b, n, s, h), cfg.dtype)
       if initialized:
-        # [B, 1, N, H] -> [B, N, 1, H]: a transpose of one position, not of the cache.
-        k_new, v_new = _swap_length_heads(project_k(kv_bsd)), _swap_length_heads(project_v(kv_bsd))
-        start = (0, 0, cache_index, 0)
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_new, start)
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_new, start)
+        # The new position's K [B, N, H, 1] and V [B, N, 1, H]: transposes of one
+        # position, not of the cache.
+        k_new, v_new = _keys_bnhs(project_k(kv_bsd)), _swap_length_heads(project_v(kv_bsd))
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_new,
+                                                      (0, 0, 0, cache_index))
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_new,
+                                                      (0, 0, cache_index, 0))
       out_btnh = attend_cached(cfg, q_btnh, cached_k.value, cached_v.value, mask_bts, bias_nts)
     else:
       k_bsnh, v_bsnh = project_k(kv_bsd), project_v(kv_bsd)
@@ -246,25 +247,35 @@ def _attend_in_query_blocks(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bia
   return jnp.moveaxis(out_jbcnh, 0, 1).reshape(b, blocks * block, n, h)[:, :t]
 
 
-def attend_cached(cfg: T5Config, q_btnh, k_bnsh, v_bnsh, mask_bts, bias_nts):
-  """attend() over a decode cache held heads-major ([B, N, S, H]).
+def attend_cached(cfg: T5Config, q_btnh, k_bnhs, v_bnsh, mask_bts, bias_nts):
+  """attend() over a decode cache: keys as [B, N, H, S], values as [B, N, S, H].
 
-  The einsums read that layout as it is (batch and heads leading, as the matmul
-  wants them); the fused kernels take [B, S, N, H], so they get a transposed copy.
+  Per (batch, head), the two einsums are then plain [T, H] x [H, S] and
+  [T, S] x [S, H] matmuls that read the cache as it lies, with the output kept
+  heads-major until the end. On CPU this ran beam search's grouped cross-attention
+  (4 queries per input) 2.9-3.9x faster than keys as [B, N, S, H] with a [B, T, N, H]
+  output (XLA transposed or repacked every head's keys each step); one query per
+  row ran at the same speed or faster. The fused kernels take [B, S, N, H], so
+  they get transposed copies.
   """
-  k_bnsh = constrain(k_bnsh, ("batch", "heads", "length", "kv"))
+  k_bnhs = constrain(k_bnhs, ("batch", "heads", "kv", "length"))
   v_bnsh = constrain(v_bnsh, ("batch", "heads", "length", "kv"))
   if attention_kernel(cfg, with_dropout=False) != "einsum":
-    return attend(cfg, q_btnh, _swap_length_heads(k_bnsh), _swap_length_heads(v_bnsh),
-                  mask_bts, bias_nts)
-  logits_bnts = jnp.einsum("BTNH,BNSH->BNTS", q_btnh, k_bnsh)
+    return attend(cfg, q_btnh, jnp.transpose(k_bnhs, (0, 3, 1, 2)),
+                  _swap_length_heads(v_bnsh), mask_bts, bias_nts)
+  logits_bnts = jnp.einsum("BNTH,BNHS->BNTS", _swap_length_heads(q_btnh), k_bnhs)
   weights_bnts = _attention_weights(cfg, logits_bnts, mask_bts, bias_nts)
-  return jnp.einsum("BNTS,BNSH->BTNH", weights_bnts, v_bnsh)
+  return _swap_length_heads(jnp.einsum("BNTS,BNSH->BNTH", weights_bnts, v_bnsh))
 
 
 def _swap_length_heads(x):
   """[B, S, N, H] <-> [B, N, S, H] (its own inverse)."""
   return jnp.transpose(x, (0, 2, 1, 3))
+
+
+def _keys_bnhs(k_bsnh):
+  """Keys [B, S, N, H] as the decode cache holds them, [B, N, H, S]."""
+  return jnp.transpose(k_bsnh, (0, 2, 3, 1))
 
 
 def _attention_weights(cfg: T5Config, logits_bnts, mask_bts, bias_nts):
