@@ -5,8 +5,10 @@ A random transformers T5ForConditionalGeneration with the dims of a t5jax size
 t5jax.interop, so both sides run the same network and their outputs can be
 compared token for token. Both decode with a KV cache: greedy, then beam search
 (length penalty 0 on both sides, since HF's penalty formula differs from T5's;
-HF with early_stopping=True). It prints a table, the t5jax / HF ratio per
-strategy, and one JSON line (appended to --json_out if given).
+HF with early_stopping=True). The two sides take turns call by call (see
+paired_times), so both see the same machine. It prints a table, the t5jax / HF
+ratio per strategy (of the median times) with the spread of the per-round ratios,
+and one JSON line (appended to --json_out if given).
 
   python benchmarks/decode.py --model t5_1_1_small --layers 2 --dtype float32 \\
       --batch 8 --inputs_length 64 --decode_length 32
@@ -98,24 +100,24 @@ def steps_run(tokens_bl) -> int:
   return int(np.where(eos.any(1), eos.argmax(1) + 1, t.shape[1]).max())
 
 
-def bench_t5jax(cfg, params, enc_bs, args) -> dict:
+def t5jax_runs(cfg, params, enc_bs, args) -> dict:
+  """Per strategy, a function that runs one generate() call -> (tokens, logprob)."""
   model = t5.Transformer(cfg)
   enc = jax.device_put(enc_bs)
-  out = {}
+  runs = {}
   for name, strategy in (
       ("greedy", decoding.DecodeConfig("greedy")),
       ("beam", decoding.DecodeConfig("beam", num_beams=args.num_beams, alpha=0.0))):
-    def run():
-      return jax.block_until_ready(decoding.generate(
+    def run(strategy=strategy):
+      res = jax.block_until_ready(decoding.generate(
           model, params, enc, max_decode_length=args.decode_length, strategy=strategy))
-    warm, timed = median_times(run, args.warmup, args.repeats)
-    res = run()
-    out[name] = {"s": statistics.median(timed), "times_s": timed, "warmup_s": warm,
-                 "tokens": np.asarray(res.tokens_bl), "logprob": np.asarray(res.logprob_b)}
-  return out
+      return np.asarray(res.tokens_bl), np.asarray(res.logprob_b)
+    runs[name] = run
+  return runs
 
 
-def bench_hf(hf, enc_bs, args) -> dict:
+def hf_runs(hf, enc_bs, args) -> tuple[dict, dict]:
+  """Per strategy, a function that runs one HF generate() call -> tokens; and facts."""
   import torch
 
   device = torch.device("cuda" if torch.cuda.is_available() and
@@ -126,24 +128,40 @@ def bench_hf(hf, enc_bs, args) -> dict:
   ids = torch.from_numpy(enc_bs).long().to(device)
   mask = (ids > 0).long()
   sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-  out = {"threads": torch.get_num_threads(), "device": str(device)}
+  runs = {}
   for name, kwargs in (
       ("greedy", dict(num_beams=1)),
       ("beam", dict(num_beams=args.num_beams, length_penalty=0.0, early_stopping=True))):
-    def run():
+    def run(kwargs=kwargs):
       with torch.no_grad():
         seqs = hf.generate(input_ids=ids, attention_mask=mask, do_sample=False,
                            max_new_tokens=args.decode_length, use_cache=True, **kwargs)
       sync()
-      return seqs
-    warm, timed = median_times(run, args.warmup, args.repeats)
-    seqs = run()[:, 1:].cpu().numpy()  # drop the start token
-    seqs = np.pad(seqs, ((0, 0), (0, args.decode_length - seqs.shape[1])))
-    eos = (seqs == decoding.EOS_ID).astype(int)
-    seqs = np.where(np.cumsum(eos, 1) - eos > 0, 0, seqs)  # HF pads with EOS, we with 0
-    out[name] = {"s": statistics.median(timed), "times_s": timed, "warmup_s": warm,
-                 "tokens": seqs}
-  return out
+      seqs = seqs[:, 1:].cpu().numpy()  # drop the start token
+      seqs = np.pad(seqs, ((0, 0), (0, args.decode_length - seqs.shape[1])))
+      eos = (seqs == decoding.EOS_ID).astype(int)
+      return np.where(np.cumsum(eos, 1) - eos > 0, 0, seqs)  # HF pads with EOS, we with 0
+    runs[name] = run
+  return runs, {"threads": torch.get_num_threads(), "device": str(device)}
+
+
+def paired_times(fns: dict, warmup: int, repeats: int) -> tuple[dict, dict]:
+  """Wall times of each fn() over `repeats` rounds that take turns, after `warmup`
+  untimed calls of each: (timed, warm-up), both {name: [seconds]}.
+
+  The sides alternate call by call, in reversed order every other round (A B B A ...),
+  so a slow spell of a shared machine falls on both sides alike and the per-round
+  ratios see the same machine.
+  """
+  warm = {name: median_times(fn, warmup, 0)[0] for name, fn in fns.items()}
+  timed = {name: [] for name in fns}
+  order = list(fns)
+  for r in range(repeats):
+    for name in (order if r % 2 == 0 else order[::-1]):
+      start = time.perf_counter()
+      fns[name]()
+      timed[name].append(time.perf_counter() - start)
+  return timed, warm
 
 
 def machine() -> dict:
@@ -161,33 +179,40 @@ def main(argv=None):
   hf, cfg, params = make_pair(args)
   enc_bs = np.random.default_rng(0).integers(2, cfg.vocab_size, (b, s)).astype(np.int32)
   info = machine()
-  ours = bench_t5jax(cfg, params, enc_bs, args)
-  theirs = None if args.skip_hf else bench_hf(hf, enc_bs, args)
+  ours = t5jax_runs(cfg, params, enc_bs, args)
+  theirs, hf_info = (None, None) if args.skip_hf else hf_runs(hf, enc_bs, args)
 
   rows = {}
   for name in ("greedy", "beam"):
-    r = {"t5jax_s": ours[name]["s"], "t5jax_times_s": ours[name]["times_s"],
-         "t5jax_first_call_s": ours[name]["warmup_s"][0],
-         "steps": steps_run(ours[name]["tokens"])}
+    fns = {"t5jax": ours[name]} if theirs is None else {"t5jax": ours[name], "hf": theirs[name]}
+    timed, warm = paired_times(fns, args.warmup, args.repeats)
+    tokens, _ = ours[name]()
+    r = {"t5jax_s": statistics.median(timed["t5jax"]), "t5jax_times_s": timed["t5jax"],
+         "t5jax_first_call_s": warm["t5jax"][0], "steps": steps_run(tokens)}
     r["t5jax_tokens_per_s"] = b * r["steps"] / r["t5jax_s"]
     if theirs:
-      hf_steps = steps_run(theirs[name]["tokens"])
-      r.update(hf_s=theirs[name]["s"], hf_times_s=theirs[name]["times_s"], hf_steps=hf_steps,
-               hf_tokens_per_s=b * hf_steps / theirs[name]["s"],
-               same_rows=int((theirs[name]["tokens"] == ours[name]["tokens"]).all(1).sum()))
+      hf_tokens = theirs[name]()
+      hf_steps = steps_run(hf_tokens)
+      r.update(hf_s=statistics.median(timed["hf"]), hf_times_s=timed["hf"], hf_steps=hf_steps,
+               same_rows=int((hf_tokens == tokens).all(1).sum()))
+      r["hf_tokens_per_s"] = b * hf_steps / r["hf_s"]
       r["t5jax_over_hf"] = r["t5jax_tokens_per_s"] / r["hf_tokens_per_s"]
+      # The same ratio per round (t5jax and HF back to back): its spread is the run's.
+      per_round = sorted(h / t * r["steps"] / hf_steps
+                         for t, h in zip(timed["t5jax"], timed["hf"]))
+      r["round_ratios"] = per_round
     rows[name] = r
   num_params = sum(x.size for x in jax.tree.leaves(params))
   result = {"benchmark": "decode", "model": args.model, "layers": args.layers,
             "dtype": args.dtype, "batch": b, "inputs_length": s, "decode_length": l,
             "num_beams": args.num_beams, "repeats": args.repeats, "machine": info,
-            "num_params": int(num_params), "hf_threads": theirs and theirs["threads"],
-            "hf_device": theirs and theirs["device"], "results": rows}
+            "num_params": int(num_params), "hf_threads": hf_info and hf_info["threads"],
+            "hf_device": hf_info and hf_info["device"], "results": rows}
 
   print(f"\n{args.model} (layers={args.layers or 'all'}, {num_params:,} params) {args.dtype}, "
         f"batch {b}, input {s}, decode {l}, {args.num_beams} beams; {info['jax_device']}, "
         f"{info['cpu']} ({info['affinity']} cores, load {info['loadavg_1m']:.1f})"
-        + (f"; HF on {theirs['device']}, {theirs['threads']} torch threads" if theirs else ""))
+        + (f"; HF on {hf_info['device']}, {hf_info['threads']} torch threads" if theirs else ""))
   print("tokens/s = batch x decode steps run / median wall time of one generate() call")
   print("| strategy | t5jax s | t5jax tok/s | HF s   | HF tok/s | t5jax/HF | same rows |")
   print("|----------|---------|-------------|--------|----------|----------|-----------|")
@@ -195,6 +220,10 @@ def main(argv=None):
     hf_part = (f"{r['hf_s']:6.3f} | {r['hf_tokens_per_s']:8,.0f} | {r['t5jax_over_hf']:7.2f}x "
                f"| {r['same_rows']:>4}/{b:<4} |") if theirs else "     - |        - |        - |        - |"
     print(f"| {name:8} | {r['t5jax_s']:7.3f} | {r['t5jax_tokens_per_s']:11,.0f} | {hf_part}")
+  if theirs:
+    print("per-round t5jax/HF (each round's two calls back to back), min-max: " + ", ".join(
+        f"{name} {r['round_ratios'][0]:.2f}-{r['round_ratios'][-1]:.2f}x"
+        for name, r in rows.items()))
   report.emit_json(result, args.json_out)
   return result
 
