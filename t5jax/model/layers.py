@@ -255,7 +255,7 @@ def attend_cached(cfg: T5Config, q_btnh, k_bnhs, v_bnsh, mask_bts, bias_nts):
   heads-major until the end. On CPU this ran beam search's grouped cross-attention
   (4 queries per input) 2.9-3.9x faster than keys as [B, N, S, H] with a [B, T, N, H]
   output (XLA transposed or repacked every head's keys each step); one query per
-  row ran at the same speed or faster. The fused kernels take [B, S, N, H], so
+  row ran at about the same speed or faster. The fused kernels take [B, S, N, H], so
   they get transposed copies.
   """
   k_bnhs = constrain(k_bnhs, ("batch", "heads", "kv", "length"))
