@@ -145,23 +145,24 @@ def hf_runs(hf, enc_bs, args) -> tuple[dict, dict]:
   return runs, {"threads": torch.get_num_threads(), "device": str(device)}
 
 
-def paired_times(fns: dict, warmup: int, repeats: int) -> tuple[dict, dict]:
+def paired_times(fns: dict, warmup: int, repeats: int) -> tuple[dict, dict, dict]:
   """Wall times of each fn() over `repeats` rounds that take turns, after `warmup`
-  untimed calls of each: (timed, warm-up), both {name: [seconds]}.
+  untimed calls of each: (timed, warm-up), both {name: [seconds]}, and {name: what
+  its last call returned}.
 
   The sides alternate call by call, in reversed order every other round (A B B A ...),
   so a slow spell of a shared machine falls on both sides alike and the per-round
   ratios see the same machine.
   """
   warm = {name: median_times(fn, warmup, 0)[0] for name, fn in fns.items()}
-  timed = {name: [] for name in fns}
+  timed, last = {name: [] for name in fns}, {}
   order = list(fns)
   for r in range(repeats):
     for name in (order if r % 2 == 0 else order[::-1]):
       start = time.perf_counter()
-      fns[name]()
+      last[name] = fns[name]()
       timed[name].append(time.perf_counter() - start)
-  return timed, warm
+  return timed, warm, last
 
 
 def machine() -> dict:
@@ -185,22 +186,21 @@ def main(argv=None):
   rows = {}
   for name in ("greedy", "beam"):
     fns = {"t5jax": ours[name]} if theirs is None else {"t5jax": ours[name], "hf": theirs[name]}
-    timed, warm = paired_times(fns, args.warmup, args.repeats)
-    tokens, _ = ours[name]()
+    timed, warm, last = paired_times(fns, args.warmup, args.repeats)
+    tokens, _ = last["t5jax"]
     r = {"t5jax_s": statistics.median(timed["t5jax"]), "t5jax_times_s": timed["t5jax"],
          "t5jax_first_call_s": warm["t5jax"][0], "steps": steps_run(tokens)}
     r["t5jax_tokens_per_s"] = b * r["steps"] / r["t5jax_s"]
     if theirs:
-      hf_tokens = theirs[name]()
+      hf_tokens = last["hf"]
       hf_steps = steps_run(hf_tokens)
       r.update(hf_s=statistics.median(timed["hf"]), hf_times_s=timed["hf"], hf_steps=hf_steps,
                same_rows=int((hf_tokens == tokens).all(1).sum()))
       r["hf_tokens_per_s"] = b * hf_steps / r["hf_s"]
       r["t5jax_over_hf"] = r["t5jax_tokens_per_s"] / r["hf_tokens_per_s"]
       # The same ratio per round (t5jax and HF back to back): its spread is the run's.
-      per_round = sorted(h / t * r["steps"] / hf_steps
-                         for t, h in zip(timed["t5jax"], timed["hf"]))
-      r["round_ratios"] = per_round
+      r["round_ratios"] = sorted(h / t * r["steps"] / hf_steps
+                                 for t, h in zip(timed["t5jax"], timed["hf"]))
     rows[name] = r
   num_params = sum(x.size for x in jax.tree.leaves(params))
   result = {"benchmark": "decode", "model": args.model, "layers": args.layers,
