@@ -94,3 +94,51 @@ def test_the_model_trains_with_query_blocks_and_dropout(params):
 def test_a_negative_query_block_is_refused():
   with pytest.raises(ValueError, match="attention_query_block=-1 must be >= 0"):
     CFG.replace(attention_query_block=-1)
+
+
+@pytest.mark.parametrize("mask_kind", ["per_query", "shared"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_row_by_row_equals_the_batched_attention_and_its_gradients(mask_kind, with_bias):
+  q, k, v, bias_nts = _qkv(b=3)
+  bias_nts = bias_nts if with_bias else None
+  b, t, s = q.shape[0], q.shape[1], k.shape[1]
+  if mask_kind == "per_query":
+    mask_bts = jnp.broadcast_to(jnp.arange(s)[None, None, :] <= jnp.arange(t)[None, :, None] + 2,
+                                (b, t, s)).at[1, :, -1].set(False)
+  else:
+    mask_bts = jnp.ones((1, 1, s), bool).at[0, 0, -3:].set(False)
+  probe_btnh = jax.random.normal(jax.random.key(9), q.shape)
+
+  def run(attend):
+    f = lambda q, k, v: jnp.sum(attend(CFG, q, k, v, mask_bts, bias_nts) * probe_btnh)
+    out = jax.jit(lambda *a: attend(CFG, *a, mask_bts, bias_nts))(q, k, v)
+    return out, jax.jit(jax.grad(f, argnums=(0, 1, 2)))(q, k, v)
+
+  batched = lambda cfg, *a: layers._attend_einsum(cfg, *a, None)  # 8 test devices: batched
+  assert not layers._row_by_row(q, k, None)
+  want, want_grads = run(batched)
+  got, got_grads = run(layers._attend_row_by_row)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_row_by_row_runs_only_on_one_cpu_device_for_long_rows_without_dropout(monkeypatch):
+  q, k, _, _ = _qkv(b=2, t=128, s=128)
+  monkeypatch.setattr(layers, "_on_one_cpu_device", lambda: True)
+  assert layers._row_by_row(q, k, None)
+  assert not layers._row_by_row(q[:, :64], k, None)  # 64 x 128 scores per head: batched
+  assert not layers._row_by_row(q[:1], k[:1], None)  # one row: nothing to split
+  assert not layers._row_by_row(q, k, jax.random.key(0))  # dropout: batched
+  monkeypatch.setattr(layers, "_on_one_cpu_device", lambda: False)
+  assert not layers._row_by_row(q, k, None)
+
+
+def test_the_model_row_by_row_equals_the_model_batched(params, monkeypatch):
+  batch = synthetic.packed_batch(batch_size=4, length=16)
+  want, g_want = synthetic.logits_and_grads(t5.Transformer(CFG), params, batch, 512)
+  monkeypatch.setattr(layers, "_on_one_cpu_device", lambda: True)
+  monkeypatch.setattr(layers, "ROW_BY_ROW_MIN_SCORES", 1)
+  got, g_got = synthetic.logits_and_grads(t5.Transformer(CFG), params, batch, 512)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  synthetic.assert_grads_close(g_got, g_want)

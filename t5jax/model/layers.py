@@ -205,7 +205,14 @@ def attend(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dropout_rn
   return _attend_einsum(cfg, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dropout_rng)
 
 
+# attend() takes one input row at a time (see _attend_row_by_row) on a single CPU
+# device once a row's scores have at least this many query-key pairs per head.
+ROW_BY_ROW_MIN_SCORES = 128 * 128
+
+
 def _attend_einsum(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dropout_rng):
+  if _row_by_row(q_btnh, k_bsnh, dropout_rng):
+    return _attend_row_by_row(cfg, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts)
   logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bsnh)
   weights_bnts = _attention_weights(cfg, logits_bnts, mask_bts, bias_nts)
   if dropout_rng is not None:
@@ -213,6 +220,44 @@ def _attend_einsum(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dr
     kept_bnts = jax.random.bernoulli(dropout_rng, keep, weights_bnts.shape)
     weights_bnts = jnp.where(kept_bnts, weights_bnts / keep, 0).astype(weights_bnts.dtype)
   return jnp.einsum("BNTS,BSNH->BTNH", weights_bnts, v_bsnh)
+
+
+def _row_by_row(q_btnh, k_bsnh, dropout_rng) -> bool:
+  """Whether attend() runs row by row: only on one CPU device (a loop over a
+  sharded batch axis would gather it), without dropout, for long rows."""
+  return (dropout_rng is None and q_btnh.shape[0] > 1
+          and q_btnh.shape[1] * k_bsnh.shape[1] >= ROW_BY_ROW_MIN_SCORES
+          and _on_one_cpu_device())
+
+
+def _on_one_cpu_device() -> bool:
+  return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
+def _attend_row_by_row(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts):
+  """_attend_einsum's result, one input row (all heads) at a time, heads-major.
+
+  A row's [N, T, S] scores (6 MB for 6 heads over 512 tokens) stay in the CPU's
+  cache between the scores matmul, the softmax and the values matmul, where the
+  whole batch's (48 MB at batch 8) went to memory and back at each of them; and
+  with the heads leading, each head's two matmuls are plain [T, H] x [H, S] and
+  [T, S] x [S, H] ones. On 2 CPU cores this ran a 512-token encoder attention
+  about 1.9x faster, 128 tokens 1.7x.
+  """
+  per_row = {"q": q_btnh, "k": k_bsnh, "v": v_bsnh}
+  if mask_bts.shape[0] != 1:  # else one mask for every row
+    per_row["mask"] = mask_bts
+
+  def one_row(xs):
+    q_nth = jnp.transpose(xs["q"], (1, 0, 2))
+    k_nhs = jnp.transpose(xs["k"], (1, 2, 0))
+    v_nsh = jnp.transpose(xs["v"], (1, 0, 2))
+    mask_1ts = xs["mask"][None] if "mask" in xs else mask_bts
+    logits_1nts = jnp.einsum("NTH,NHS->NTS", q_nth, k_nhs)[None]
+    weights_nts = _attention_weights(cfg, logits_1nts, mask_1ts, bias_nts)[0]
+    return jnp.transpose(jnp.einsum("NTS,NSH->NTH", weights_nts, v_nsh), (1, 0, 2))
+
+  return jax.lax.map(one_row, per_row)
 
 
 def _attend_in_query_blocks(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts,
