@@ -115,7 +115,7 @@ def test_row_by_row_equals_the_batched_attention_and_its_gradients(mask_kind, wi
     return out, jax.jit(jax.grad(f, argnums=(0, 1, 2)))(q, k, v)
 
   batched = lambda cfg, *a: layers._attend_einsum(cfg, *a, None)  # 8 test devices: batched
-  assert not layers._row_by_row(q, k, None)
+  assert not layers._row_by_row(CFG, q, k, None)
   want, want_grads = run(batched)
   got, got_grads = run(layers._attend_row_by_row)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
@@ -126,12 +126,13 @@ def test_row_by_row_equals_the_batched_attention_and_its_gradients(mask_kind, wi
 def test_row_by_row_runs_only_on_one_cpu_device_for_long_rows_without_dropout(monkeypatch):
   q, k, _, _ = _qkv(b=2, t=128, s=128)
   monkeypatch.setattr(layers, "_on_one_cpu_device", lambda: True)
-  assert layers._row_by_row(q, k, None)
-  assert not layers._row_by_row(q[:, :64], k, None)  # 64 x 128 scores per head: batched
-  assert not layers._row_by_row(q[:1], k[:1], None)  # one row: nothing to split
-  assert not layers._row_by_row(q, k, jax.random.key(0))  # dropout: batched
+  assert layers._row_by_row(CFG, q, k, None)
+  assert not layers._row_by_row(CFG.replace(attention_row_by_row=False), q, k, None)
+  assert not layers._row_by_row(CFG, q[:, :64], k, None)  # 64 x 128 scores per head
+  assert not layers._row_by_row(CFG, q[:1], k[:1], None)  # one row: nothing to split
+  assert not layers._row_by_row(CFG, q, k, jax.random.key(0))  # dropout: batched
   monkeypatch.setattr(layers, "_on_one_cpu_device", lambda: False)
-  assert not layers._row_by_row(q, k, None)
+  assert not layers._row_by_row(CFG, q, k, None)
 
 
 def test_the_model_row_by_row_equals_the_model_batched(params, monkeypatch):

@@ -90,6 +90,10 @@ class T5Config:
       are held one block at a time in the backward too, at the cost of recomputing
       each block's scores once more (mT5-base at 512 tokens: 3 x 384 MiB of scores
       become 3 x 96 MiB with 128). Same result; 0 computes all queries at once.
+    attention_row_by_row: on a single CPU device, the einsums' attention over rows
+      of at least 128 x 128 query-key pairs per head runs one input row at a time,
+      so that a row's scores stay in the CPU's cache (see layers._attend_row_by_row).
+      Same result; False computes the whole batch at once everywhere.
   """
 
   vocab_size: int = 32128
@@ -114,6 +118,7 @@ class T5Config:
   adapter_dim: int = 0
   attention_impl: str = "auto"
   attention_query_block: int = 0
+  attention_row_by_row: bool = True
 
   def __post_init__(self):
     # Gin and JSON metadata give lists; the config must stay hashable (a jit static).

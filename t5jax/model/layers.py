@@ -206,12 +206,13 @@ def attend(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dropout_rn
 
 
 # attend() takes one input row at a time (see _attend_row_by_row) on a single CPU
-# device once a row's scores have at least this many query-key pairs per head.
+# device, unless config.attention_row_by_row is False, once a row's scores have at
+# least this many query-key pairs per head.
 ROW_BY_ROW_MIN_SCORES = 128 * 128
 
 
 def _attend_einsum(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dropout_rng):
-  if _row_by_row(q_btnh, k_bsnh, dropout_rng):
+  if _row_by_row(cfg, q_btnh, k_bsnh, dropout_rng):
     return _attend_row_by_row(cfg, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts)
   logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bsnh)
   weights_bnts = _attention_weights(cfg, logits_bnts, mask_bts, bias_nts)
@@ -222,10 +223,10 @@ def _attend_einsum(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts, dr
   return jnp.einsum("BNTS,BSNH->BTNH", weights_bnts, v_bsnh)
 
 
-def _row_by_row(q_btnh, k_bsnh, dropout_rng) -> bool:
+def _row_by_row(cfg: T5Config, q_btnh, k_bsnh, dropout_rng) -> bool:
   """Whether attend() runs row by row: only on one CPU device (a loop over a
   sharded batch axis would gather it), without dropout, for long rows."""
-  return (dropout_rng is None and q_btnh.shape[0] > 1
+  return (cfg.attention_row_by_row and dropout_rng is None and q_btnh.shape[0] > 1
           and q_btnh.shape[1] * k_bsnh.shape[1] >= ROW_BY_ROW_MIN_SCORES
           and _on_one_cpu_device())
 
