@@ -57,7 +57,7 @@ def paired(name: str, fns: dict, args, repeats: int, check) -> dict:
 
 def main(argv=None):
   args = parse_args(argv)
-  if not layers._on_one_cpu_device():  # pylint: disable=protected-access
+  if not layers.on_one_cpu_device():
     raise SystemExit(f"Row-by-row attention runs only on one CPU device; this process has "
                      f"{jax.device_count()} {jax.default_backend()} device(s). Unset "
                      "XLA_FLAGS=--xla_force_host_platform_device_count (or JAX_PLATFORMS=cpu "

@@ -125,20 +125,20 @@ def test_row_by_row_equals_the_batched_attention_and_its_gradients(mask_kind, wi
 
 def test_row_by_row_runs_only_on_one_cpu_device_for_long_rows_without_dropout(monkeypatch):
   q, k, _, _ = _qkv(b=2, t=128, s=128)
-  monkeypatch.setattr(layers, "_on_one_cpu_device", lambda: True)
+  monkeypatch.setattr(layers, "on_one_cpu_device", lambda: True)
   assert layers._row_by_row(CFG, q, k, None)
   assert not layers._row_by_row(CFG.replace(attention_row_by_row=False), q, k, None)
   assert not layers._row_by_row(CFG, q[:, :64], k, None)  # 64 x 128 scores per head
   assert not layers._row_by_row(CFG, q[:1], k[:1], None)  # one row: nothing to split
   assert not layers._row_by_row(CFG, q, k, jax.random.key(0))  # dropout: batched
-  monkeypatch.setattr(layers, "_on_one_cpu_device", lambda: False)
+  monkeypatch.setattr(layers, "on_one_cpu_device", lambda: False)
   assert not layers._row_by_row(CFG, q, k, None)
 
 
 def test_the_model_row_by_row_equals_the_model_batched(params, monkeypatch):
   batch = synthetic.packed_batch(batch_size=4, length=16)
   want, g_want = synthetic.logits_and_grads(t5.Transformer(CFG), params, batch, 512)
-  monkeypatch.setattr(layers, "_on_one_cpu_device", lambda: True)
+  monkeypatch.setattr(layers, "on_one_cpu_device", lambda: True)
   monkeypatch.setattr(layers, "ROW_BY_ROW_MIN_SCORES", 1)
   got, g_got = synthetic.logits_and_grads(t5.Transformer(CFG), params, batch, 512)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

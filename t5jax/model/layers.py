@@ -228,10 +228,10 @@ def _row_by_row(cfg: T5Config, q_btnh, k_bsnh, dropout_rng) -> bool:
   sharded batch axis would gather it), without dropout, for long rows."""
   return (cfg.attention_row_by_row and dropout_rng is None and q_btnh.shape[0] > 1
           and q_btnh.shape[1] * k_bsnh.shape[1] >= ROW_BY_ROW_MIN_SCORES
-          and _on_one_cpu_device())
+          and on_one_cpu_device())
 
 
-def _on_one_cpu_device() -> bool:
+def on_one_cpu_device() -> bool:
   return jax.default_backend() == "cpu" and jax.device_count() == 1
 
 
