@@ -103,6 +103,8 @@ def steps_run(tokens_bl) -> int:
 def t5jax_runs(cfg, params, enc_bs, args) -> dict:
   """Per strategy, a function that runs one generate() call -> (tokens, logprob)."""
   model = t5.Transformer(cfg)
+  # Once per set of weights, as loading them (inference.Predictor does the same).
+  weights = decoding.prepare_weights(model, params)
   enc = jax.device_put(enc_bs)
   runs = {}
   for name, strategy in (
@@ -110,7 +112,7 @@ def t5jax_runs(cfg, params, enc_bs, args) -> dict:
       ("beam", decoding.DecodeConfig("beam", num_beams=args.num_beams, alpha=0.0))):
     def run(strategy=strategy):
       res = jax.block_until_ready(decoding.generate(
-          model, params, enc, max_decode_length=args.decode_length, strategy=strategy))
+          model, weights, enc, max_decode_length=args.decode_length, strategy=strategy))
       return np.asarray(res.tokens_bl), np.asarray(res.logprob_b)
     runs[name] = run
   return runs

@@ -297,3 +297,47 @@ def test_beam_search_matches_hugging_face():
   np.testing.assert_array_equal(ours.tokens_bl, hf_tokens)
   np.testing.assert_allclose(ours.logprob_b, hf_scores.numpy(), rtol=1e-5, atol=1e-4)
   assert not np.array_equal(ours.tokens_bl, greedy.tokens_bl)  # beam search did something
+
+
+def test_prepared_weights_decode_the_same_tokens_with_vocabulary_major_logits(tiny, monkeypatch):
+  model, params, enc = tiny["model"], tiny["params"], tiny["enc"]
+  # The 8 test devices: nothing to prepare. One CPU device: a [V, D] copy.
+  assert decoding.prepare_weights(model, params) is params
+  monkeypatch.setattr(decoding.layers, "on_one_cpu_device", lambda: True)
+  prepared = decoding.prepare_weights(model, params)
+  assert isinstance(prepared, decoding.DecodeWeights)
+  np.testing.assert_array_equal(prepared.layouts["decoder"]["logits_kernel_vd"],
+                                np.asarray(params["decoder"]["logits_dense"]).T)
+  assert decoding.prepare_weights(model, prepared) is prepared
+  # 8 rows greedy, 2 x 4 beams, 8 x 4 = 32 beams: each step's logits vocabulary-major.
+  for rows, strategy in ((8, DecodeConfig("greedy")), (2, DecodeConfig("beam", num_beams=4)),
+                         (8, DecodeConfig("beam", num_beams=4))):
+    want = generate(model, params, enc[:rows], max_decode_length=L, strategy=strategy)
+    got = generate(model, prepared, enc[:rows], max_decode_length=L, strategy=strategy)
+    np.testing.assert_array_equal(got.tokens_bl, want.tokens_bl)
+    np.testing.assert_allclose(got.logprob_b, want.logprob_b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_tied_output_kernel_is_read_vocabulary_major_on_one_cpu_device(monkeypatch):
+  cfg = CFG.replace(tie_word_embeddings=True)
+  model = t5.Transformer(cfg)
+  tokens = jnp.ones((1, 8), jnp.int32)
+  params = nn.meta.unbox(model.init(jax.random.key(1), tokens, tokens)["params"])
+  enc = np.random.default_rng(1).integers(2, cfg.vocab_size, (4, 16)).astype(np.int32)
+
+  def first_step(p):
+    encoded = decoding.encode(model, p, enc)
+    cache = decoding.init_cache(model, p, encoded, enc, L)
+    return decoding.decode_step(model, p, cache, encoded, enc, jnp.zeros((4,), jnp.int32))[0]
+
+  # The vocabulary-major product is the one behind an optimization barrier. (Fresh
+  # lambdas: JAX caches traces by function.)
+  vocab_major = lambda: "optimization_barrier" in str(
+      jax.make_jaxpr(lambda p: first_step(p))(params))
+  want = jax.jit(lambda p: first_step(p))(params)
+  assert not vocab_major()
+  monkeypatch.setattr(decoding.layers, "on_one_cpu_device", lambda: True)
+  assert decoding.prepare_weights(model, params) is params  # nothing to copy
+  assert vocab_major()
+  np.testing.assert_allclose(jax.jit(lambda p: first_step(p))(params), want, rtol=1e-5,
+                             atol=1e-5)

@@ -58,3 +58,18 @@ def test_score_keeps_input_order(predictor):
   one_batch = predictor.score(texts, targets, batch_size=len(texts))
   np.testing.assert_allclose(sorted_batches, one_batch, rtol=1e-4)
   assert len(set(np.round(one_batch, 3))) == len(texts)
+
+
+def test_generate_prepares_the_weights_once_and_decodes_the_same(predictor, monkeypatch):
+  texts = _texts()
+  want = predictor.generate(texts, batch_size=3, max_decode_length=8)
+  assert predictor.decode_weights() is predictor.params  # 8 test devices: nothing to copy
+  monkeypatch.setattr(decoding.layers, "on_one_cpu_device", lambda: True)
+  monkeypatch.setattr(predictor, "params", dict(predictor.params))  # replaced: made again
+  prepared = predictor.decode_weights()
+  assert isinstance(prepared, decoding.DecodeWeights)
+  got = predictor.generate(texts, batch_size=3, max_decode_length=8)
+  assert predictor.decode_weights() is prepared  # once per set of weights
+  assert [g.tokens for g in got] == [g.tokens for g in want]
+  np.testing.assert_allclose([g.log_likelihood for g in got],
+                             [g.log_likelihood for g in want], rtol=1e-4)
