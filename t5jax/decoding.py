@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from t5jax import beam_search, vocab_reduce
 from t5jax.logits_processors import RepetitionGuard
@@ -113,21 +115,50 @@ class DecodeWeights(NamedTuple):
   layouts: dict
 
 
-def prepare_weights(model, params):
-  """params, with a [V, D] copy of an untied output kernel where decoding is on one
-  CPU device (t5.Decoder then computes the logits of small decode steps
-  vocabulary-major); elsewhere, or with tied embeddings, params as they are.
+# The decoder's kernels a decode step multiplies by: name -> (number of input axes,
+# of all axes), without a scanned "layers" axis. Cross-attention keys and values are
+# projected once per input, when the cache is made, and get no copy.
+_KERNEL_AXES = {"query": (1, 3), "key": (1, 3), "value": (1, 3), "out": (2, 3),
+                "wi": (1, 2), "wi_0": (1, 2), "wi_1": (1, 2), "wo": (1, 2),
+                "logits_dense": (1, 2)}
 
-  A copy costs a transpose of the kernel (t5_1_1_small: 66 MB, ~35 ms on 2 CPU
-  cores) and its memory, so make it once per set of weights (as inference.Predictor
+
+def prepare_weights(model, params):
+  """params plus, where decoding runs on one CPU device, an [out, in] copy of each
+  decoder kernel a decode step multiplies by (a DecodeWeights); decode steps of 2-32
+  rows then read the copies (layers.out_in_matmul), with the same tokens. Elsewhere,
+  params as they are. Models with per-task parameters get a copy of the output
+  kernel only.
+
+  The copies cost a transpose of the decoder's kernels (t5_1_1_small: 154 MB) and
+  that much memory, so make them once per set of weights (as inference.Predictor
   does), not per call.
   """
-  if isinstance(params, DecodeWeights):
+  if isinstance(params, DecodeWeights) or not layers.on_one_cpu_device():
     return params
-  if model.config.tie_word_embeddings or not layers.on_one_cpu_device():
-    return params
-  kernel_vd = jax.jit(jnp.transpose)(params["decoder"]["logits_dense"])
-  return DecodeWeights(params, {"decoder": {"logits_kernel_vd": kernel_vd}})
+  decoder = params["decoder"]
+  if model.config.has_task_parameters:
+    decoder = {k: v for k, v in decoder.items() if k == "logits_dense"}
+  layouts = jax.jit(_out_in_copies)(decoder)
+  return DecodeWeights(params, {"decoder": layouts}) if layouts else params
+
+
+def _out_in_copies(tree, path=()) -> dict:
+  """The [out, in] copies of the kernels in a (sub)tree of decoder parameters."""
+  copies = {}
+  for name, value in tree.items():
+    if isinstance(value, Mapping):
+      sub = _out_in_copies(value, path + (name,))
+      if sub:
+        copies[name] = sub
+    elif name in _KERNEL_AXES and not (
+        "encoder_decoder_attention" in path and name in ("key", "value")):
+      num_in, num_axes = _KERNEL_AXES[name]
+      lead = value.shape[:value.ndim - num_axes]  # a scanned "layers" axis, if any
+      kernel = value.shape[len(lead):]
+      matrix = value.reshape(lead + (int(np.prod(kernel[:num_in])), -1))
+      copies[name] = jnp.swapaxes(matrix, -1, -2)
+  return copies
 
 
 def _variables(weights) -> dict:

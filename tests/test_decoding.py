@@ -299,17 +299,27 @@ def test_beam_search_matches_hugging_face():
   assert not np.array_equal(ours.tokens_bl, greedy.tokens_bl)  # beam search did something
 
 
-def test_prepared_weights_decode_the_same_tokens_with_vocabulary_major_logits(tiny, monkeypatch):
+def test_prepared_weights_decode_the_same_tokens_from_out_in_kernels(tiny, monkeypatch):
   model, params, enc = tiny["model"], tiny["params"], tiny["enc"]
-  # The 8 test devices: nothing to prepare. One CPU device: a [V, D] copy.
+  # The 8 test devices: nothing to prepare. One CPU device: [out, in] copies.
   assert decoding.prepare_weights(model, params) is params
   monkeypatch.setattr(decoding.layers, "on_one_cpu_device", lambda: True)
   prepared = decoding.prepare_weights(model, params)
   assert isinstance(prepared, decoding.DecodeWeights)
-  np.testing.assert_array_equal(prepared.layouts["decoder"]["logits_kernel_vd"],
-                                np.asarray(params["decoder"]["logits_dense"]).T)
+  dec, copies = params["decoder"], prepared.layouts["decoder"]
+  np.testing.assert_array_equal(copies["logits_dense"], np.asarray(dec["logits_dense"]).T)
+  query_dnh = np.asarray(dec["layers_1"]["self_attention"]["query"])
+  np.testing.assert_array_equal(copies["layers_1"]["self_attention"]["query"],
+                                query_dnh.reshape(query_dnh.shape[0], -1).T)
+  out_nhd = np.asarray(dec["layers_0"]["encoder_decoder_attention"]["out"])
+  np.testing.assert_array_equal(copies["layers_0"]["encoder_decoder_attention"]["out"],
+                                out_nhd.reshape(-1, out_nhd.shape[-1]).T)
+  np.testing.assert_array_equal(copies["layers_0"]["mlp"]["wo"],
+                                np.asarray(dec["layers_0"]["mlp"]["wo"]).T)
+  # Cross-attention K/V are projected once per input: no copies.
+  assert set(copies["layers_0"]["encoder_decoder_attention"]) == {"query", "out"}
   assert decoding.prepare_weights(model, prepared) is prepared
-  # 8 rows greedy, 2 x 4 beams, 8 x 4 = 32 beams: each step's logits vocabulary-major.
+  # 8 rows greedy, 2 x 4 beams, 8 x 4 = 32 beams: every step from the copies.
   for rows, strategy in ((8, DecodeConfig("greedy")), (2, DecodeConfig("beam", num_beams=4)),
                          (8, DecodeConfig("beam", num_beams=4))):
     want = generate(model, params, enc[:rows], max_decode_length=L, strategy=strategy)
@@ -337,7 +347,8 @@ def test_a_tied_output_kernel_is_read_vocabulary_major_on_one_cpu_device(monkeyp
   want = jax.jit(lambda p: first_step(p))(params)
   assert not vocab_major()
   monkeypatch.setattr(decoding.layers, "on_one_cpu_device", lambda: True)
-  assert decoding.prepare_weights(model, params) is params  # nothing to copy
+  # The embedding is the [V, D] kernel: no copy of it, and plain params read it so.
+  assert "logits_dense" not in decoding.prepare_weights(model, params).layouts["decoder"]
   assert vocab_major()
   np.testing.assert_allclose(jax.jit(lambda p: first_step(p))(params), want, rtol=1e-5,
                              atol=1e-5)

@@ -65,7 +65,7 @@ def run_layers(module: nn.Module, layer_cls, num_layers: int, x_btd, args, deter
       x_btd = layer(cfg, deterministic, name=f"layers_{i}", **kwargs)(x_btd, *args)
     return x_btd
   scanned = nn.scan(
-      _ScanStep, variable_axes={"params": 0, "cache": 0},
+      _ScanStep, variable_axes={"params": 0, "cache": 0, "decode_layouts": 0},
       split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
       length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
   x_btd, _ = scanned(layer_cls, cfg, deterministic, name="layers", **kwargs)(x_btd, *args)
@@ -230,45 +230,16 @@ class Decoder(nn.Module):
       # gradient in fp32, with no low-precision copy of a [V, D] gradient.
       return y_btd, kernel, layout
     kernel = kernel.astype(cfg.dtype)
-    if decode and VOCAB_MAJOR_ROWS[0] <= y_btd.shape[0] * t <= VOCAB_MAJOR_ROWS[1]:
-      kernel_vd = self._kernel_vd(kernel, layout)
-      if kernel_vd is not None:
-        return _vocab_major_logits(y_btd, kernel_vd.astype(cfg.dtype))
-    logits_btv = jnp.einsum(f"BTD,{layout}->BTV", y_btd, kernel,
-                            preferred_element_type=jnp.float32)
+    if layout == "DV":
+      logits_btv = layers.dense(self, "BTD,DV->BTV", y_btd, kernel, "logits_dense",
+                                preferred_element_type=jnp.float32)
+    elif (decode and layers.on_one_cpu_device()
+          and layers.OUT_IN_ROWS[0] <= y_btd.shape[0] * t <= layers.OUT_IN_ROWS[1]):
+      # A tied kernel is [V, D], [out, in] already: no copy to prepare.
+      logits_btv = layers.out_in_matmul(y_btd, kernel, preferred_element_type=jnp.float32)
+    else:
+      logits_btv = jnp.einsum("BTD,VD->BTV", y_btd, kernel, preferred_element_type=jnp.float32)
     return constrain(logits_btv, ("batch", "length", "vocab"))
-
-  def _kernel_vd(self, kernel, layout: str):
-    """The output kernel as [V, D] where a decode step reads it so, else None: on one
-    CPU device a tied kernel (the embedding) is [V, D] already; an untied one only
-    if the "decode_layouts" collection holds a copy (decoding.prepare_weights)."""
-    if self.has_variable("decode_layouts", "logits_kernel_vd"):
-      return self.get_variable("decode_layouts", "logits_kernel_vd")
-    return kernel if layout == "VD" and layers.on_one_cpu_device() else None
-
-
-# Decode steps of this many rows (batch x beams), bounds included, compute the logits
-# vocabulary-major (see _vocab_major_logits). One row runs as a matrix-vector product,
-# faster as it is; at 64 rows and more the transpose costs as much as the matmul saves.
-VOCAB_MAJOR_ROWS = (2, 32)
-
-
-def _vocab_major_logits(y_btd, kernel_vd):
-  """fp32 logits [B, T, V] computed as [V, B*T] = kernel [V, D] x hidden^T, then
-  transposed.
-
-  On a CPU, with a few rows per decode step, the [rows, D] x [D, V] matmul repacks
-  the whole kernel at every call; with the [V, D] kernel as the left operand it is
-  read as it lies: 32 rows x t5_1_1_small's [32,128, 512] ran 13.2 -> 9.3 ms per beam
-  step (2 cores), less 1.2 ms for the transpose of the logits. At 128 rows the
-  transpose costs more than the matmul saves. The barrier keeps XLA from folding the
-  transpose back into the matmul.
-  """
-  b, t, d = y_btd.shape
-  logits_vm = jnp.einsum("VD,MD->VM", kernel_vd, y_btd.reshape(b * t, d),
-                         preferred_element_type=jnp.float32)
-  logits_vm = jax.lax.optimization_barrier(logits_vm)
-  return jnp.transpose(logits_vm).reshape(b, t, -1)
 
 
 class Transformer(nn.Module):
