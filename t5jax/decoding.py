@@ -200,10 +200,13 @@ def decode_step(model, params, cache, encoded_bsd, encoder_input_tokens, token_b
 
 
 def map_cache_rows(fn, cache, skip=()):
-  """Applies fn to every cache array that has a leading batch dimension, except
-  those named in skip."""
+  """Applies fn(x, axis) to every cache array that has a batch axis, except those
+  named in skip. The batch axis is 0, or 1 under a scanned layer stack (its arrays
+  lead with the "layers" axis)."""
   def apply(path, x):
-    return x if path[-1].key in _UNBATCHED_CACHE_LEAVES + tuple(skip) else fn(x)
+    if path[-1].key in _UNBATCHED_CACHE_LEAVES + tuple(skip):
+      return x
+    return fn(x, 1 if any(getattr(k, "key", None) == "layers" for k in path) else 0)
   return jax.tree_util.tree_map_with_path(apply, cache)
 
 
@@ -338,8 +341,8 @@ def beam_decode(model, params, encoder_input_tokens, max_decode_length: int,
   # only the self-attention cache is copied to the beams.
   cache = init_cache(model, params, encoded, encoder_input_tokens, max_decode_length,
                      task_slots_b)
-  repeat = functools.partial(jnp.repeat, repeats=num_beams, axis=0)
-  cache = map_cache_rows(repeat, cache, skip=_CROSS_CACHE_LEAVES)
+  cache = map_cache_rows(lambda x, axis: jnp.repeat(x, num_beams, axis=axis), cache,
+                         skip=_CROSS_CACHE_LEAVES)
 
   def tokens_to_logits(cache, tokens_f):
     return decode_step(model, params, cache, encoded, encoder_input_tokens, tokens_f)
@@ -347,7 +350,7 @@ def beam_decode(model, params, encoder_input_tokens, max_decode_length: int,
   def reorder_cache(cache, rows_f):
     # A beam's parent is a beam of the same input: the shared cross-attention K/V
     # stay as they are.
-    return map_cache_rows(lambda x: jnp.take(x, rows_f, axis=0), cache,
+    return map_cache_rows(lambda x, axis: jnp.take(x, rows_f, axis=axis), cache,
                           skip=_CROSS_CACHE_LEAVES)
 
   return beam_search.beam_search(

@@ -125,7 +125,7 @@ def test_relative_position_buckets_match_hugging_face():
 
 
 @pytest.mark.parametrize("remat", ["none", "full"])
-def test_scanned_layers_compute_what_unrolled_layers_compute(remat):
+def test_scanned_layers_compute_what_unrolled_layers_compute(remat, monkeypatch):
   from t5jax.model import scan_params
   cfg = model_config.get_config("t5_1_1_tiny", dtype="float32", vocab_size=512,
                                 num_decoder_layers=3)
@@ -153,4 +153,13 @@ def test_scanned_layers_compute_what_unrolled_layers_compute(remat):
   enc = np.asarray(batch["encoder_input_tokens"])
   np.testing.assert_array_equal(decoding.greedy_decode(scan_model, stacked, enc, 8)[0],
                                 decoding.greedy_decode(model, params, enc, 8)[0])
+  # Beam search too: its cache's batch axis is 1 under the scanned "layers" axis.
+  beams = lambda m, p: decoding.beam_decode(m, p, enc, 8, num_beams=3).seqs_bkl
+  want_beams = beams(model, params)
+  np.testing.assert_array_equal(beams(scan_model, stacked), want_beams)
+  if remat == "none":  # prepared weights' stacked copies, sliced per layer like the params
+    monkeypatch.setattr(decoding.layers, "on_one_cpu_device", lambda: True)
+    prepared = decoding.prepare_weights(scan_model, stacked)
+    assert prepared.layouts["decoder"]["layers"]["layer"]["mlp"]["wo"].shape[0] == 3
+    np.testing.assert_array_equal(beams(scan_model, prepared), want_beams)
   assert scan_params.unstack_layers(stacked, cfg).keys() == params.keys()
