@@ -29,20 +29,28 @@ def param_with_axes(module: nn.Module, name: str, init, shape, axes, dtype):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 
-# Matmuls of this many rows (a decode step's batch x beams), bounds included, read a
-# kernel's [out, in] copy where the "decode_layouts" collection holds one (made by
-# decoding.prepare_weights). One row runs as a matrix-vector product, fast as it is;
-# at 64 rows and more the transpose of the result costs what the matmul saves.
+# Matmuls of this many rows (a decode step's batch x beams), bounds included, and at
+# most OUT_IN_MAX_RESULT rows x outputs, read a kernel's [out, in] copy where the
+# "decode_layouts" collection holds one (made by decoding.prepare_weights). One row
+# runs as a matrix-vector product, fast as it is; past those sizes the transpose of
+# the result costs what the matmul saves (2 cores: t5_1_1_small's 32k-vocabulary
+# logits at 64 rows even, mT5's 250k at 32 rows 0.78x, at 8 rows 1.13x).
 OUT_IN_ROWS = (2, 32)
+OUT_IN_MAX_RESULT = 2**21
+
+
+def reads_out_in(rows: int, outputs: int) -> bool:
+  """Whether a matmul of `rows` rows and `outputs` outputs uses an [out, in] kernel."""
+  return OUT_IN_ROWS[0] <= rows <= OUT_IN_ROWS[1] and rows * outputs <= OUT_IN_MAX_RESULT
 
 
 def dense(module: nn.Module, spec: str, x, kernel, name: str, **kwargs):
   """jnp.einsum(spec, x, kernel), which contracts x's last axis with the kernel's
-  first ([in, out...]), for the module's kernel `name`. In a matmul of OUT_IN_ROWS
-  rows with an [out, in] copy of that kernel in "decode_layouts", the same product
-  computed from the copy (out_in_matmul)."""
-  rows = int(np.prod(x.shape[:-1]))
-  if OUT_IN_ROWS[0] <= rows <= OUT_IN_ROWS[1] and module.has_variable("decode_layouts", name):
+  first ([in, out...]), for the module's kernel `name`. Where reads_out_in and
+  "decode_layouts" holds an [out, in] copy of that kernel, the same product computed
+  from the copy (out_in_matmul)."""
+  rows, outputs = int(np.prod(x.shape[:-1])), int(np.prod(kernel.shape[1:]))
+  if reads_out_in(rows, outputs) and module.has_variable("decode_layouts", name):
     kernel_oi = module.get_variable("decode_layouts", name).astype(kernel.dtype)
     return out_in_matmul(x, kernel_oi, **kwargs).reshape(x.shape[:-1] + kernel.shape[1:])
   return jnp.einsum(spec, x, kernel, **kwargs)

@@ -234,7 +234,7 @@ class Decoder(nn.Module):
       logits_btv = layers.dense(self, "BTD,DV->BTV", y_btd, kernel, "logits_dense",
                                 preferred_element_type=jnp.float32)
     elif (decode and layers.on_one_cpu_device()
-          and layers.OUT_IN_ROWS[0] <= y_btd.shape[0] * t <= layers.OUT_IN_ROWS[1]):
+          and layers.reads_out_in(y_btd.shape[0] * t, cfg.vocab_size)):
       # A tied kernel is [V, D], [out, in] already: no copy to prepare.
       logits_btv = layers.out_in_matmul(y_btd, kernel, preferred_element_type=jnp.float32)
     else:
