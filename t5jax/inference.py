@@ -198,8 +198,8 @@ class Predictor:
 
   def decode_weights(self):
     """self.params as decoding reads them fastest (decoding.prepare_weights: on one
-    CPU device a [V, D] copy of the output kernel), made on the first call that
-    decodes and again only if self.params is replaced."""
+    CPU device, [out, in] copies of the decoder's kernels), made on the first call
+    that decodes and again only if self.params is replaced."""
     made_from, weights = self._decode_weights
     if made_from is not self.params:
       weights = decoding.prepare_weights(self.model, self.params)
