@@ -125,8 +125,9 @@ _KERNEL_AXES = {"query": (1, 3), "key": (1, 3), "value": (1, 3), "out": (2, 3),
 
 def prepare_weights(model, params):
   """params plus, where decoding runs on one CPU device, an [out, in] copy of each
-  decoder kernel a decode step multiplies by (a DecodeWeights); decode steps of 2-32
-  rows then read the copies (layers.out_in_matmul), with the same tokens. Elsewhere,
+  decoder kernel a decode step multiplies by (a DecodeWeights); the matmuls that
+  layers.reads_out_in picks (2-32 rows, a result of at most 2^21 entries) then read
+  the copies (layers.out_in_matmul), with the same tokens. Elsewhere,
   params as they are. Models with per-task parameters get a copy of the output
   kernel only.
 
