@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5jax import decoding
+from t5jax.decode import decoding
 from t5jax.model import config as model_config
 from t5jax.model import layers, t5
 

@@ -28,7 +28,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from t5jax import decoding, interop  # noqa: E402
+from t5jax.decode import decoding  # noqa: E402
+from t5jax import interop
 from t5jax.model import config as model_config  # noqa: E402
 from t5jax.model import t5  # noqa: E402
 

@@ -37,8 +37,8 @@ def main() -> None:
   args = parser.parse_args()
 
   import t5jax.data.tasks  # noqa: F401  (registers the shipped tasks)
-  from t5jax import decoding, evaluate
-  from t5jax.inference import Predictor
+  from t5jax.decode import decoding, evaluate
+  from t5jax.decode.predictor import Predictor
 
   predictor = Predictor.from_checkpoint(os.path.abspath(args.checkpoint), dtype="float32",
                                        step=args.step)

@@ -33,7 +33,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from t5jax import losses, optim, partitioning, train_step  # noqa: E402
+from t5jax.train import losses, optim, step as train_step  # noqa: E402
+from t5jax.parallel import partitioning
 from t5jax.data import packing, registry, tf_devices, vocab  # noqa: E402
 from t5jax.model import config as model_config  # noqa: E402
 from t5jax.model import t5  # noqa: E402

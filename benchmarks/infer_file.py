@@ -34,7 +34,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import numpy as np  # noqa: E402
 
-from t5jax import cli, decoding, inference  # noqa: E402
+from t5jax.cli import main as cli  # noqa: E402
+from t5jax.decode import decoding, predictor as inference
 from t5jax.data import vocab  # noqa: E402
 from t5jax.model import config as model_config  # noqa: E402
 

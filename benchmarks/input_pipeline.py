@@ -93,7 +93,8 @@ def step_rate(model_name: str, batch_arrays: dict, steps: int, dtype: str) -> fl
   """Batches/s the jitted train step consumes (Adafactor; compile excluded)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from t5jax import losses, optim, partitioning, train_step  # pylint: disable=g-import-not-at-top
+  from t5jax.train import losses, optim, step as train_step  # pylint: disable=g-import-not-at-top
+  from t5jax.parallel import partitioning
   from t5jax.model import config as model_config  # pylint: disable=g-import-not-at-top
   from t5jax.model import t5  # pylint: disable=g-import-not-at-top
   model = t5.Transformer(model_config.get_config(model_name, dtype=dtype))

@@ -72,7 +72,7 @@ def _train(run_dir: str, bindings: list[str], fresh: bool) -> float:
     return 0.0
   if os.path.isdir(run_dir):
     subprocess.run(["rm", "-rf", run_dir], check=True)
-  cmd = [sys.executable, "-m", "t5jax.cli", "train", f"--gin_file={BASE_GIN}",
+  cmd = [sys.executable, "-m", "t5jax", "train", f"--gin_file={BASE_GIN}",
          f"--run_dir={run_dir}"] + [f"--gin.{b.replace(' = ', '=', 1)}" for b in bindings]
   print("$ " + " ".join(cmd), flush=True)
   start = time.time()
@@ -207,7 +207,8 @@ def _variant_step(bindings: list[str]):
   """(compiled step, state, batch, parameter count) of one variant's training run."""
   import jax
   from t5jax import config as gin_config
-  from t5jax import optim, partitioning, train, train_step
+  from t5jax.train import loop as train, optim, step as train_step
+  from t5jax.parallel import partitioning
   from t5jax.data import pipeline
   gin_config.parse_gin([BASE_GIN], bindings)
   cfg = train.TrainConfig()
@@ -234,7 +235,7 @@ def step_cost(rounds: int, steps: int) -> dict:
   """XLA FLOPs and median step wall time of each variant, measured in one process
   with the variants taking turns (so that a change of load hits them all)."""
   import jax
-  from t5jax import partitioning
+  from t5jax.parallel import partitioning
   sides = {}
   for name in COST_LABELS:
     compiled, state, batch, mesh, params = _variant_step(VARIANTS[name][1])

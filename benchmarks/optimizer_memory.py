@@ -3,7 +3,7 @@
 mT5's two 250,112 x 768 matrices dominate its step's memory (docs/performance.md,
 "Memory"). This compiles, for one such fp32 parameter and its gradient, the update
 as optax chains it (global-norm clipping, then optax.adafactor with T5's settings:
-t5jax.adafactor.optax_adafactor) and as t5jax runs it (t5jax.optim.make_optimizer:
+t5jax.train.adafactor.optax_adafactor) and as t5jax runs it (t5jax.train.optim.make_optimizer:
 the same arithmetic and state, one reduction pass and one elementwise pass per
 parameter), reports XLA's temporaries for each (compile only), and checks that the
 two give the same parameters over two steps on a small matrix:
@@ -28,7 +28,7 @@ def main() -> None:
   p.add_argument("--json_out", default=None, help="append the JSON line to this file")
   args = p.parse_args()
 
-  from t5jax import adafactor, optim
+  from t5jax.train import adafactor, optim
   import optax
 
   cfg = optim.OptimizerConfig(name="adafactor")

@@ -28,7 +28,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from t5jax import losses, optim, partitioning, train_step  # noqa: E402
+from t5jax.train import losses, optim, step as train_step  # noqa: E402
+from t5jax.parallel import partitioning
 from t5jax.model import config as model_config  # noqa: E402
 from t5jax.model import t5  # noqa: E402
 from t5jax.model.flops import model_flops_per_step  # noqa: E402

@@ -1,8 +1,13 @@
 """Shared test fixtures (data): one prepared TFDS data dir for the whole test session."""
 
 import os
+import sys
 
 import pytest
+
+# Test modules live in folders that mirror the package (tests/train/, tests/decode/, ...);
+# their shared helpers (synthetic.py) stay here.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +22,14 @@ def t5jax_data_dir(tmp_path_factory):
   for name in tfds_builders.BUILDERS:
     prepare.prepared_builder(name)
   return prepare.data_dir()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin_config():
+  """Every test starts and ends with no gin bindings: a test that runs the CLI in-process
+  binds configurables (e.g. `OptimizerConfig.learning_rate`) that would otherwise change
+  the defaults a later test sees."""
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  yield
+  gin.clear_config()

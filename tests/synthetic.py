@@ -70,11 +70,23 @@ def init_params(cfg):
   return nn.meta.unbox(t5.Transformer(cfg).init(jax.random.key(0), tokens, tokens)["params"])
 
 
+def assert_close(got, want, rtol=1e-5, atol_of_max=1e-6, err_msg=""):
+  """Two float32 computations of the same values, in different summation orders, agree.
+
+  The absolute tolerance scales with the largest magnitude compared (`atol_of_max` of
+  max |want|, about 8 float32 ulps of it): rounding error grows with the size of the
+  sums, and a fixed atol tuned on one CPU's kernels fails on another's (outputs that
+  reach a few hundred differ by ~4e-5 between an Intel and an AMD machine), while a
+  wrong result (a token routed to another copy, a missed mask) is off by O(max)."""
+  got, want = np.asarray(got), np.asarray(want)
+  scale = float(np.abs(want).max()) if want.size else 0.0
+  np.testing.assert_allclose(got, want, rtol=rtol, atol=atol_of_max * scale + 1e-7,
+                             err_msg=err_msg)
+
+
 def assert_grads_close(got, want):
   """Two gradient trees equal up to fp32 rounding: each leaf within rtol 1e-4 and an
   absolute 1e-6 of its own largest entry (gradients that reach a few hundred)."""
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
-                               atol=1e-6 * float(jnp.abs(b).max()) + 1e-7,
-                               err_msg=jax.tree_util.keystr(path))
+    assert_close(a, b, rtol=1e-4, err_msg=jax.tree_util.keystr(path))

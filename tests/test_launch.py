@@ -16,7 +16,7 @@ import sys
 import pytest
 import yaml
 
-from t5jax import cli, cli_args
+from t5jax.cli import args as cli_args, main as cli
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch"

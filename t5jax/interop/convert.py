@@ -17,7 +17,7 @@ import numpy as np
 
 from t5jax import checkpoint
 from t5jax.interop import hf_io
-from t5jax.model import t5, task_params
+from t5jax.model import param_tree, t5, task_params
 
 SPIECE_NAME = "spiece.model"
 
@@ -45,10 +45,7 @@ def read_checkpoint_params(ckpt_dir: str):
   """(T5Config, numpy params) of a t5jax checkpoint, on the host."""
   cfg = checkpoint.model_config_from_meta(checkpoint.read_meta(ckpt_dir))
   model = t5.Transformer(cfg)
-  tokens = np.ones((1, 8), np.int32)
-  from t5jax.train_step import strip_boxes
-  abstract = strip_boxes(jax.eval_shape(
-      lambda: model.init(jax.random.key(0), tokens, tokens))["params"])
+  abstract = param_tree.abstract_params(model)
   params = checkpoint.load_params(ckpt_dir, abstract)
   return cfg, jax.tree.map(np.asarray, jax.device_get(params))
 

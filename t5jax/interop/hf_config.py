@@ -23,7 +23,7 @@ _DEFAULTS = {
 }
 _COMMON_DEFAULTS = dict(relative_attention_num_buckets=32, relative_attention_max_distance=128,
                         dropout_rate=0.1, layer_norm_epsilon=1e-6)
-# Token ids that t5jax.decoding and the padding masks hard-code.
+# Token ids that t5jax.decode.decoding and the padding masks hard-code.
 _SPECIAL_IDS = {"pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
 
 

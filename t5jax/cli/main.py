@@ -1,0 +1,216 @@
+"""Command line: `t5jax train | compile | infer | score | eval | convert | tasks | plot`.
+
+Thin wrappers over the Python API. Bad input is a one-line `error: ...` and exit
+status 2; T5JAX_TRACEBACK=1 shows the traceback instead. Paths are relative to
+the working directory. The flags are in cli_args.py.
+
+    t5jax train --gin_file=runs/demo.gin --gin.TrainConfig.num_steps=100 --run_dir=runs/x
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+
+from t5jax.cli import args as cli_args, files, lib_logs
+
+
+def _hide_accelerators_from_tensorflow() -> None:
+  """TensorFlow (under SeqIO) must never take the accelerator memory JAX needs."""
+  lib_logs.quiet_environment()
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")
+
+
+def _import_user_modules(modules: list[str]) -> None:
+  """Imports user modules that register tasks, e.g. --module my_tasks.
+
+  Raises:
+    ValueError: the module is missing or fails to import (naming it, and where
+      in the user's file it failed).
+  """
+  if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
+  for name in modules:
+    try:
+      importlib.import_module(name)
+    except ModuleNotFoundError as e:
+      if e.name != name and not name.startswith(f"{e.name}."):
+        raise ValueError(f"--module {name}: it imports {e.name!r}, which is not installed "
+                         f"({e}).") from None
+      raise ValueError(
+          f"--module {name}: no module {name!r}; put {name}.py in the working directory "
+          "or on PYTHONPATH (write the module name, not a file path).") from None
+    except Exception as e:  # noqa: BLE001 - the user's code: say where it failed, in one line
+      if os.environ.get("T5JAX_TRACEBACK"):
+        raise
+      frame = traceback.extract_tb(e.__traceback__)[-1]
+      where = (f"{e.filename} line {e.lineno}" if isinstance(e, SyntaxError)
+               else f"{frame.filename} line {frame.lineno}")
+      raise ValueError(f"--module {name} failed at {where}: {type(e).__name__}: "
+                       f"{files.describe_error(e)}") from None
+
+
+def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+  """Separates --gin.NAME=VALUE flags (any configurable) from the other flags."""
+  bindings, rest = [], []
+  for arg in argv:
+    if arg.startswith("--gin."):
+      binding = arg[len("--gin."):]
+      if "=" not in binding:
+        cli_args.parser().error(f"{arg} has no value; write --gin.NAME=VALUE.")
+      bindings.append(binding)
+    else:
+      rest.append(arg)
+  return bindings, rest
+
+
+def _decode_config(args):
+  """DecodeConfig from gin bindings, overridden by the flags that were given."""
+  from t5jax.decode import evaluate
+  flags = {k: getattr(args, k) for k in ("method", "temperature", "top_k", "top_p",
+                                         "num_beams", "alpha", "seed",
+                                         "no_repeat_ngram_size", "repetition_penalty")
+           if getattr(args, k) is not None}
+  return evaluate.DecodeConfig(**flags)
+
+
+def _check_paths(args) -> None:
+  """Fails on bad paths and numbers before any model is loaded or any file written."""
+  for flag in ("batch_size", "max_input_length", "max_decode_length", "max_target_length",
+               "targets_length", "max_examples", "devices", "max_shard_bytes", "num_beams"):
+    value = getattr(args, flag, None)
+    if value is not None and value < 1:
+      raise ValueError(f"--{flag}={value} must be a positive number.")
+  if args.command in ("infer", "score"):
+    files.check_input_file("--input", args.input)
+    files.check_output_file("--output", args.output, not_same_as=args.input)
+  if args.command in ("infer", "score", "eval"):
+    files.check_input_dir("--checkpoint", args.checkpoint)
+  if args.command == "eval" and args.output_dir:
+    files.check_output_dir("--output_dir", args.output_dir)
+  if args.command == "train":
+    files.check_output_dir("--run_dir", args.run_dir)
+    if args.init_from:
+      files.check_input_dir("--init_from", args.init_from)
+  if args.command == "convert":
+    files.check_input_dir("--from-hf" if args.from_hf else "--to-hf",
+                           args.from_hf or args.to_hf)
+    files.check_output_dir("--out", args.out)
+  if args.command == "plot":
+    files.check_input_dir("RUN_DIR", args.run_dir)
+    if args.output:
+      files.check_output_file("--output", args.output)
+
+
+def _check_eval_split(name: str, split: str) -> None:
+  """Raises ValueError (naming the registered ones) for an unknown task, mixture or split."""
+  import seqio
+  from t5jax.data import registry
+  for task in seqio.get_subtasks(registry.get_task_or_mixture(name)):
+    if split not in task.splits:
+      raise ValueError(f"--split {split!r}: task {task.name} has the splits "
+                       f"{', '.join(sorted(task.splits))}.")
+
+
+def _check_vocabulary(checkpoint_dir: str) -> None:
+  """A checkpoint's own spiece.model (beside checkpoints/) must be a SentencePiece model.
+
+  Raises:
+    ValueError: naming the file and how to fix it.
+  """
+  from t5jax import checkpoint
+  spiece = os.path.join(os.path.dirname(checkpoint.checkpoints_dir(checkpoint_dir)),
+                        "spiece.model")
+  if os.path.isfile(spiece):
+    import sentencepiece
+    try:
+      sentencepiece.SentencePieceProcessor(model_file=spiece)
+    except (RuntimeError, OSError) as e:
+      raise ValueError(f"{spiece} is not a SentencePiece model ({files.describe_error(e)}); "
+                       "replace it with the model's own spiece.model, or remove it to use the "
+                       "shipped T5 vocabulary.") from None
+
+
+def _run(args, bindings: list[str]) -> None:
+  """Runs one parsed subcommand (user modules already imported)."""
+  if args.command == "train":
+    from t5jax import config
+    from t5jax.parallel import distributed
+    from t5jax.train import loop
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                           args.distributed, args.heartbeat_timeout_seconds)
+    if args.init_from:
+      # Absolute, so that config.gin still names it when read from elsewhere.
+      init_from = os.path.abspath(os.path.expanduser(args.init_from))
+      bindings.append(f"CheckpointConfig.init_from = {init_from!r}")
+    config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
+    loop.train(args.run_dir, loop.TrainConfig())
+  elif args.command == "convert":
+    from t5jax.interop import convert
+    if args.from_hf:
+      path = convert.hf_to_checkpoint(args.from_hf, args.out)
+      print(f"Wrote t5jax checkpoint {path}")
+    else:
+      convert.checkpoint_to_hf(args.to_hf, args.out, args.max_shard_bytes, task=args.task)
+      print(f"Wrote Hugging Face directory {args.out}")
+  elif args.command in ("infer", "score", "eval"):
+    from t5jax import config  # noqa: F401 (gin configurables)
+    from t5jax.decode import evaluate
+    from t5jax.cli import infer
+    config.parse_gin([], bindings)
+    _check_vocabulary(args.checkpoint)
+    if args.command == "eval":
+      _check_eval_split(args.task or args.mixture, args.split)
+    strategy = _decode_config(args) if args.command != "score" else None
+    getattr(infer, args.command)(args, strategy)
+  elif args.command == "compile":
+    import json
+    from t5jax.train import aot, loop
+    from t5jax import config
+    config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
+    report = aot.compile_train_step(loop.TrainConfig())
+    print(aot.format_report(report))
+    print(json.dumps(report))
+  elif args.command == "plot":
+    from t5jax.cli import plot
+    print(f"Wrote {plot.plot_run(args.run_dir, args.output)}")
+  elif args.command == "tasks":
+    from t5jax.data import listing
+    print(listing.format_registry())
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Runs `t5jax ARGV...`; returns the exit status (2 for bad input)."""
+  if argv is None:  # a real command line (not a test calling main): keep library logs quiet
+    lib_logs.quiet_stderr()
+  argv = sys.argv[1:] if argv is None else argv
+  bindings, rest = _split_gin_flags(argv)
+  args = cli_args.parser().parse_args(rest)
+  try:
+    _check_paths(args)
+    if args.command == "compile":
+      # Before any backend starts: N fake CPU devices stand in for the target's.
+      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                 f" --xla_force_host_platform_device_count={args.devices}")
+      os.environ["JAX_PLATFORMS"] = "cpu"
+    _hide_accelerators_from_tensorflow()
+    if not lib_logs.shown():
+      from absl import logging as absl_logging
+      absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and SeqIO chatter; errors show
+    import t5jax.data.tasks  # noqa: F401  (registers the shipped tasks and mixtures)
+    _import_user_modules(args.module)
+    _run(args, bindings)
+  except (ValueError, OSError, FloatingPointError, ImportError) as e:
+    if os.environ.get("T5JAX_TRACEBACK"):
+      raise
+    # One line: gin appends its call context to errors of configurables it builds.
+    print(f"error: {files.describe_error(e)}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

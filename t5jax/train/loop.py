@@ -1,0 +1,355 @@
+"""The training loop: one linear function from configuration to a trained model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import gin
+import jax
+import numpy as np
+
+from t5jax import checkpoint
+from t5jax.decode import decoding, evaluate
+from t5jax.train import losses, metrics, optim, preemption, step as train_step, task_weighting
+from t5jax.parallel import partitioning
+from t5jax import config as gin_config
+from t5jax.data import pipeline, vocab
+from t5jax.model import config as model_config
+from t5jax.model import t5, task_params
+
+InputSpec = gin.external_configurable(pipeline.InputSpec, name="InputSpec")
+MeshConfig = gin.external_configurable(partitioning.MeshConfig, name="MeshConfig")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """A training run.
+
+  Attributes:
+    model: a size from t5jax.model.config.SIZES, e.g. "t5_1_1_base".
+    model_overrides: T5Config fields to change, e.g. {"dtype": "float32"}.
+    data: what to read (task or mixture, lengths, packing, seed).
+    batch_size: global batch size in sequences (packed rows).
+    num_steps: optimizer steps.
+    microbatches: gradient accumulation: the batch runs as this many slices.
+    mesh: device mesh shape.
+    optimizer: optimiser and learning-rate schedule.
+    loss: z-loss, label smoothing, normalisation, per-task weights (fixed or dynamic).
+    checkpoint: saving, keeping, resuming and fine-tuning.
+    eval: periodic evaluation (SeqIO metrics per task) during training.
+    seed: parameter initialisation and dropout.
+    log_every: steps between metric lines.
+    num_sample_predictions: validation examples greedily decoded at the end.
+    max_decode_length: decode length for those predictions.
+  """
+  model: str = "t5_1_0_tiny"
+  model_overrides: dict = dataclasses.field(default_factory=dict)
+  data: pipeline.InputSpec = dataclasses.field(default_factory=InputSpec)
+  batch_size: int = 32
+  num_steps: int = 300
+  microbatches: int = 1
+  mesh: partitioning.MeshConfig = dataclasses.field(default_factory=MeshConfig)
+  optimizer: optim.OptimizerConfig = dataclasses.field(default_factory=optim.OptimizerConfig)
+  loss: losses.LossConfig = dataclasses.field(default_factory=losses.LossConfig)
+  checkpoint: checkpoint.CheckpointConfig = dataclasses.field(
+      default_factory=checkpoint.CheckpointConfig)
+  eval: evaluate.EvalConfig = dataclasses.field(default_factory=evaluate.EvalConfig)
+  seed: int = 0
+  log_every: int = 10
+  num_sample_predictions: int = 4
+  max_decode_length: int = 64
+
+  def __post_init__(self):
+    for field in ("batch_size", "num_steps", "microbatches", "log_every"):
+      if getattr(self, field) <= 0:
+        raise ValueError(f"TrainConfig.{field} must be positive, got {getattr(self, field)}.")
+
+
+def build_model(config: TrainConfig) -> t5.Transformer:
+  """The model, checked against the vocabulary the data is tokenized with."""
+  cfg = model_config.get_config(config.model, **config.model_overrides)
+  needed = vocab.get_vocabulary().vocab_size
+  if cfg.vocab_size < needed:
+    raise ValueError(
+        f"Model {config.model} has {cfg.vocab_size} embedding rows but the vocabulary has "
+        f"{needed} pieces; set model_overrides={{'vocab_size': {vocab.EMBEDDING_VOCAB_SIZE}}}.")
+  return t5.Transformer(cfg)
+
+
+def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
+  """Trains (resuming from RUN_DIR/checkpoints if there are any); returns the
+  logged metric summaries."""
+  config = config or TrainConfig()
+  primary = jax.process_index() == 0
+  mesh = partitioning.make_mesh(config.mesh)
+  partitioning.check_batch_size(config.batch_size, mesh, config.microbatches)
+  task_names = pipeline.task_names(config.data.mixture_or_task)
+  model = build_model(config)
+  tx = optim.make_optimizer(config.optimizer)
+  ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoint)
+
+  with partitioning.sharding_context(mesh):
+    state, shardings, data_local = _initial_state(config, model, tx, mesh, ckpt,
+                                                  len(task_names))
+    step_fn = train_step.jit_train_step(
+        mesh, shardings, model=model, tx=tx, loss_cfg=config.loss,
+        task_weights_k=config.loss.weights_vector(task_names),
+        slot_of_task_k=train_step.task_slot_table(model, task_names),
+        microbatches=config.microbatches,
+        schedule=optim.learning_rate_schedule(config.optimizer))
+
+  writer = metrics.MetricsWriter(run_dir, enabled=primary)
+  if primary:
+    gin_config.write_operative_config(run_dir)
+  start = int(state.step)
+  batches = pipeline.make_batches(config.data, config.batch_size, jax.process_index(),
+                                  jax.process_count(), state=data_local)
+  metrics.print_line(
+      f"Training {config.model} ({_num_params(state.params):,} parameters) on "
+      f"{config.data.mixture_or_task} {task_names} from step {start} to {config.num_steps}; "
+      f"mesh {dict(mesh.shape)}, batch {config.batch_size}; logs in {run_dir}", primary)
+
+  meta = _checkpoint_meta(config, model, len(task_names))
+  summaries, window = [], []
+  window_start = run_start = time.time()
+  every = config.checkpoint.every_steps
+  with partitioning.sharding_context(mesh), preemption.PreemptionGuard() as guard:
+    for step in range(start, config.num_steps):
+      batch = partitioning.host_batch_to_global(next(batches), mesh)
+      state, step_metrics = step_fn(state, batch)
+      window.append(step_metrics)
+      done = step + 1
+      stop = guard.requested()
+      if done % config.log_every == 0 or done == config.num_steps or stop:
+        window = jax.device_get(window)
+        _check_finite(window, done - len(window) + 1, ckpt)
+        now = time.time()
+        summary = metrics.summarize(window, task_names, now - window_start)
+        eta = (now - run_start) / (done - start) * (config.num_steps - done)
+        writer.write(done, summary)
+        metrics.print_line(
+            metrics.progress_line(done, config.num_steps, summary, task_names, eta), primary)
+        summaries.append({"step": done, **summary})
+        window, window_start = [], time.time()
+      eval_metrics = None
+      if config.eval.every_steps and (done % config.eval.every_steps == 0
+                                      or done == config.num_steps):
+        eval_metrics = _evaluate(config, model, state.params, writer, done, primary)
+      if (stop or done == config.num_steps or (every and done % every == 0)
+          or (eval_metrics and config.checkpoint.best_metric)):
+        _check_finite(jax.device_get(window), done - len(window) + 1, ckpt)
+        ckpt.save(state, {**meta, "data": {**meta["data"], "next_step": done}},
+                  metrics=eval_metrics,
+                  data_position=_global_position(batches.state(), config, mesh))
+      if stop:
+        ckpt.close()
+        writer.close()
+        metrics.print_line(
+            f"{guard.signal_name} received: saved step {done} in {ckpt.directory}; run the "
+            "same command again to resume.", primary)
+        return summaries
+
+  ckpt.close()
+  if config.num_sample_predictions and primary:
+    _sample_predictions(run_dir, model, state.params, config)
+  writer.close()
+  return summaries
+
+
+def _global_position(local: np.ndarray, config: TrainConfig, mesh) -> jax.Array:
+  """This process's rows' data position as part of the global [batch, 1 + tasks] array
+  (int32: the counts stay far below 2^31), sharded over the batch axes like a batch."""
+  shape = pipeline.state_shape(config.data, config.batch_size)
+  return jax.make_array_from_process_local_data(
+      partitioning.batch_sharding(mesh), local.astype(np.int32), shape)
+
+
+def _local_position(position: jax.Array, config: TrainConfig) -> np.ndarray:
+  """This process's rows of a restored global data position (any process count)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    position = multihost_utils.process_allgather(position, tiled=True)
+  local = config.batch_size // jax.process_count()
+  start = jax.process_index() * local
+  return np.asarray(position, np.int64)[start:start + local]
+
+
+def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkpointer,
+                   num_tasks: int):
+  """Resumes from the run's own latest good checkpoint, else starts fresh
+  (from `checkpoint.init_from`'s parameters when fine-tuning).
+
+  Returns (state, shardings, this process's data position or None for the beginning)."""
+  lengths = (config.data.inputs_length, config.data.targets_length)
+  task_state = task_weighting.init_state(config.loss, num_tasks)
+  shardings = train_step.state_shardings(model, tx, mesh, *lengths, task_state)
+  abstract = train_step.abstract_train_state(model, tx, *lengths, task_state)
+  same_data = _check_resumable(ckpt, model.config, config, num_tasks)
+  position = jax.ShapeDtypeStruct(pipeline.state_shape(config.data, config.batch_size),
+                                  np.int32, sharding=partitioning.batch_sharding(mesh))
+  restored = ckpt.restore_latest(abstract, shardings, position if same_data else None)
+  if restored is not None:
+    state, meta, data_position = restored
+    _check_same_architecture(meta, model.config, ckpt.directory)
+    print(f"Resumed from step {int(state.step)} in {ckpt.directory}", flush=True)
+    local = None if data_position is None else _local_position(data_position, config)
+    return state, shardings, local
+  state, shardings = train_step.create_train_state(model, tx, mesh, config.seed, *lengths,
+                                                   task_state)
+  if config.checkpoint.init_from:
+    source = config.checkpoint.init_from
+    source_meta = checkpoint.read_meta(source)
+    source_cfg = source_meta.get("model_config", {})
+    plain_source = model.config.has_task_parameters and not (
+        source_cfg.get("task_specific") or source_cfg.get("adapter_dim"))
+    _check_same_architecture(source_meta, model.config, source,
+                             task_fields=not plain_source)
+    if plain_source:
+      # A plain T5 checkpoint: its weights become the shared modules, the task
+      # copies start from them and the adapters start as the identity.
+      shared = checkpoint.load_params(
+          source, task_params.shared_only(abstract.params),
+          task_params.shared_only(shardings.params))
+      params = task_params.with_shared(state.params, shared)
+    else:
+      params = checkpoint.load_params(source, abstract.params, shardings.params)
+    state = state.replace(params=params)
+    print(f"Fine-tuning from the parameters in {source}", flush=True)
+  return state, shardings, None
+
+
+ARCHITECTURE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads",
+                       "num_encoder_layers", "num_decoder_layers", "feed_forward",
+                       "tie_word_embeddings", "relative_attention_num_buckets")
+TASK_FIELDS = ("task_slots", "task_specific", "adapter_dim")
+
+
+def _check_same_architecture(meta: dict, cfg, source: str, task_fields: bool = True) -> None:
+  saved = meta.get("model_config", {})
+  for field in ARCHITECTURE_FIELDS + (TASK_FIELDS if task_fields else ()):
+    default = getattr(model_config.T5Config, field, None) if field in TASK_FIELDS else None
+    value = saved.get(field, default)
+    if isinstance(value, list):
+      value = tuple(value)
+    if value is not None and value != getattr(cfg, field):
+      raise ValueError(
+          f"Checkpoint {source} has {field}={value!r} but the configured model has "
+          f"{getattr(cfg, field)!r}; configure the same model (or start a new --run_dir with "
+          "CheckpointConfig.init_from to keep a plain T5's parameters).")
+
+
+def _check_resumable(ckpt: checkpoint.Checkpointer, cfg, config: TrainConfig,
+                     num_tasks: int) -> bool:
+  """A run resumed with another architecture (task parameters included) or another
+  task weighting has another state, which would not restore: say so before trying,
+  rather than setting its checkpoints aside as unreadable.
+
+  Returns whether the checkpoint's data position applies (same data settings); with other
+  settings, refuses in one line unless `CheckpointConfig.data_restart` is set."""
+  steps = ckpt.steps()
+  if not steps:
+    return True
+  try:
+    meta = ckpt.read_meta(steps[-1])
+  except Exception:  # noqa: BLE001 - an unreadable checkpoint is restore_latest's to handle
+    return True
+  _check_same_architecture(meta, cfg, ckpt.directory)
+  weighting = config.loss.task_weighting
+  saved = meta.get("task_weighting", {"mode": "fixed"})  # from before task weighting
+  if saved["mode"] != weighting or (weighting != "fixed" and saved["num_tasks"] != num_tasks):
+    raise ValueError(
+        f"Checkpoint step {steps[-1]} in {ckpt.directory} was trained with task_weighting="
+        f"{saved['mode']!r} over {saved.get('num_tasks', '?')} tasks, but this run has "
+        f"{weighting!r} over {num_tasks}; resume with the same LossConfig.task_weighting and "
+        "mixture, or start a new --run_dir (with CheckpointConfig.init_from to keep the "
+        "parameters).")
+  signature = pipeline.signature(config.data, config.batch_size)
+  data = meta.get("data", {})
+  changed = [f"{k} {data.get(k)!r} -> {v!r}" for k, v in signature.items() if data.get(k) != v]
+  if not changed:
+    return True
+  if data.get("pipeline") != signature["pipeline"]:
+    changed = [f"it was written by input pipeline version {data.get('pipeline', 1)}, this is "
+               f"version {signature['pipeline']}"]
+  if config.checkpoint.data_restart:
+    print(f"Data settings changed since step {steps[-1]} ({'; '.join(changed)}); "
+          "CheckpointConfig.data_restart=True: the new data stream starts from its beginning.",
+          flush=True)
+    return False
+  raise ValueError(
+      f"Checkpoint step {steps[-1]} in {ckpt.directory} was trained on other data settings "
+      f"({'; '.join(changed)}); resume with the same data settings, or add "
+      "--gin.CheckpointConfig.data_restart=True to keep the model and start this data stream "
+      "from its beginning.")
+
+
+def _checkpoint_meta(config: TrainConfig, model, num_tasks: int) -> dict:
+  voc = vocab.get_vocabulary()
+  return {
+      "model_config": dataclasses.asdict(model.config),
+      "model": config.model,
+      "vocab": {"size": voc.vocab_size, "extra_ids": voc.extra_ids},
+      "data": pipeline.signature(config.data, config.batch_size),
+      "task_weighting": {"mode": config.loss.task_weighting, "num_tasks": num_tasks},
+      "gin": gin.config_str(),
+  }
+
+
+def _evaluate(config: TrainConfig, model, params, writer, step: int, primary: bool) -> dict:
+  """Runs the evaluation of `config.eval` on the current parameters."""
+  from t5jax.decode.predictor import Predictor
+  predictor = Predictor(model.config.replace(dropout_rate=0.0), params, vocab.get_vocabulary())
+  name = config.eval.mixture_or_task or config.data.mixture_or_task
+  results = evaluate.evaluate(predictor, config.eval, name)
+  flat = evaluate.flatten(results)
+  writer.write(step, flat, prefix="eval")
+  metrics.print_line(f"eval at step {step}:\n{evaluate.format_table(results)}", primary)
+  return flat
+
+
+def _num_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def _check_finite(window: list[dict], first_step: int, ckpt: checkpoint.Checkpointer) -> None:
+  """Fail fast: a NaN or Inf loss stops the run, naming the step. It runs before
+  every save, so only finite states are ever saved."""
+  for i, m in enumerate(window):
+    if not np.isfinite(m["loss"]):
+      ckpt.close()
+      kept = ckpt.steps()
+      raise FloatingPointError(
+          f"Loss is {m['loss']} at step {first_step + i}; the last good checkpoint is step "
+          f"{kept[-1] if kept else 'none'} in {ckpt.directory}. Lower the learning rate, check "
+          "the data, or use float32 activations.")
+
+
+def _sample_predictions(run_dir: str, model, params, config: TrainConfig) -> None:
+  """Greedy-decodes a few validation examples and writes them to predictions.jsonl."""
+  from t5jax.decode.predictor import text_of
+  spec = dataclasses.replace(config.data, split="validation", pack=False, shuffle=False)
+  n = config.num_sample_predictions
+  batch = next(pipeline.make_batches(spec, n, repeat=False))
+  params = jax.device_get(params)
+  task_names = pipeline.task_names(config.data.mixture_or_task)
+  slot_table = train_step.task_slot_table(model, task_names)
+  slots_b = None if slot_table is None else slot_table[batch["decoder_task_ids"][:, 0]]
+  tokens, scores = decoding.greedy_decode(model, params, batch["encoder_input_tokens"],
+                                          config.max_decode_length, slots_b)
+  voc = vocab.get_vocabulary()
+  with open(os.path.join(run_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
+    for i in range(n):
+      record = {
+          "task": task_names[int(batch["decoder_task_ids"][i, 0])],
+          "inputs": text_of(voc, batch["encoder_input_tokens"][i]),
+          "targets": text_of(voc, batch["decoder_target_tokens"][i]),
+          "prediction": text_of(voc, np.asarray(tokens[i])),
+          "log_likelihood": float(scores[i]),
+      }
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+      print(f"[{record['task']}] {record['inputs']}\n  target:     {record['targets']}\n"
+            f"  prediction: {record['prediction']}", flush=True)
