@@ -62,10 +62,16 @@ def wait_for_step(run_dir, step, proc, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference_run(tmp_path_factory):
+  """An uninterrupted 12-step run (checkpoints at 4, 8, 12): its directory and losses."""
   run_dir = str(tmp_path_factory.mktemp("reference"))
   finish(start_training(run_dir))
-  return losses_by_step(run_dir)
+  return run_dir, losses_by_step(run_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+  return reference_run[1]
 
 
 def test_sigkill_then_rerun_reproduces_uninterrupted_losses(reference, tmp_path):
@@ -115,25 +121,27 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(reference, tmp_path):
   assert "Resumed from step 12" in out and 13 in losses_by_step(run_dir)
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(reference, tmp_path):
-  run_dir = str(tmp_path)
-  finish(start_training(run_dir, "--gin.TrainConfig.num_steps=8"))
-  assert checkpoint.latest_step(run_dir) == 8
+def test_corrupt_latest_checkpoint_falls_back_to_previous(reference_run, tmp_path):
+  # A copy of the finished reference run, whose checkpoint 12 is then damaged.
+  run_dir = str(tmp_path / "run")
+  shutil.copytree(reference_run[0], run_dir)
+  reference = reference_run[1]
+  assert checkpoint.latest_step(run_dir) == 12
   # Damage every data file of the latest checkpoint's parameters.
-  for root, _, files in os.walk(os.path.join(run_dir, "checkpoints", "8", "params")):
+  for root, _, files in os.walk(os.path.join(run_dir, "checkpoints", "12", "params")):
     for name in files:
       with open(os.path.join(root, name), "r+b") as f:
         size = f.seek(0, 2)
         f.seek(0)
         f.write(b"\0garbage" * max(1, size // 8))
   out = finish(start_training(run_dir))
-  assert "checkpoint at step 8 is unreadable" in out
-  assert "Resumed from step 4" in out
-  # Nothing is deleted: the damaged step is kept aside, and step 8 was saved anew.
-  assert any(n.startswith("8.unreadable-") for n in os.listdir(os.path.join(run_dir, "checkpoints")))
+  assert "checkpoint at step 12 is unreadable" in out
+  assert "Resumed from step 8" in out
+  # Nothing is deleted: the damaged step is kept aside, and step 12 was saved anew.
+  assert any(n.startswith("12.unreadable-") for n in os.listdir(os.path.join(run_dir, "checkpoints")))
   assert checkpoint.latest_step(run_dir) == 12
   resumed = losses_by_step(run_dir)
-  for step in range(5, 13):
+  for step in range(9, 13):
     assert resumed[step] == reference[step], step
 
 
