@@ -39,7 +39,7 @@ class TaskRecipe:
 
   Attributes:
     name: the task's name (for messages).
-    store: directory of its `ExampleStore`.
+    store: location of its `ExampleStore` (a local directory or a gs:// URL).
     ops: the per-example steps, [(op name, kwargs)].
     lengths: {"inputs": n, "targets": m} of the batch.
     eos: {feature: EOS id} for the features that get EOS.
@@ -78,8 +78,8 @@ class TaskView:
       self._span = span_args(ops.pop(0)[1])
       self._segment, _ = noise.span_corruption_lengths(
           r.lengths["inputs"], **self._span)
-      flat, _ = self._store.features["targets"]
-      self.num_examples = -(-len(flat) // self._segment)
+      self._num_tokens = self._store.num_tokens("targets")
+      self.num_examples = -(-self._num_tokens // self._segment)
     else:
       self.num_examples = self._store.num_examples
     self._eos_ops = [name for name, _ in ops]
@@ -88,23 +88,21 @@ class TaskView:
     """[(inputs, targets)] of stored examples `ids`, trimmed to the lengths; `keys[i]`
     seeds example i's noise."""
     if self._span is None:
-      pairs = [(np.asarray(self._store.tokens("inputs", i)),
-                np.asarray(self._store.tokens("targets", i))) for i in ids]
+      pairs = list(zip(self._store.examples("inputs", ids), self._store.examples("targets", ids)))
     else:
-      flat, _ = self._store.features["targets"]
+      # One read per batch of every example's segment of the concatenated stream.
       ids = np.asarray(ids, np.int64)
+      segments = self._store.stream("targets", ids * self._segment, (ids + 1) * self._segment)
       pairs = [None] * len(ids)
       # Every segment but the split's last has the full length: corrupt those together.
-      full = np.nonzero((ids + 1) * self._segment <= len(flat))[0]
+      full = np.nonzero((ids + 1) * self._segment <= self._num_tokens)[0]
       if len(full):
-        starts = ids[full, None] * self._segment + np.arange(self._segment)[None, :]
-        inputs, targets = noise.corrupt_batch(np.asarray(flat[starts]), keys[full],
+        inputs, targets = noise.corrupt_batch(np.stack([segments[i] for i in full]), keys[full],
                                               _NOISE_SALT, self.recipe.vocab_size, **self._span)
         for j, i in enumerate(full):
           pairs[i] = (inputs[j], targets[j])
-      for i in np.nonzero((ids + 1) * self._segment > len(flat))[0]:
-        tokens = np.asarray(flat[ids[i] * self._segment:(ids[i] + 1) * self._segment])
-        pairs[i] = noise.corrupt(tokens, (keys[i], _NOISE_SALT), self.recipe.vocab_size,
+      for i in np.nonzero((ids + 1) * self._segment > self._num_tokens)[0]:
+        pairs[i] = noise.corrupt(segments[i], (keys[i], _NOISE_SALT), self.recipe.vocab_size,
                                  **self._span)
     return [self._finish(inputs, targets) for inputs, targets in pairs]
 

@@ -1,38 +1,234 @@
-"""Random access to a task's tokenized examples, stored as flat token arrays on disk.
+"""Random access to a task's tokenized examples: a sharded, jagged token store.
 
-Each feature is one flat int32 array plus int64 offsets (`FEATURE.tokens.npy`,
-`FEATURE.offsets.npy`), memory-mapped when read, so that example `i` is a slice and worker
-processes share the pages instead of each holding the data. `t5jax.data.task_cache` writes
-stores from SeqIO tasks; this module only reads them (numpy only, for worker processes).
+A store is a directory, on local disk or at a `gs://` URL (`store_io`):
+
+    plan.json                    what the build will write (task, split, units, fingerprint)
+    shard-00000/targets.tokens   zarr3 array: the shard's examples' tokens, concatenated
+    shard-00000/targets.offsets  zarr3 array, int64 [rows + 1]: where each example starts
+    commits/shard-00000.json     written when the shard is complete (counts, sha256)
+    manifest.json                written last: the shards, counts, fingerprint
+
+Tokens are uint16 where the vocabulary fits (T5's 32,128 ids), uint32 otherwise (mT5's
+250k). Each array is one zarr3 "sharding" object per 2^23 tokens (2^18 offsets), made of
+4,096-token chunks with a crc32c each, so that a random read fetches a few KB, a torn or
+damaged chunk fails its checksum instead of being read, and TensorStore reads the bytes
+where they lie (`store_io`). Only a manifest makes a store: a build killed half way leaves
+none, and its committed shards are kept for the resume (`cache_build`).
+
+Example `i` of the split is row `i - first[s]` of shard `s = searchsorted(first, i)`:
+O(log shards). Small local stores are read whole into memory at open (fast slicing for the
+shipped tasks); others are read per batch, every request of a batch in flight at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import numpy as np
+import tensorstore as ts
+
+from t5jax.data import store_io
+
+FORMAT = 2
+MANIFEST = "manifest.json"
+PLAN = "plan.json"
+COMMITS = "commits/"
+# Tokens per zarr3 sharding object and per chunk inside it; offsets likewise.
+TOKENS_OBJECT, TOKENS_CHUNK = 1 << 23, 1 << 12
+OFFSETS_OBJECT, OFFSETS_CHUNK = 1 << 18, 1 << 9
+# Local stores up to this size are read whole into memory when opened.
+IN_MEMORY_BYTES_ENV = "T5JAX_STORE_IN_MEMORY_BYTES"
+IN_MEMORY_BYTES = 32 << 20
 
 
-@dataclasses.dataclass(frozen=True)
+def token_dtype(vocab_size: int) -> str:
+  return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+def shard_name(index: int) -> str:
+  return f"shard-{index:05d}"
+
+
+def array_spec(location: str, shard: int, feature: str, kind: str, dtype: str,
+               length: int | None = None) -> dict:
+  """TensorStore spec of one shard's `kind` ("tokens"/"offsets") array of `feature`."""
+  obj, chunk = (TOKENS_OBJECT, TOKENS_CHUNK) if kind == "tokens" else (OFFSETS_OBJECT,
+                                                                      OFFSETS_CHUNK)
+  spec = {
+      "driver": "zarr3",
+      "kvstore": store_io.kvstore_spec(
+          store_io.join(location, shard_name(shard), f"{feature}.{kind}")),
+  }
+  if length is not None:
+    spec["metadata"] = {
+        "shape": [length],
+        "data_type": dtype,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [obj]}},
+        "codecs": [{"name": "sharding_indexed", "configuration": {
+            "chunk_shape": [chunk],
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                       {"name": "crc32c"}],
+            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                             {"name": "crc32c"}]}}],
+    }
+  return spec
+
+
+def rebuild_hint(task: str, split: str) -> str:
+  return f"t5jax cache --task {task} --split {split} --rebuild"
+
+
+@dataclasses.dataclass
+class _Shard:
+  index: int
+  tokens: dict      # feature -> ts.TensorStore, or np.ndarray when in memory
+  offsets: dict     # feature -> ts.TensorStore [rows + 1], or np.ndarray when in memory
+
+
 class ExampleStore:
-  """A split's pre-cache examples: `features[name] = (tokens_flat int32, offsets int64 [N+1])`."""
-  directory: str
-  num_examples: int
-  features: dict
+  """A split's stored examples: `num_examples`, `examples(feature, ids)`, `stream(...)`."""
 
-  def tokens(self, feature: str, index: int) -> np.ndarray:
-    flat, offsets = self.features[feature]
-    return flat[offsets[index]:offsets[index + 1]]
+  def __init__(self, location: str, manifest: dict):
+    self.location = location
+    self.manifest = manifest
+    self.features = list(manifest["features"])
+    self.num_examples = int(manifest["num_examples"])
+    shards = manifest["shards"]
+    rows = np.array([s["num_examples"] for s in shards], np.int64)
+    # first[s]: the split's index of shard s's first example (and likewise for tokens).
+    self._first = np.concatenate([[0], np.cumsum(rows)])
+    self._first_token = {
+        f: np.concatenate([[0], np.cumsum([s["num_tokens"][f] for s in shards])]).astype(np.int64)
+        for f in self.features}
+    self._shards: dict[int, _Shard] = {}
+    limit = int(os.environ.get(IN_MEMORY_BYTES_ENV, IN_MEMORY_BYTES))
+    self.in_memory = not store_io.is_gcs(location) and int(manifest["bytes"]) <= limit
+
+  @property
+  def directory(self) -> str:
+    return self.location
+
+  def num_tokens(self, feature: str) -> int:
+    return int(self._first_token[feature][-1])
 
   @classmethod
-  def open(cls, directory: str) -> "ExampleStore":
-    """Maps a written store into memory (read-only, shared between processes)."""
-    with open(os.path.join(directory, "info.json"), encoding="utf-8") as f:
-      info = json.load(f)
-    features = {
-        name: (np.load(os.path.join(directory, f"{name}.tokens.npy"), mmap_mode="r"),
-               np.load(os.path.join(directory, f"{name}.offsets.npy")))
-        for name in info["features"]}
-    return cls(directory, info["num_examples"], features)
+  def open(cls, location) -> "ExampleStore":
+    """Opens a complete store (one with a manifest).
+
+    Raises:
+      store_io.StoreError: (one line) no manifest, an old format, or an unreadable location.
+    """
+    location = store_io.normalize(location)
+    directory = store_io.Directory(location)
+    manifest = directory.read_json(MANIFEST)
+    if manifest is None:
+      if directory.read("info.json") is not None:
+        raise store_io.StoreError(
+            f"{location} is an example store of t5jax's old format (one .npy per feature); "
+            "delete it and run `t5jax cache` (or train: small stores rebuild on first use)")
+      raise store_io.StoreError(
+          f"no example store at {location} (no {MANIFEST}: never built, or its build did not "
+          "finish); run `t5jax cache --task TASK --split SPLIT`")
+    if manifest.get("format") != FORMAT:
+      raise store_io.StoreError(
+          f"{location} is an example store of format {manifest.get('format')}, this t5jax "
+          f"reads format {FORMAT}; run `{rebuild_hint(manifest.get('task'), manifest.get('split'))}`")
+    return cls(location, manifest)
+
+  def _shard(self, s: int) -> _Shard:
+    shard = self._shards.get(s)
+    if shard is not None:
+      return shard
+    record = self.manifest["shards"][s]
+    tokens, offsets = {}, {}
+    try:
+      for f in self.features:
+        for kind, dtype, into, length in (
+            ("offsets", "int64", offsets, record["num_examples"] + 1),
+            ("tokens", self.manifest["dtype"], tokens, record["num_tokens"][f])):
+          arr = ts.open(array_spec(self.location, s, f, kind, dtype),
+                        context=store_io.context(), open=True).result()
+          if arr.shape != (length,):
+            raise ValueError(f"{f}.{kind} has shape {arr.shape}, the manifest says ({length},):"
+                             " it does not match")
+          into[f] = arr.read().result() if self.in_memory else arr
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line
+      where = store_io.join(self.location, shard_name(s))
+      err = store_io.explain(where, e, "cannot read shard")
+      if "not found" in str(e).lower() or "does not match" in str(e) or "checksum" in str(e):
+        err = store_io.StoreError(
+            f"cannot read shard {where} of the manifest ({' '.join(str(e).split())[:160]}); "
+            f"run `{rebuild_hint(self.manifest['task'], self.manifest['split'])}`")
+      raise err from None
+    shard = self._shards[s] = _Shard(s, tokens, offsets)
+    return shard
+
+  def _read(self, parts: list[tuple[_Shard, str, int, int]]) -> list[np.ndarray]:
+    """Token ranges [(shard, feature, start, stop)] as int32 arrays, read concurrently."""
+    out: list = [None] * len(parts)
+    pending = []
+    for i, (shard, feature, start, stop) in enumerate(parts):
+      arr = shard.tokens[feature]
+      if isinstance(arr, np.ndarray):
+        out[i] = arr[start:stop].astype(np.int32)
+      elif stop > start:
+        pending.append((i, arr[start:stop].read()))
+      else:
+        out[i] = np.zeros([0], np.int32)
+    for i, future in pending:
+      try:
+        out[i] = future.result().astype(np.int32)
+      except Exception as e:  # noqa: BLE001
+        raise store_io.explain(
+            store_io.join(self.location, shard_name(parts[i][0].index)), e,
+            "cannot read tokens of") from None
+    return out
+
+  def examples(self, feature: str, ids) -> list[np.ndarray]:
+    """The tokens of examples `ids` (split indices), int32, read in one batch."""
+    ids = np.asarray(ids, np.int64)
+    if len(ids) and (ids.min() < 0 or ids.max() >= self.num_examples):
+      raise IndexError(f"example ids must be in [0, {self.num_examples}); got {ids.min()}.."
+                       f"{ids.max()}")
+    shard_of = np.searchsorted(self._first, ids, side="right") - 1
+    rows = ids - self._first[shard_of]
+    bounds = np.zeros([len(ids), 2], np.int64)
+    pending = []
+    for s in np.unique(shard_of):
+      shard, sel = self._shard(int(s)), np.nonzero(shard_of == s)[0]
+      off = shard.offsets[feature]
+      if isinstance(off, np.ndarray):
+        bounds[sel] = np.stack([off[rows[sel]], off[rows[sel] + 1]], 1)
+      else:  # One request for the shard's rows' offsets, all shards' requests in flight.
+        pending.append((sel, off[np.concatenate([rows[sel], rows[sel] + 1])].read()))
+    for sel, future in pending:
+      try:
+        both = future.result()
+      except Exception as e:  # noqa: BLE001
+        raise store_io.explain(self.location, e, "cannot read offsets of") from None
+      bounds[sel] = np.stack([both[:len(sel)], both[len(sel):]], 1)
+    return self._read([(self._shards[int(s)], feature, int(a), int(b))
+                       for s, (a, b) in zip(shard_of, bounds)])
+
+  def tokens(self, feature: str, index: int) -> np.ndarray:
+    return self.examples(feature, [index])[0]
+
+  def stream(self, feature: str, starts, stops) -> list[np.ndarray]:
+    """Ranges [start, stop) of the split's examples' tokens read as one concatenated stream."""
+    first = self._first_token[feature]
+    parts, owners = [], []
+    for j, (start, stop) in enumerate(zip(np.asarray(starts, np.int64),
+                                          np.asarray(stops, np.int64))):
+      stop = min(int(stop), int(first[-1]))
+      s = int(np.searchsorted(first, start, side="right") - 1)
+      while start < stop:
+        end = min(stop, int(first[s + 1]))
+        parts.append((self._shard(s), feature, int(start - first[s]), int(end - first[s])))
+        owners.append(j)
+        start, s = end, s + 1
+    pieces = self._read(parts)
+    out = [[] for _ in range(len(np.asarray(starts)))]
+    for j, piece in zip(owners, pieces):
+      out[j].append(piece)
+    return [np.concatenate(p) if p else np.zeros([0], np.int32) for p in out]

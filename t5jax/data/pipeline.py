@@ -151,7 +151,7 @@ def _producer(spec: InputSpec, provider, global_batch_size: int, process_index: 
   if sum(rates) <= 0:
     raise ValueError(f"mixture {spec.mixture_or_task!r} has no task with a positive rate")
   lengths = {"inputs": spec.inputs_length, "targets": spec.targets_length}
-  recipes = [task_cache.recipe(t, spec.split, lengths) for t in tasks]
+  recipes = [task_cache.recipe(t, spec.split, lengths, process_index) for t in tasks]
   local = global_batch_size // process_count
   rows = np.arange(process_index * local, (process_index + 1) * local)
   if state is None:

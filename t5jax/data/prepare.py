@@ -19,10 +19,28 @@ _lock = threading.Lock()
 _prepared: dict[tuple[str, str], tfds.core.DatasetBuilder] = {}
 
 
-def data_dir() -> pathlib.Path:
-  """Returns `$T5JAX_DATA_DIR` if set, else `~/.cache/t5jax/tfds` (read at each call)."""
+_DEFAULT = pathlib.Path.home() / ".cache/t5jax/tfds"
+
+
+def data_location() -> str:
+  """`$T5JAX_DATA_DIR` if set (a local path, or a `gs://` URL kept as one), else
+  `~/.cache/t5jax/tfds`: where example stores live (read at each call)."""
   env = os.environ.get(DATA_DIR_ENV)
-  return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache/t5jax/tfds"
+  if not env:
+    return str(_DEFAULT)
+  if env.startswith("gs://"):
+    return env.rstrip("/")
+  if env.startswith("gs:/"):
+    raise ValueError(f"{DATA_DIR_ENV}={env!r} looks like a mangled gs:// URL; write gs://BUCKET/PATH")
+  return str(pathlib.Path(env).expanduser().absolute())
+
+
+def data_dir() -> pathlib.Path:
+  """The local directory where the shipped TFDS datasets are prepared: the data dir, or
+  `~/.cache/t5jax/tfds` when the data dir is on GCS (the shipped datasets are a few MB; each
+  host prepares its own copy, and their example stores go to the data dir)."""
+  location = data_location()
+  return _DEFAULT if location.startswith("gs://") else pathlib.Path(location)
 
 
 @contextlib.contextmanager

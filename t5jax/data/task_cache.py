@@ -1,17 +1,22 @@
 """SeqIO tasks to the batch pipeline's inputs: example stores and per-task recipes.
 
 A SeqIO task splits its preprocessors at `seqio.CacheDatasetPlaceholder`: the steps before it
-are deterministic (formatting, tokenization) and may be cached; the steps after it are random
-or depend on the sequence length (span corruption, trimming, EOS). The batch pipeline runs the
-first part once per (task, split) through SeqIO itself and stores each feature as one flat int32
-array plus int64 offsets (`FEATURE.tokens.npy`, `FEATURE.offsets.npy`), memory-mapped when read,
-so that example `i` is a slice and no process holds the data in its heap. The second part is
-applied per example by `t5jax.data.example_ops`.
+are deterministic (formatting, tokenization) and are run once per (task, split) through SeqIO
+itself into an example store (`example_store`, built by `cache_build`); the steps after it are
+random or depend on the sequence length (span corruption, trimming, EOS) and are applied per
+example by `t5jax.data.example_ops`.
 
-The store lives under the data dir (`$T5JAX_DATA_DIR`), keyed by a fingerprint of what made it:
-the task's preprocessors, the vocabulary and the source (a TFDS builder's version, or the size
-and time of a file source's files). A source whose content cannot be fingerprinted (a
-`seqio.FunctionDataSource`) is read again in each process into a temporary directory.
+The store lives under the data dir (`$T5JAX_DATA_DIR`, a local path or a `gs://` URL), keyed
+by a fingerprint of what made it: the task's preprocessors, the vocabulary and the source (a
+TFDS builder's name and dir, or the size and time of a file source's files). Who builds it:
+
+* a source up to `AUTO_BUILD_BYTES` is built on first use (the shipped tasks, small user
+  tasks): on local disk by the first process of each host (under a file lock), on GCS by
+  process 0 while the other processes wait for its manifest;
+* a larger source is refused in one line: run `t5jax cache` (a Beam pipeline) first.
+
+A source whose content cannot be fingerprinted (a `seqio.FunctionDataSource`) is read again
+in each process into a temporary directory.
 """
 
 from __future__ import annotations
@@ -21,24 +26,29 @@ import functools
 import hashlib
 import json
 import os
-import pathlib
 import shutil
+import sys
 import tempfile
+import time
 
-import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5jax.data import cache_build
+from t5jax.data import cache_units
 from t5jax.data import example_ops
 from t5jax.data import example_store
 from t5jax.data import noise
 from t5jax.data import prepare
 from t5jax.data import span_corruption
+from t5jax.data import store_io
 
-# Examples converted to numpy per tf.data batch while building (Python per-example cost
-# dominates otherwise).
-_BUILD_BATCH = 1024
-_FORMAT_VERSION = 1
+# Sources up to this size build on first use; larger ones need `t5jax cache`.
+AUTO_BUILD_ENV = "T5JAX_AUTO_BUILD_BYTES"
+AUTO_BUILD_BYTES = 256 << 20
+# How long processes other than 0 wait for process 0 to build a store on GCS.
+WAIT_ENV = "T5JAX_STORE_WAIT_SECONDS"
+WAIT_SECONDS = 3600
 
 
 def _identify(step) -> tuple[str, dict] | None:
@@ -96,8 +106,11 @@ def _source_fingerprint(source: seqio.DataSource, split: str) -> str | None:
     return None
   parts = []
   for f in sorted(files):
-    st = os.stat(f)
-    parts.append(f"{os.path.abspath(f)}:{st.st_size}:{st.st_mtime_ns}")
+    try:
+      st = tf.io.gfile.stat(f)
+    except tf.errors.NotFoundError:
+      raise cache_units.SourceError(f"corpus file {f} not found; check the path") from None
+    parts.append(f"{f if store_io.is_gcs(f) else os.path.abspath(f)}:{st.length}:{st.mtime_nsec}")
   return "files:" + ";".join(parts)
 
 
@@ -110,89 +123,117 @@ def fingerprint(task: seqio.Task, split: str) -> str | None:
   vocab_ids = sorted(
       f"{k}:{type(f.vocabulary).__name__}:{getattr(f.vocabulary, 'sentencepiece_model_file', '')}"
       for k, f in task.output_features.items())
-  text = json.dumps([_FORMAT_VERSION, task.name, split, source, vocab_ids,
-                     [_step_name(s) for s in pre]])
+  text = json.dumps([example_store.FORMAT, cache_units.RANGE_BYTES, task.name, split, source,
+                     vocab_ids, [_step_name(s) for s in pre]])
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _write(task: seqio.Task, split: str, pre: list, directory: pathlib.Path) -> None:
-  """Runs the source and `pre` through SeqIO once, in file order, and writes the arrays."""
-  ds = task.source.get_dataset(split=split, shuffle=False)
-  # SeqIO's own step runner: it passes each preprocessor the arguments it asks for.
-  ds = task._preprocess_dataset(ds, pre)  # pylint: disable=protected-access
-  names = [k for k in task.output_features if k in ds.element_spec]
-  if not names:
-    raise ValueError(
-        f"task {task.name!r} produces none of its output features {list(task.output_features)} "
-        "before its CacheDatasetPlaceholder; tokenize before the placeholder")
-  ds = ds.map(lambda ex: {**{k: ex[k] for k in names},
-                          **{f"{k}/length": tf.size(ex[k]) for k in names}})
-  chunks = {k: [] for k in names}
-  lengths = {k: [] for k in names}
-  for batch in ds.padded_batch(_BUILD_BATCH).as_numpy_iterator():
-    for k in names:
-      lens = batch[f"{k}/length"]
-      padded = batch[k]
-      # Row-major selection of each row's first `len` tokens: the examples, concatenated.
-      chunks[k].append(padded[np.arange(padded.shape[1])[None, :] < lens[:, None]]
-                       .astype(np.int32))
-      lengths[k].append(lens.astype(np.int64))
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
-  num_examples = 0
-  for k in names:
-    flat = np.concatenate(chunks[k]) if chunks[k] else np.zeros([0], np.int32)
-    lens = np.concatenate(lengths[k]) if lengths[k] else np.zeros([0], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    np.save(tmp / f"{k}.tokens.npy", flat)
-    np.save(tmp / f"{k}.offsets.npy", offsets)
-    num_examples = len(lens)
-  (tmp / "info.json").write_text(json.dumps(
-      {"task": task.name, "split": split, "features": names, "num_examples": num_examples}))
-  os.replace(tmp, directory) if not directory.exists() else shutil.rmtree(tmp)
+def source_bytes(task: seqio.Task, units: list[dict]) -> int | None:
+  """The size of the source's files (what a build reads), or None if unknown."""
+  total = 0
+  for u in units:
+    if u["kind"] == "lines":
+      total += u["stop"] - u["start"]
+    elif u["kind"] == "file":
+      total += tf.io.gfile.stat(u["file"]).length
+    elif u["kind"] == "tfds":
+      return int(task.source.tfds_dataset.info.dataset_size)
+    else:
+      return None
+  return total
+
+
+def store_location(task: seqio.Task, split: str) -> str | None:
+  """Where the store of (task, split) lives under the data dir (None: not fingerprintable)."""
+  key = fingerprint(task, split)
+  if key is None:
+    return None
+  return store_io.join(prepare.data_location(), "t5jax_examples", task.name, f"{split}-{key}")
 
 
 _temporary_root: list[str] = []
 
 
-def _temporary_dir() -> pathlib.Path:
+def _temporary_dir() -> str:
   if not _temporary_root:
     _temporary_root.append(tempfile.mkdtemp(prefix="t5jax-examples-"))
     atexit.register(shutil.rmtree, _temporary_root[0], ignore_errors=True)
-  return pathlib.Path(_temporary_root[0])
+  return _temporary_root[0]
 
 
-# (id(task), split) -> (task, directory); the task is kept so that its id is not reused.
-_dirs: dict[tuple[int, str], tuple[seqio.Task, str]] = {}
+# (id(task), split) -> (task, location); the task is kept so that its id is not reused.
+_locations: dict[tuple[int, str], tuple[seqio.Task, str]] = {}
 
 
-def _store_dir(task: seqio.Task, split: str) -> str:
-  cached = _dirs.get((id(task), split))
-  if cached is not None:
-    return cached[1]
-  pre, _ = split_preprocessors(task)
+def _build_here(task: seqio.Task, split: str, location: str, key: str,
+                units: list[dict]) -> None:
+  job = cache_build.Job(task=task.name, split=split, location=location, fingerprint=key)
+  cache_build.build(job, units, workers=0, progress_seconds=30.0, task=task)
+
+
+def _ensure(task: seqio.Task, split: str, process_index: int) -> str:
+  """The location of a complete store of (task, split), built here if it may be."""
   key = fingerprint(task, split)
   if key is None:
-    directory = _temporary_dir() / f"{task.name}-{id(task)}" / split
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    if not directory.exists():
-      _write(task, split, pre, directory)
-  else:
-    directory = prepare.data_dir() / "t5jax_examples" / task.name / f"{split}-{key}"
-    if not (directory / "info.json").exists():
-      directory.parent.mkdir(parents=True, exist_ok=True)
-      with prepare.file_lock(directory.parent / f".{split}-{key}.lock"):
-        if not (directory / "info.json").exists():
-          _write(task, split, pre, directory)
-  _dirs[(id(task), split)] = (task, str(directory))
-  return str(directory)
+    location = os.path.join(_temporary_dir(), f"{task.name}-{id(task)}", split)
+    _build_here(task, split, location, "temporary", cache_units.plan(task, split))
+    return location
+  location = store_location(task, split)
+  directory = store_io.Directory(location)
+  if directory.read(example_store.MANIFEST) is not None:
+    return location
+  units = cache_units.plan(task, split)
+  size = source_bytes(task, units)
+  limit = int(os.environ.get(AUTO_BUILD_ENV, AUTO_BUILD_BYTES))
+  if size is not None and size > limit:
+    raise store_io.StoreError(
+        f"task {task.name!r} split {split!r} has no example store at {location} and its source "
+        f"({size / 2**20:.0f} MB) is over the {limit / 2**20:.0f} MB built on first use; build "
+        f"it first: t5jax cache --task {task.name} --split {split} [--module YOUR_MODULE]")
+  if store_io.is_gcs(location):
+    if process_index == 0:
+      _build_here(task, split, location, key, units)
+    else:
+      _wait_for(directory, location, task, split)
+    return location
+  os.makedirs(os.path.dirname(location), exist_ok=True)
+  with prepare.file_lock(os.path.join(os.path.dirname(location), f".{split}-{key}.lock")):
+    if directory.read(example_store.MANIFEST) is None:
+      _build_here(task, split, location, key, units)
+  return location
 
 
-def get_store(task: seqio.Task, split: str) -> example_store.ExampleStore:
-  """The store of (task, split), built on first use (once per data dir, under a file lock)."""
-  return example_store.ExampleStore.open(_store_dir(task, split))
+def _wait_for(directory: store_io.Directory, location: str, task: seqio.Task,
+              split: str) -> None:
+  seconds = float(os.environ.get(WAIT_ENV, WAIT_SECONDS))
+  deadline = time.time() + seconds
+  print(f"waiting for process 0 to build the example store of {task.name}/{split} at "
+        f"{location}", file=sys.stderr, flush=True)
+  while directory.read(example_store.MANIFEST) is None:
+    if time.time() > deadline:
+      raise store_io.StoreError(
+          f"process 0 did not build the example store of {task.name}/{split} at {location} "
+          f"within {seconds:.0f} s ({WAIT_ENV}); build it first with `t5jax cache --task "
+          f"{task.name} --split {split}`")
+    time.sleep(1.0)
 
 
-def recipe(task: seqio.Task, split: str, lengths: dict) -> example_ops.TaskRecipe:
+def store_of(task: seqio.Task, split: str, process_index: int = 0) -> str:
+  """The location of the store of (task, split), built on first use where allowed."""
+  cached = _locations.get((id(task), split))
+  if cached is None:
+    cached = _locations[(id(task), split)] = (task, _ensure(task, split, process_index))
+  return cached[1]
+
+
+def get_store(task: seqio.Task, split: str,
+              process_index: int = 0) -> example_store.ExampleStore:
+  """The store of (task, split), built on first use (see the module docstring)."""
+  return example_store.ExampleStore.open(store_of(task, split, process_index))
+
+
+def recipe(task: seqio.Task, split: str, lengths: dict,
+           process_index: int = 0) -> example_ops.TaskRecipe:
   """The recipe of (task, split) at these lengths; builds the task's store if needed.
 
   Raises:
@@ -221,9 +262,8 @@ def recipe(task: seqio.Task, split: str, lengths: dict) -> example_ops.TaskRecip
       raise ValueError(
           f"targets_length={lengths['targets']} is too short for span corruption with "
           f"inputs_length={lengths['inputs']}; use targets_length >= {targets_needed}")
-  store = get_store(task, split)
   return example_ops.TaskRecipe(
-      name=task.name, store=store.directory, ops=tuple(ops),
+      name=task.name, store=store_of(task, split, process_index), ops=tuple(ops),
       lengths={"inputs": int(lengths["inputs"]), "targets": int(lengths["targets"])},
       eos={k: int(f.vocabulary.eos_id) for k, f in task.output_features.items() if f.add_eos},
       vocab_size=int(task.output_features["targets"].vocabulary.vocab_size))

@@ -1,0 +1,188 @@
+"""A task's source cut into units of parallel work, and each unit's examples as batches.
+
+A unit is plain JSON, so that a Beam worker anywhere can run it from the task's name:
+
+* `{"kind": "tfds", "split": "train[a:b]"}`: one file of a TFDS split (examples a..b-1,
+  TFDS reads just that file);
+* `{"kind": "lines", "file": F, "start": a, "stop": b, "skip": k}`: the lines of a text file
+  that start in bytes [a, b), cut every `RANGE_BYTES` so that one large file is many units;
+* `{"kind": "file", "file": F}`: one file of another `seqio.FileDataSource`;
+* `{"kind": "all"}`: the whole split (a source with no files, e.g. a function).
+
+Units in plan order, read one after another, give the split's examples in file order,
+whatever the number of workers: the store does not depend on how it was built.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+# A unit of a large text file; about 16 M T5 tokens of English, a minute of one core.
+RANGE_BYTES = 64 << 20
+# Examples per batch handed from tf.data to numpy (per-example Python cost dominates otherwise).
+BATCH = 1024
+_LINES_PER_READ = 1024
+
+
+class SourceError(ValueError):
+  """The task's source cannot be read; the message is one line naming the fix."""
+
+
+def _shipped(source) -> bool:
+  from t5jax.data import sources  # pylint: disable=g-import-not-at-top
+  return isinstance(source, sources.ShippedTfdsSource)
+
+
+def plan(task: seqio.Task, split: str) -> list[dict]:
+  """The units of (task, split), in file order."""
+  source = task.source
+  if split not in source.splits:
+    raise SourceError(f"task {task.name!r} has no split {split!r}; it has {list(source.splits)}")
+  if _shipped(source):
+    return [{"kind": "all"}]
+  if isinstance(source, seqio.TfdsDataSource):
+    return _tfds_units(task, source, split)
+  if isinstance(source, seqio.FileDataSource):
+    files = _files(task, source, split)
+    if isinstance(source, seqio.TextLineDataSource):
+      units = []
+      for f in files:
+        size = tf.io.gfile.stat(f).length
+        for start in range(0, max(size, 1), RANGE_BYTES):
+          units.append({"kind": "lines", "file": f, "start": start,
+                        "stop": min(size, start + RANGE_BYTES),
+                        "skip": source._skip_header_lines if start == 0 else 0})  # pylint: disable=protected-access
+      return units
+    return [{"kind": "file", "file": f} for f in files]
+  return [{"kind": "all"}]
+
+
+def _files(task: seqio.Task, source: seqio.FileDataSource, split: str) -> list[str]:
+  try:
+    files = list(source.list_shards(split))
+  except Exception as e:  # noqa: BLE001 - a bad pattern or an unreachable bucket
+    raise SourceError(f"cannot list the files of task {task.name!r} split {split!r}: "
+                      f"{' '.join(str(e).split())[:200]}") from None
+  if not files:
+    raise SourceError(f"task {task.name!r} split {split!r}: no file matches "
+                      f"{source._split_to_filepattern[split]!r}; check the path")  # pylint: disable=protected-access
+  for f in files:
+    if not tf.io.gfile.exists(f):
+      raise SourceError(f"task {task.name!r} split {split!r}: corpus file {f} not found")
+  return files
+
+
+def _tfds_units(task: seqio.Task, source: seqio.TfdsDataSource, split: str) -> list[dict]:
+  loader = source.tfds_dataset
+  dataset_split = loader._map_split(split)  # pylint: disable=protected-access
+  try:
+    builder = loader.builder
+    info = builder.info.splits[dataset_split]
+    lengths = list(info.shard_lengths)
+  except Exception:  # noqa: BLE001 - TFDS raises many kinds for a dataset not there
+    lengths = []
+  if not lengths:
+    data_dir = getattr(loader, "data_dir", None) or "the TFDS data dir (~/tensorflow_datasets)"
+    raise SourceError(
+        f"task {task.name!r}: TFDS dataset {loader.name} split {dataset_split!r} is not prepared "
+        f"in {data_dir}; prepare it there (`tfds build {str(loader.name).split(':')[0]} "
+        "--data_dir DIR`, or copy a prepared copy) and pass that dir (TFDS_DATA_DIR)")
+  bounds = np.concatenate([[0], np.cumsum(lengths)])
+  return [{"kind": "tfds", "split": f"{dataset_split}[{int(a)}:{int(b)}]"}
+          for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _lines(unit: dict) -> Iterator[np.ndarray]:
+  """The unit's lines (without their line ends), in batches."""
+  start, stop = unit["start"], unit["stop"]
+  with tf.io.gfile.GFile(unit["file"], "rb") as f:
+    if start > 0:
+      f.seek(start - 1)
+      f.readline()  # The line that starts before `start` belongs to the previous unit.
+    for _ in range(unit["skip"]):
+      f.readline()
+    batch = []
+    while f.tell() < stop:
+      line = f.readline()
+      if not line:
+        break
+      batch.append(line.rstrip(b"\n").removesuffix(b"\r"))
+      if len(batch) == _LINES_PER_READ:
+        yield np.array(batch, dtype=object)
+        batch = []
+    if batch:
+      yield np.array(batch, dtype=object)
+
+
+def raw_dataset(task: seqio.Task, split: str, unit: dict) -> tf.data.Dataset:
+  """The unit's examples as the source gives them (before any preprocessor)."""
+  source = task.source
+  kind = unit["kind"]
+  if kind == "all":
+    return source.get_dataset(split=split, shuffle=False)
+  if kind == "tfds":
+    loader = source.tfds_dataset
+    return loader.builder.as_dataset(
+        split=unit["split"], shuffle_files=False, decoders=loader._decoders,  # pylint: disable=protected-access
+        read_config=tfds_read_config())
+  if kind == "lines":
+    return tf.data.Dataset.from_generator(
+        lambda: _lines(unit), output_signature=tf.TensorSpec([None], tf.string)).unbatch()
+  if kind == "file":
+    return source._reader(unit["file"])  # pylint: disable=protected-access
+  raise ValueError(f"unknown unit kind {kind!r}")
+
+
+def tfds_read_config():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.ReadConfig(skip_prefetch=True)
+
+
+def examples(task: seqio.Task, split: str, unit: dict, pre: list,
+             threads: int = 0) -> tuple[list[str], Iterator[tuple[dict, dict]]]:
+  """(feature names, batches of the unit's examples after `pre`): each batch is
+  ({feature: the examples' tokens concatenated}, {feature: their lengths}).
+
+  Args:
+    threads: tf.data's threads for this unit (0: its default, every core), so that N worker
+      processes on one machine share its cores instead of each using all of them.
+  """
+  ds = raw_dataset(task, split, unit)
+  # SeqIO's own step runner: it passes each preprocessor the arguments it asks for.
+  ds = task._preprocess_dataset(ds, pre)  # pylint: disable=protected-access
+  names = feature_names(task, ds)
+  ds = ds.map(lambda ex: {**{k: ex[k] for k in names},
+                          **{f"{k}/length": tf.size(ex[k]) for k in names}})
+  ds = ds.padded_batch(BATCH)
+  if threads:
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    options.threading.max_intra_op_parallelism = 1
+    ds = ds.with_options(options)
+  return names, _batches(ds, names)
+
+
+def _batches(ds: tf.data.Dataset, names: list[str]) -> Iterator[tuple[dict, dict]]:
+  for batch in ds.as_numpy_iterator():
+    flat, lengths = {}, {}
+    for k in names:
+      lens = batch[f"{k}/length"].astype(np.int64)
+      padded = batch[k]
+      # Row-major selection of each row's first `len` tokens: the examples, concatenated.
+      flat[k] = padded[np.arange(padded.shape[1])[None, :] < lens[:, None]]
+      lengths[k] = lens
+    yield flat, lengths
+
+
+def feature_names(task: seqio.Task, ds: tf.data.Dataset) -> list[str]:
+  """The task's output features present before its cache point, in the task's order."""
+  names = [k for k in task.output_features if k in ds.element_spec]
+  if not names:
+    raise SourceError(
+        f"task {task.name!r} produces none of its output features {list(task.output_features)} "
+        "before its CacheDatasetPlaceholder; tokenize before the placeholder")
+  return names
