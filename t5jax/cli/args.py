@@ -50,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
   _eval(sub)
   _convert(sub)
   _tasks(sub)
+  _cache(sub)
   _plot(sub)
   return top
 
@@ -204,6 +205,30 @@ def _convert(sub) -> None:
 
 def _tasks(sub) -> None:
   _sub(sub, "tasks", "list the registered tasks and mixtures with their splits and sizes")
+
+
+def _cache(sub) -> None:
+  cache = _sub(sub, "cache", "build a task's example store (tokenized once, read at random by "
+               "every host) as an Apache Beam pipeline")
+  cache.add_argument("--task", required=True,
+                     help="a registered task, or a mixture (each of its tasks)")
+  cache.add_argument("--split", default="train", help="the split to build")
+  cache.add_argument("--data_dir", default=None, metavar="DIR",
+                     help="where stores live: a directory or gs://BUCKET/PATH (default: "
+                     "$T5JAX_DATA_DIR, else ~/.cache/t5jax/tfds); training must see the same")
+  cache.add_argument("--workers", type=int, default=2,
+                     help="worker processes of Beam's DirectRunner (0: build in this process)")
+  cache.add_argument("--runner", default=None,
+                     help="another Beam runner, e.g. DataflowRunner, FlinkRunner, SparkRunner")
+  cache.add_argument("--beam_option", action="append", default=[], metavar="--OPTION=VALUE",
+                     help="a pipeline option for the runner, e.g. --beam_option=--project=P; "
+                     "repeatable")
+  cache.add_argument("--rebuild", action="store_true",
+                     help="delete the store (complete or not) and build it anew")
+  cache.add_argument("--verify", action="store_true",
+                     help="afterwards re-read every shard and check it against its sha256")
+  cache.add_argument("--progress_seconds", type=float, default=10.0,
+                     help="seconds between progress lines")
 
 
 def _plot(sub) -> None:

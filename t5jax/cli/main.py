@@ -1,4 +1,4 @@
-"""Command line: `t5jax train | compile | infer | score | eval | convert | tasks | plot`.
+"""Command line: `t5jax train | compile | infer | score | eval | convert | tasks | cache | plot`.
 
 Thin wrappers over the Python API. Bad input is a one-line `error: ...` and exit
 status 2; T5JAX_TRACEBACK=1 shows the traceback instead. Paths are relative to
@@ -103,6 +103,11 @@ def _check_paths(args) -> None:
     files.check_input_dir("RUN_DIR", args.run_dir)
     if args.output:
       files.check_output_file("--output", args.output)
+  if args.command == "cache":
+    if args.workers < 0:
+      raise ValueError(f"--workers={args.workers} must be >= 0 (0 builds in this process).")
+    if args.data_dir:
+      os.environ["T5JAX_DATA_DIR"] = args.data_dir
 
 
 def _check_eval_split(name: str, split: str) -> None:
@@ -177,6 +182,9 @@ def _run(args, bindings: list[str]) -> None:
   elif args.command == "plot":
     from t5jax.cli import plot
     print(f"Wrote {plot.plot_run(args.run_dir, args.output)}")
+  elif args.command == "cache":
+    from t5jax.cli import cache
+    cache.run(args)
   elif args.command == "tasks":
     from t5jax.data import listing
     print(listing.format_registry())

@@ -15,11 +15,14 @@ find the task by name: they import t5jax's tasks and the modules the user named.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import os
+import re
 import sys
+import tempfile
 import threading
 import time
 
@@ -82,8 +85,9 @@ def build_shard(job: Job, index: int, unit: dict, task=None) -> dict:
 class _Progress:
   """Prints shards done, tokens/s and an ETA every `seconds`, from the commit records."""
 
-  def __init__(self, job: Job, total: int, done_before: int, seconds: float):
-    self.job, self.total, self.before, self.seconds = job, total, done_before, seconds
+  def __init__(self, job: Job, total: int, done_before: int, seconds: float, out):
+    self.job, self.total, self.before, self.seconds, self.out = (job, total, done_before,
+                                                                 seconds, out)
     self.start = time.time()
     self.seen: dict[str, int] = {}
     self.stop = threading.Event()
@@ -91,7 +95,9 @@ class _Progress:
 
   def _run(self) -> None:
     directory = store_io.Directory(self.job.location)
-    while not self.stop.wait(self.seconds):
+    stopped = False
+    while not stopped:
+      stopped = self.stop.wait(self.seconds)  # Then one last line.
       try:
         for key in directory.list(example_store.COMMITS):
           if key not in self.seen:
@@ -107,13 +113,42 @@ class _Progress:
       eta = (f"{(self.total - done) * elapsed / new:.0f} s" if new > 0 else "unknown")
       print(f"cache {self.job.task}/{self.job.split}: {done}/{self.total} shards, "
             f"{tokens / 1e6:.1f} M tokens, {rate / 1e6:.2f} M tokens/s, ETA {eta}",
-            file=sys.stderr, flush=True)
+            file=self.out, flush=True)
+
+
+@contextlib.contextmanager
+def _beam_log():
+  """Sends this process's stderr (and its Beam workers', which inherit it) to a log file:
+  Beam's harnesses log every bundle. Yields the file's path."""
+  log = tempfile.NamedTemporaryFile(prefix="t5jax-beam-", suffix=".log", delete=False)
+  saved = os.dup(2)
+  sys.stderr.flush()
+  os.dup2(log.fileno(), 2)
+  try:
+    yield log.name
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    log.close()
+
+
+def _worker_error(error: BaseException, log: str) -> Exception:
+  """The one line a worker raised (a StoreError, SourceError, ...), else where to look."""
+  text = str(error)
+  found = re.findall(r"(?:StoreError|SourceError|FileNotFoundError|ValueError): ([^\n]+)", text)
+  if found:
+    return store_io.StoreError(found[-1].strip())
+  return store_io.StoreError(f"the Beam pipeline failed ({' '.join(text.split())[:200]}); "
+                             f"its log: {log}")
 
 
 def _run_beam(job: Job, pending: list[tuple[int, dict]], workers: int, runner: str | None,
               options: list[str]) -> None:
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  with _beam_log():  # Its import warns about optional Google Cloud clients.
+    import apache_beam as beam  # pylint: disable=g-import-not-at-top
+    from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
   args = list(options)
   if runner:
     args.append(f"--runner={runner}")
@@ -121,11 +156,20 @@ def _run_beam(job: Job, pending: list[tuple[int, dict]], workers: int, runner: s
     args += ["--runner=DirectRunner", f"--direct_num_workers={workers}",
              "--direct_running_mode=multi_processing"]
   opts = pipeline_options.PipelineOptions(args)
-  with beam.Pipeline(options=opts) as p:
-    _ = (p
-         | "units" >> beam.Create([(i, json.dumps(u)) for i, u in pending])
-         | "spread" >> beam.Reshuffle()
-         | "shards" >> beam.MapTuple(lambda i, u: build_shard(job, i, json.loads(u))))
+  with _beam_log() as log:
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    try:
+      with beam.Pipeline(options=opts) as p:
+        _ = (p
+             | "units" >> beam.Create([(i, json.dumps(u)) for i, u in pending])
+             | "spread" >> beam.Reshuffle()
+             | "shards" >> beam.MapTuple(lambda i, u: build_shard(job, i, json.loads(u))))
+    except Exception as e:  # noqa: BLE001 - a worker's failure, as one line
+      error = _worker_error(e, log)
+    else:
+      error = None
+  if error is not None:
+    raise error
 
 
 def build(job: Job, units: list[dict], workers: int = 2, runner: str | None = None,
@@ -154,7 +198,8 @@ def build(job: Job, units: list[dict], workers: int = 2, runner: str | None = No
     directory.write_json(example_store.PLAN, plan)
   done = {int(k.rsplit("-", 1)[1].split(".")[0]) for k in directory.list(example_store.COMMITS)}
   pending = [(i, u) for i, u in enumerate(units) if i not in done]
-  progress = _Progress(job, len(units), len(units) - len(pending), progress_seconds)
+  out = os.fdopen(os.dup(2), "w", buffering=1)  # Progress shows while Beam's logs are away.
+  progress = _Progress(job, len(units), len(units) - len(pending), progress_seconds, out)
   progress.thread.start()
   try:
     if workers == 0 and not runner:
@@ -164,6 +209,7 @@ def build(job: Job, units: list[dict], workers: int = 2, runner: str | None = No
       _run_beam(job, pending, workers, runner, list(options))
   finally:
     progress.stop.set()
+    progress.thread.join()
   records = []
   for i in range(len(units)):
     record = directory.read_json(f"{example_store.COMMITS}{example_store.shard_name(i)}.json")
@@ -187,7 +233,8 @@ def build(job: Job, units: list[dict], workers: int = 2, runner: str | None = No
   print(f"cache {job.task}/{job.split}: {manifest['num_examples']} examples, {tokens} tokens, "
         f"{manifest['bytes']} bytes, {len(records)} shards in {seconds:.1f} s "
         f"({tokens / max(seconds, 1e-9) / 1e6:.2f} M tokens/s) at {job.location}",
-        file=sys.stderr, flush=True)
+        file=out, flush=True)
+  out.close()
   return manifest
 
 
@@ -204,20 +251,11 @@ def verify(location: str) -> int:
     for f in store.features:
       n = record["num_tokens"][f]
       digest = hashlib.sha256()
-      step = example_store.TOKENS_OBJECT
-      for a in range(0, n, step):
-        shard = store._shard(s)  # pylint: disable=protected-access
-        arr = shard.tokens[f]
-        piece = arr[a:a + step] if hasattr(arr, "dtype") and not hasattr(arr, "read") \
-            else None
-        if piece is None:
-          try:
-            piece = arr[a:min(n, a + step)].read().result()
-          except Exception as e:  # noqa: BLE001
-            raise store_io.StoreError(
-                f"shard {example_store.shard_name(s)} of {location} cannot be read "
-                f"({' '.join(str(e).split())[:120]}); run `{hint}`") from None
-        digest.update(piece.tobytes())
+      for a in range(0, n, example_store.TOKENS_OBJECT):
+        b = min(n, a + example_store.TOKENS_OBJECT)
+        piece = store.stream(f, [store._first_token[f][s] + a],  # pylint: disable=protected-access
+                             [store._first_token[f][s] + b])[0]  # pylint: disable=protected-access
+        digest.update(piece.astype(store.manifest["dtype"]).tobytes())
       if digest.hexdigest() != record["sha256"][f]:
         raise store_io.StoreError(
             f"shard {example_store.shard_name(s)} of {location}: {f} tokens do not match their "

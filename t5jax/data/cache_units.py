@@ -5,7 +5,7 @@ A unit is plain JSON, so that a Beam worker anywhere can run it from the task's 
 * `{"kind": "tfds", "split": "train[a:b]"}`: one file of a TFDS split (examples a..b-1,
   TFDS reads just that file);
 * `{"kind": "lines", "file": F, "start": a, "stop": b, "skip": k}`: the lines of a text file
-  that start in bytes [a, b), cut every `RANGE_BYTES` so that one large file is many units;
+  that start in bytes [a, b), cut every `range_bytes()` so that one large file is many units;
 * `{"kind": "file", "file": F}`: one file of another `seqio.FileDataSource`;
 * `{"kind": "all"}`: the whole split (a source with no files, e.g. a function).
 
@@ -15,6 +15,7 @@ whatever the number of workers: the store does not depend on how it was built.
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import numpy as np
@@ -23,6 +24,12 @@ import tensorflow as tf
 
 # A unit of a large text file; about 16 M T5 tokens of English, a minute of one core.
 RANGE_BYTES = 64 << 20
+RANGE_BYTES_ENV = "T5JAX_CACHE_RANGE_BYTES"
+
+
+def range_bytes() -> int:
+  """Bytes of a text file per unit (`$T5JAX_CACHE_RANGE_BYTES`, else `RANGE_BYTES`)."""
+  return int(os.environ.get(RANGE_BYTES_ENV, RANGE_BYTES))
 # Examples per batch handed from tf.data to numpy (per-example Python cost dominates otherwise).
 BATCH = 1024
 _LINES_PER_READ = 1024
@@ -52,9 +59,10 @@ def plan(task: seqio.Task, split: str) -> list[dict]:
       units = []
       for f in files:
         size = tf.io.gfile.stat(f).length
-        for start in range(0, max(size, 1), RANGE_BYTES):
+        step = range_bytes()
+        for start in range(0, max(size, 1), step):
           units.append({"kind": "lines", "file": f, "start": start,
-                        "stop": min(size, start + RANGE_BYTES),
+                        "stop": min(size, start + step),
                         "skip": source._skip_header_lines if start == 0 else 0})  # pylint: disable=protected-access
       return units
     return [{"kind": "file", "file": f} for f in files]
@@ -90,7 +98,8 @@ def _tfds_units(task: seqio.Task, source: seqio.TfdsDataSource, split: str) -> l
     raise SourceError(
         f"task {task.name!r}: TFDS dataset {loader.name} split {dataset_split!r} is not prepared "
         f"in {data_dir}; prepare it there (`tfds build {str(loader.name).split(':')[0]} "
-        "--data_dir DIR`, or copy a prepared copy) and pass that dir (TFDS_DATA_DIR)")
+        "--data_dir DIR`, or copy a prepared one) and point the task at that dir (for "
+        "c4_span_corruption: T5JAX_C4_DATA_DIR=DIR, local or gs://)")
   bounds = np.concatenate([[0], np.cumsum(lengths)])
   return [{"kind": "tfds", "split": f"{dataset_split}[{int(a)}:{int(b)}]"}
           for a, b in zip(bounds[:-1], bounds[1:])]

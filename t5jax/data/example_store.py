@@ -154,15 +154,21 @@ class ExampleStore:
                              " it does not match")
           into[f] = arr.read().result() if self.in_memory else arr
     except Exception as e:  # noqa: BLE001 - every failure becomes one line
-      where = store_io.join(self.location, shard_name(s))
-      err = store_io.explain(where, e, "cannot read shard")
-      if "not found" in str(e).lower() or "does not match" in str(e) or "checksum" in str(e):
-        err = store_io.StoreError(
-            f"cannot read shard {where} of the manifest ({' '.join(str(e).split())[:160]}); "
-            f"run `{rebuild_hint(self.manifest['task'], self.manifest['split'])}`")
-      raise err from None
+      raise self._error(s, e) from None
     shard = self._shards[s] = _Shard(s, tokens, offsets)
     return shard
+
+  def _error(self, s: int, error: BaseException) -> store_io.StoreError:
+    """One line for a shard that cannot be read: missing or damaged ones name the rebuild."""
+    where = store_io.join(self.location, shard_name(s))
+    text = " ".join(str(error).split())
+    low = text.lower()
+    if any(k in low for k in ("not found", "not_found", "does not match", "digest", "data_loss",
+                              "checksum")):
+      return store_io.StoreError(
+          f"cannot read shard {where} of the manifest ({text[:200]}); run "
+          f"`{rebuild_hint(self.manifest['task'], self.manifest['split'])}`")
+    return store_io.explain(where, error, "cannot read shard")
 
   def _read(self, parts: list[tuple[_Shard, str, int, int]]) -> list[np.ndarray]:
     """Token ranges [(shard, feature, start, stop)] as int32 arrays, read concurrently."""
@@ -180,9 +186,7 @@ class ExampleStore:
       try:
         out[i] = future.result().astype(np.int32)
       except Exception as e:  # noqa: BLE001
-        raise store_io.explain(
-            store_io.join(self.location, shard_name(parts[i][0].index)), e,
-            "cannot read tokens of") from None
+        raise self._error(parts[i][0].index, e) from None
     return out
 
   def examples(self, feature: str, ids) -> list[np.ndarray]:
@@ -206,7 +210,7 @@ class ExampleStore:
       try:
         both = future.result()
       except Exception as e:  # noqa: BLE001
-        raise store_io.explain(self.location, e, "cannot read offsets of") from None
+        raise self._error(int(shard_of[sel[0]]), e) from None
       bounds[sel] = np.stack([both[:len(sel)], both[len(sel):]], 1)
     return self._read([(self._shards[int(s)], feature, int(a), int(b))
                        for s, (a, b) in zip(shard_of, bounds)])

@@ -6,7 +6,10 @@ from t5jax.data import mixtures  # Importing registers t5jax's tasks and mixture
 
 
 def _count(task: seqio.Task, split: str) -> str:
-  n = task.num_input_examples(split)
+  try:
+    n = task.num_input_examples(split)
+  except Exception:  # noqa: BLE001 - a TFDS dataset the user has not prepared (e.g. C4)
+    return "(not prepared)"
   return f"{n:,}" if n is not None else "?"
 
 

@@ -21,9 +21,12 @@ import tensorstore as ts
 GCS_PREFIX = "gs://"
 # A per-process bound on the chunks TensorStore keeps for repeated reads.
 CACHE_BYTES = 64 << 20
+# Retries of a failed GCS request (with exponential backoff from 0.1 s to 8 s).
+RETRIES_ENV = "T5JAX_GCS_RETRIES"
+RETRIES = 8
 
 
-class StoreError(RuntimeError):
+class StoreError(OSError):
   """A store could not be read or written; the message is one line with the fix."""
 
 
@@ -76,7 +79,8 @@ def context() -> ts.Context:
   if not _context:
     _context.append(ts.Context({
         "cache_pool": {"total_bytes_limit": CACHE_BYTES},
-        "gcs_request_retries": {"max_retries": 8, "initial_delay": "0.1s", "max_delay": "8s"},
+        "gcs_request_retries": {"max_retries": int(os.environ.get(RETRIES_ENV, RETRIES)),
+                                "initial_delay": "0.1s", "max_delay": "8s"},
     }))
   return _context[0]
 

@@ -123,7 +123,7 @@ def fingerprint(task: seqio.Task, split: str) -> str | None:
   vocab_ids = sorted(
       f"{k}:{type(f.vocabulary).__name__}:{getattr(f.vocabulary, 'sentencepiece_model_file', '')}"
       for k, f in task.output_features.items())
-  text = json.dumps([example_store.FORMAT, cache_units.RANGE_BYTES, task.name, split, source,
+  text = json.dumps([example_store.FORMAT, cache_units.range_bytes(), task.name, split, source,
                      vocab_ids, [_step_name(s) for s in pre]])
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 

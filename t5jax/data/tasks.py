@@ -5,6 +5,7 @@ Re-importing (or reloading) replaces the registrations instead of failing.
 """
 
 import functools
+import os
 
 import seqio
 
@@ -60,6 +61,10 @@ SUPERVISED_TASKS = (
     "dialogsum", "dialogsum_next_turn", "xquad_en",
 )
 PRETRAINING_TASKS = ("text_span_corruption",)
+# C4 as T5 pretrained on it (t5's c4_v220_span_corruption); the user prepares it with TFDS.
+C4_TASKS = ("c4_span_corruption",)
+C4_TFDS_NAME = "c4/en:3.0.1"
+C4_DATA_DIR_ENV = "T5JAX_C4_DATA_DIR"
 
 
 def register() -> None:
@@ -92,6 +97,20 @@ def register() -> None:
        preprocessors=[
            preprocessors.text_to_targets,
            preprocessors.clean_text,
+           seqio.preprocessors.tokenize,
+           seqio.CacheDatasetPlaceholder(),
+           span_corruption.span_corruption,
+           seqio.preprocessors.append_eos_after_trim,
+       ],
+       metric_fns=[])
+
+  # No cleaning: T5 tokenized C4's text as it is. The TFDS data dir (local or gs://) is
+  # $T5JAX_C4_DATA_DIR, else TFDS's own default ($TFDS_DATA_DIR, ~/tensorflow_datasets).
+  _add("c4_span_corruption",
+       source=seqio.TfdsDataSource(C4_TFDS_NAME, tfds_data_dir=os.environ.get(C4_DATA_DIR_ENV),
+                                   splits=("train", "validation"), read_only=True),
+       preprocessors=[
+           preprocessors.text_to_targets,
            seqio.preprocessors.tokenize,
            seqio.CacheDatasetPlaceholder(),
            span_corruption.span_corruption,

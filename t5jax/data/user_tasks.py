@@ -10,6 +10,7 @@ naming the task. The task uses t5jax's text cleaning, the T5 vocabulary and EOS,
 """
 
 import json
+import os
 import pathlib
 from typing import Mapping, Optional, Sequence, Union
 
@@ -32,6 +33,25 @@ def _split_paths(paths: Paths) -> dict[str, pathlib.Path]:
     if not path.is_file():
       raise FileNotFoundError(f"data file for split {split!r} not found: {path}")
   return resolved
+
+
+def _split_patterns(paths: Paths) -> dict[str, str]:
+  """{"split": absolute path, glob or gs:// URL}; a pattern that matches nothing raises."""
+  if isinstance(paths, (str, pathlib.Path)):
+    paths = {"train": paths}
+  resolved = {}
+  for split, p in paths.items():
+    p = str(p)
+    if not p.startswith("gs://"):
+      p = os.path.abspath(os.path.expanduser(p))  # Beam workers may run elsewhere.
+    if not tf.io.gfile.glob(p):
+      raise FileNotFoundError(f"data file for split {split!r} not found: {p} matches no file")
+    resolved[split] = p
+  return resolved
+
+
+# Larger sources are not counted line by line at registration (it would read the corpus).
+_COUNT_LINES_UP_TO = 256 << 20
 
 
 def _count_lines(path: pathlib.Path, skip_header: bool) -> int:
@@ -125,16 +145,27 @@ def register_jsonl_task(name: str, paths: Paths, inputs_key: str, targets_key: s
 
 
 def register_text_span_corruption_task(name: str, paths: Paths) -> seqio.Task:
-  """Registers `name`: T5 span corruption over a plain-text file, one document per line."""
-  files = _split_paths(paths)
+  """Registers `name`: T5 span corruption over plain text, one document per line.
+
+  Args:
+    name: the task name.
+    paths: a file, a glob ("/data/corpus/*.txt") or a gs:// URL or glob (the train split),
+      or {split: any of those}. A corpus over a few hundred MB needs `t5jax cache` first.
+  """
+  patterns = _split_patterns(paths)
 
   @seqio.map_over_dataset
   def to_targets(line):
     return {"targets": line}
 
+  counts = {}
+  for split, pattern in patterns.items():
+    files = tf.io.gfile.glob(pattern)
+    if sum(tf.io.gfile.stat(f).length for f in files) <= _COUNT_LINES_UP_TO and \
+        not pattern.startswith("gs://"):
+      counts[split] = sum(_count_lines(pathlib.Path(f), False) for f in files)
   source = seqio.TextLineDataSource(
-      {split: str(p) for split, p in files.items()},
-      num_input_examples={s: _count_lines(p, False) for s, p in files.items()})
+      patterns, num_input_examples=counts if len(counts) == len(patterns) else None)
   return _register(
       name, source,
       [to_targets, preprocessors.clean_text, seqio.preprocessors.tokenize,
