@@ -29,7 +29,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 STEPS = 2
 EXAMPLES = "4"
-RUN_COMMANDS = ("infer", "eval", "score", "convert", "plot", "tasks")
+RUN_COMMANDS = ("infer", "eval", "score", "convert", "plot", "tasks", "cache")
 
 
 def _complete(command: str) -> bool:
@@ -131,6 +131,12 @@ def workdir(tmp_path_factory):
         json.dumps({"inputs": "translate English to German: A man.", "targets": "Ein Mann."})
         + "\n")
     pathlib.Path("my_tasks.py").write_text(_python_block("my_tasks.py"))
+    pathlib.Path("my_corpus.py").write_text(_python_block("my_corpus.py"))
+    pathlib.Path("corpus").mkdir()
+    for part in range(2):
+      pathlib.Path(f"corpus/part{part}.txt").write_text("".join(
+          f"Document {i} of part {part} says that the cat sat on mat number {i * 7}.\n"
+          for i in range(200)))
     pathlib.Path("data").mkdir()
     for split in ("train", "dev"):
       pathlib.Path(f"data/{split}.tsv").write_text("red cat\ttac der\nbig dog\tgod gib\n")
@@ -157,15 +163,18 @@ def forget_user_tasks():
   """The README's my_tasks module and its task stay out of the other tests' way."""
   yield
   import seqio
-  sys.modules.pop("my_tasks", None)
-  if "my_reverse" in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.remove("my_reverse")
+  for module, task in (("my_tasks", "my_reverse"), ("my_corpus", "my_corpus")):
+    sys.modules.pop(module, None)
+    if task in seqio.TaskRegistry.names():
+      seqio.TaskRegistry.remove(task)
 
 
 @pytest.mark.parametrize("line, words, stdin", RUN, ids=[" ".join(w[:4]) for _, w, _ in RUN])
 def test_readme_command_runs_as_written(line, words, stdin, workdir, monkeypatch, capsys,
                                         forget_user_tasks):
   monkeypatch.chdir(workdir)
+  if words[0] == "cache":  # The store goes to the user's data dir, not the shared one.
+    monkeypatch.setenv("T5JAX_DATA_DIR", str(workdir / "data_dir"))
   monkeypatch.setattr(sys, "stdin", io.StringIO(stdin or ""))
   monkeypatch.setattr(sys, "path", list(sys.path))  # --module puts the cwd on it
   code = cli.main(words)
@@ -181,6 +190,9 @@ def test_readme_command_runs_as_written(line, words, stdin, workdir, monkeypatch
     assert "multi30k_en_fr" in out and ("my_reverse" in out) == ("--module" in words)
   if words[0] == "eval":
     assert re.search(r"multi30k_en_fr\s+bleu", out), out
+  if words[0] == "cache":
+    assert "my_corpus/train: 400 examples" in out, out
+    assert "2/2 shards" in err and "M tokens/s" in err, err
 
 
 @pytest.mark.parametrize("line, words", PARSE, ids=[" ".join(w[:3]) for _, w in PARSE])

@@ -85,9 +85,8 @@ def build_shard(job: Job, index: int, unit: dict, task=None) -> dict:
 class _Progress:
   """Prints shards done, tokens/s and an ETA every `seconds`, from the commit records."""
 
-  def __init__(self, job: Job, total: int, done_before: int, seconds: float, out):
-    self.job, self.total, self.before, self.seconds, self.out = (job, total, done_before,
-                                                                 seconds, out)
+  def __init__(self, job: Job, total: int, done_before: int, seconds: float):
+    self.job, self.total, self.before, self.seconds = job, total, done_before, seconds
     self.start = time.time()
     self.seen: dict[str, int] = {}
     self.stop = threading.Event()
@@ -113,7 +112,7 @@ class _Progress:
       eta = (f"{(self.total - done) * elapsed / new:.0f} s" if new > 0 else "unknown")
       print(f"cache {self.job.task}/{self.job.split}: {done}/{self.total} shards, "
             f"{tokens / 1e6:.1f} M tokens, {rate / 1e6:.2f} M tokens/s, ETA {eta}",
-            file=self.out, flush=True)
+            file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -122,12 +121,22 @@ def _beam_log():
   Beam's harnesses log every bundle. Yields the file's path."""
   log = tempfile.NamedTemporaryFile(prefix="t5jax-beam-", suffix=".log", delete=False)
   saved = os.dup(2)
-  sys.stderr.flush()
+  real = sys.stderr
+  real.flush()
   os.dup2(log.fileno(), 2)
+  try:
+    terminal = real.fileno() == 2
+  except (AttributeError, OSError, ValueError):  # Already captured (a test): leave it.
+    terminal = False
+  if terminal:  # Our own lines (progress) still reach the terminal.
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
   try:
     yield log.name
   finally:
-    sys.stderr.flush()
+    if terminal:
+      sys.stderr.close()
+      sys.stderr = real
+    real.flush()
     os.dup2(saved, 2)
     os.close(saved)
     log.close()
@@ -198,8 +207,7 @@ def build(job: Job, units: list[dict], workers: int = 2, runner: str | None = No
     directory.write_json(example_store.PLAN, plan)
   done = {int(k.rsplit("-", 1)[1].split(".")[0]) for k in directory.list(example_store.COMMITS)}
   pending = [(i, u) for i, u in enumerate(units) if i not in done]
-  out = os.fdopen(os.dup(2), "w", buffering=1)  # Progress shows while Beam's logs are away.
-  progress = _Progress(job, len(units), len(units) - len(pending), progress_seconds, out)
+  progress = _Progress(job, len(units), len(units) - len(pending), progress_seconds)
   progress.thread.start()
   try:
     if workers == 0 and not runner:
@@ -233,8 +241,7 @@ def build(job: Job, units: list[dict], workers: int = 2, runner: str | None = No
   print(f"cache {job.task}/{job.split}: {manifest['num_examples']} examples, {tokens} tokens, "
         f"{manifest['bytes']} bytes, {len(records)} shards in {seconds:.1f} s "
         f"({tokens / max(seconds, 1e-9) / 1e6:.2f} M tokens/s) at {job.location}",
-        file=out, flush=True)
-  out.close()
+        file=sys.stderr, flush=True)
   return manifest
 
 
