@@ -32,8 +32,8 @@ def run(args) -> list[dict]:
     if args.rebuild:
       cache_build.delete(location)
     units = cache_units.plan(task, args.split)
-    threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers and \
-        not args.runner else 0
+    # Each local worker is one core (tf.data would otherwise give each of them all cores).
+    threads = 1 if args.workers and not args.runner else 0
     job = cache_build.Job(task=task.name, split=args.split, location=location, fingerprint=key,
                           modules=tuple(args.module), threads=threads, cwd=os.getcwd())
     manifest = cache_build.build(job, units, workers=args.workers, runner=args.runner,
