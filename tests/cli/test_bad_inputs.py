@@ -118,6 +118,11 @@ CASES = [
     (["eval", "--checkpoint", CKPT, "--task", "multi30k_en_fr", "--split", "tset",
       "--max_examples", "1"], "tset"),
     (["eval", "--checkpoint", CKPT, "--mixture", "no_such_mix"], "no_such_mix"),
+    (["cache", "--task", "multi30k_en_frr"], "multi30k_en_frr"),
+    (["cache", "--task", "multi30k_en_fr", "--split", "tset"], "tset"),
+    (["cache", "--task", "c4_span_corruption"], "T5JAX_C4_DATA_DIR"),
+    (["cache", "--task", "multi30k_en_fr", "--data_dir", "gs:/bucket/x"], "gs:/bucket/x"),
+    (["cache", "--task", "multi30k_en_fr", "--workers", "-1"], "--workers=-1"),
     # Lengths, sizes, meshes.
     (TRAIN + ["--gin.InputSpec.inputs_length=0"], "inputs_length"),
     (TRAIN + ["--gin.TrainConfig.batch_size=12"], "12"),
@@ -206,7 +211,7 @@ def test_every_option_says_what_it_does_and_its_default():
   parser = cli_args.parser()
   commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
   assert set(commands) == {"train", "compile", "infer", "score", "eval", "convert", "tasks",
-                           "plot"}
+                           "cache", "plot"}
   for name, sub in commands.items():
     help_text = " ".join(sub.format_help().split())
     for action in sub._actions:  # noqa: SLF001
