@@ -302,3 +302,23 @@ def test_beam_build_killed_then_resumed_equals_the_in_process_build(corpus_task,
   assert "M tokens/s" in err and "examples" in err
   resumed = example_store.ExampleStore.open(location).manifest
   assert resumed["shards"] == reference["shards"]
+
+
+def test_full_disk_during_a_build_is_one_line_and_keeps_committed_shards(corpus_task, tmp_path):
+  disk = tmp_path / "small_disk"
+  disk.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)],
+                           capture_output=True, check=False)
+  if mounted.returncode:
+    pytest.skip("mounting a 96 KB tmpfs needs root: " + mounted.stderr.decode().strip())
+  try:
+    location = str(disk / "store")
+    with pytest.raises(store_io.StoreError, match=r"small_disk/store.*the disk is full") as e:
+      _build(corpus_task, location)
+    assert "\n" not in str(e.value)
+    committed = os.listdir(os.path.join(location, "commits"))
+    assert committed and not os.path.exists(os.path.join(location, "manifest.json"))
+    records = [json.loads(open(os.path.join(location, "commits", c)).read()) for c in committed]
+    assert all(r["num_examples"] > 0 for r in records)
+  finally:
+    subprocess.run(["umount", str(disk)], check=False)
