@@ -11,3 +11,25 @@ The package flows in stages; each folder may import the ones below it, never abo
   checkpoint.py  Orbax checkpoints, used by train/, decode/ and interop/ alike
   config.py      gin files and bindings (read only by cli/ and train/)
 """
+
+import glob as _glob
+import importlib.util as _importlib_util
+import os as _os
+import sys as _sys
+
+
+def _skip_absent_tpu() -> None:
+  """With libtpu installed (`t5jax[tpu]`, for `t5jax compile --topology`) on a machine without
+  a TPU, jax would probe for one at start-up (8 s and warnings): name the platforms there are.
+  A TPU VM (/dev/accel*, /dev/vfio) and an explicit JAX_PLATFORMS are left alone."""
+  if _os.environ.get("JAX_PLATFORMS") is not None or \
+      _importlib_util.find_spec("libtpu") is None or \
+      _glob.glob("/dev/accel*") or _glob.glob("/dev/vfio/[0-9]*"):
+    return
+  platforms = "cuda,cpu" if _glob.glob("/dev/nvidia[0-9]*") else "cpu"
+  _os.environ["JAX_PLATFORMS"] = platforms
+  if "jax" in _sys.modules:  # jax read the variable when imported: tell its config too
+    _sys.modules["jax"].config.update("jax_platforms", platforms)
+
+
+_skip_absent_tpu()

@@ -89,11 +89,19 @@ def _train(sub) -> None:
 
 
 def _compile(sub) -> None:
-  aot = _sub(sub, "compile", "compile the train step for N devices and print per-device "
-             "memory and FLOPs (fake CPU devices, no real arrays)")
+  aot = _sub(sub, "compile", "compile the train step for a TPU slice with libtpu's compiler "
+             "(--topology) or for N fake CPU devices (--devices), with no accelerator and no "
+             "real arrays, and print per-device memory and FLOPs")
   _gin_files(aot)
-  aot.add_argument("--devices", type=int, required=True,
-                   help="number of devices of the target mesh (required)")
+  target = aot.add_mutually_exclusive_group(required=True)
+  target.add_argument("--topology", default=None, metavar="TYPE",
+                      help="a Cloud TPU accelerator type, e.g. v5p-128, v5litepod-16, v4-32, "
+                      "v6e-256: libtpu's compiler, the chip's HBM, fit and roofline")
+  target.add_argument("--devices", type=int, default=None,
+                      help="number of fake CPU devices of the target mesh (XLA:CPU's estimate)")
+  aot.add_argument("--slices", type=int, default=1,
+                   help="with --topology: this many slices over the data-centre network "
+                   "(multislice; set MeshConfig.slices to match)")
 
 
 def _model_flags(parser, what: str) -> None:

@@ -176,7 +176,10 @@ def _run(args, bindings: list[str]) -> None:
     from t5jax.train import aot, loop
     from t5jax import config
     config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
-    report = aot.compile_train_step(loop.TrainConfig())
+    if args.topology:
+      report = aot.compile_for_slice(loop.TrainConfig(), args.topology, args.slices)
+    else:
+      report = aot.compile_train_step(loop.TrainConfig())
     print(aot.format_report(report))
     print(json.dumps(report))
   elif args.command == "plot":
@@ -199,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
   args = cli_args.parser().parse_args(rest)
   try:
     _check_paths(args)
-    if args.command == "compile":
+    if args.command == "compile" and args.topology:
+      from t5jax.parallel import topology
+      topology.slice_of(args.topology)  # An unknown type fails before anything loads.
+      if args.slices < 1:
+        raise ValueError(f"--slices={args.slices} must be a positive number.")
+    elif args.command == "compile":
       # Before any backend starts: N fake CPU devices stand in for the target's.
       os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                  f" --xla_force_host_platform_device_count={args.devices}")

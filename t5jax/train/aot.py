@@ -1,17 +1,23 @@
-"""`t5jax compile`: compile the train step ahead of time for a mesh of N devices
-(fake CPU devices, no real arrays) and report per-device memory and FLOPs, so a
-user can check that a model fits before paying for the hardware."""
+"""`t5jax compile`: compile the train step ahead of time and report per-device memory and
+FLOPs, so a user can check that a model fits before paying for the hardware.
+
+Two targets: N fake CPU devices (XLA:CPU's compiler: an estimate), or a Cloud TPU slice
+(`topology.devices`: libtpu's own compiler, the figures a pod will see, with the chip's HBM,
+a verdict on fit and a roofline step time). The path is abstract end to end: shapes and
+shardings only, no array is ever placed on the target devices."""
 
 from __future__ import annotations
 
+import re
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from t5jax.train import optim, step as train_step, task_weighting
-from t5jax.parallel import partitioning
+from t5jax.parallel import partitioning, topology
 from t5jax.data import pipeline
 from t5jax.model.flops import model_flops_per_step
 
@@ -24,11 +30,11 @@ def abstract_batch(batch_size: int, inputs_length: int, targets_length: int, mes
           for k in pipeline.MODEL_FEATURES}
 
 
-def compile_train_step(config, num_tasks: int = 1) -> dict:
-  """Lowers and compiles `config`'s train step on the current devices; returns a
-  report with per-device bytes, FLOPs and the time it took."""
+def compile_train_step(config, num_tasks: int = 1, devices=None) -> dict:
+  """Lowers and compiles `config`'s train step for `devices` (default: this host's);
+  returns a report with per-device bytes, FLOPs and the time it took."""
   from t5jax.train.loop import build_model
-  mesh = partitioning.make_mesh(config.mesh)
+  mesh = partitioning.make_mesh(config.mesh, devices)
   partitioning.check_batch_size(config.batch_size, mesh, config.microbatches)
   model = build_model(config)
   tx = optim.make_optimizer(config.optimizer)
@@ -39,21 +45,37 @@ def compile_train_step(config, num_tasks: int = 1) -> dict:
     slot_table, num_tasks = train_step.task_slot_table(model, task_names), len(task_names)
   start = time.time()
   with partitioning.sharding_context(mesh):
-    task_state = task_weighting.init_state(config.loss, num_tasks)
+    # Host (numpy) values: a jax array would need a device of the target to live on.
+    task_state = jax.tree.map(
+        lambda s: np.zeros(s.shape, s.dtype),
+        jax.eval_shape(lambda: task_weighting.init_state(config.loss, num_tasks)))
     shardings = train_step.state_shardings(model, tx, mesh, *lengths, task_state)
     abstract = train_step.abstract_train_state(model, tx, *lengths, task_state)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             abstract, shardings)
     step = train_step.jit_train_step(
         mesh, shardings, model=model, tx=tx, loss_cfg=config.loss,
-        task_weights_k=jnp.ones(num_tasks), microbatches=config.microbatches,
+        task_weights_k=np.ones(num_tasks, np.float32), microbatches=config.microbatches,
         schedule=optim.learning_rate_schedule(config.optimizer), slot_of_task_k=slot_table)
-    lowered = step.lower(abstract, abstract_batch(config.batch_size, *lengths, mesh))
-    compiled = lowered.compile()
+    batch = abstract_batch(config.batch_size, *lengths, mesh)
+    lowered = step.lower(abstract, batch)
+    try:
+      compiled, refused = lowered.compile(), None
+    except Exception as e:  # noqa: BLE001 - libtpu refuses a step over the chip's HBM
+      refused = _over_hbm(e)
+      if refused is None:
+        raise
   seconds = time.time() - start
-  memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  if refused is None:
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  else:
+    # What the compiler said it needed; the arguments are the state's and the batch's shards.
+    args = _shard_bytes(abstract) + _shard_bytes(batch)
+    memory = types.SimpleNamespace(argument_size_in_bytes=args, output_size_in_bytes=0,
+                                   temp_size_in_bytes=refused, alias_size_in_bytes=0)
+    cost = {}
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
   report = {
       "model": config.model, "parameters": params, "mesh": dict(mesh.shape),
@@ -61,6 +83,10 @@ def compile_train_step(config, num_tasks: int = 1) -> dict:
       "compile_seconds": round(seconds, 1),
       "fused_cross_entropy": config.loss.fused_cross_entropy,
       "xla_flops_per_device": float(cost.get("flops", float("nan"))) if cost else float("nan"),
+      "xla_bytes_accessed_per_device": float(cost.get("bytes accessed", float("nan")))
+                                       if cost else float("nan"),
+      "platform": mesh.devices.flat[0].platform,
+      "device_kind": getattr(mesh.devices.flat[0], "device_kind", ""),
       "model_flops_per_device": model_flops_per_step(
           model.config, config.batch_size, *lengths)["total"] / mesh.size,
   }
@@ -69,11 +95,73 @@ def compile_train_step(config, num_tasks: int = 1) -> dict:
     report[field] = int(getattr(memory, field, 0) or 0)
   # Donated state aliases its outputs, so peak = arguments + temporaries + outputs
   # that are not aliases of arguments.
+  report["compiled"] = refused is None
   report["peak_bytes_per_device"] = (report["argument_size_in_bytes"]
                                      + report["temp_size_in_bytes"]
                                      + report["output_size_in_bytes"]
                                      - report["alias_size_in_bytes"])
   return report
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
+
+
+def _over_hbm(error: Exception) -> int | None:
+  """The temporaries' bytes libtpu says a step needs when it refuses it for HBM, else None."""
+  match = re.search(r"RESOURCE_EXHAUSTED.*?HLO temporaries \(([\d.]+)([KMGTP]?)\)", str(error),
+                    re.S)
+  if match is None:
+    return None
+  return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _shard_bytes(tree) -> int:
+  """Bytes per device of a tree of sharded ShapeDtypeStructs."""
+  return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree))
+
+
+def compile_for_slice(config, accelerator_type: str, slices: int = 1) -> dict:
+  """Compiles `config`'s train step with libtpu for `slices` slices of `accelerator_type`;
+  the report adds the chip's HBM, whether the step fits, and a roofline step time.
+
+  Raises:
+    topology.TopologyError: (one line) an unknown type, or libtpu missing.
+  """
+  tpu_slice = topology.slice_of(accelerator_type)
+  devices = topology.devices(tpu_slice, slices)
+  report = compile_train_step(config, devices=devices)
+  chip = tpu_slice.chip
+  report.update({"accelerator_type": accelerator_type, "slices": slices,
+                 "topology": tpu_slice.topology_name, "chips": tpu_slice.chips * slices,
+                 "hosts": tpu_slice.hosts * slices})
+  report.update(fit_and_roofline(report, chip))
+  return report
+
+
+def fit_and_roofline(report: dict, chip: topology.Chip) -> dict:
+  """The step's fit in the chip's HBM and its roofline time at the chip's peaks.
+
+  Compute time counts the larger of the model's FLOPs and XLA's (XLA counts a scanned
+  body once; the model's count omits remat's recomputation); memory time counts XLA's bytes
+  accessed at the HBM bandwidth. The step takes at least the larger: MFU is at most
+  model FLOPs / (that time x peak). Collectives are not in it.
+  """
+  peak = report["peak_bytes_per_device"]
+  xla_flops = report["xla_flops_per_device"]
+  flops = max(report["model_flops_per_device"], 0.0 if np.isnan(xla_flops) else xla_flops)
+  compute_s = flops / chip.bf16_flops
+  traffic = report.get("xla_bytes_accessed_per_device", float("nan"))
+  memory_s = (0.0 if np.isnan(traffic) else traffic) / chip.hbm_bandwidth
+  step_s = max(compute_s, memory_s)
+  return {
+      "chip": chip.name, "hbm_bytes_per_chip": chip.hbm_bytes,
+      "fits": peak <= chip.hbm_bytes, "headroom": 1.0 - peak / chip.hbm_bytes,
+      "roofline_compute_s": compute_s, "roofline_memory_s": memory_s,
+      "roofline_step_s": step_s, "bound": "compute" if compute_s >= memory_s else "memory",
+      "roofline_mfu": report["model_flops_per_device"] / (step_s * chip.bf16_flops)
+                      if step_s else float("nan"),
+  }
 
 
 def format_report(r: dict) -> str:
@@ -90,4 +178,17 @@ def format_report(r: dict) -> str:
       f"forward x 3); XLA counts {r['xla_flops_per_device'] / 1e12:.3f} (the body of a "
       "scan, of layers or of fused cross-entropy blocks, is counted once; remat "
       "recomputation is included)",
-  ])
+  ] + ([
+      f"  {r['accelerator_type']} x {r['slices']} ({r['chips']} {r['chip']} chips, topology "
+      f"{r['topology']}, {r['hosts']} hosts), libtpu's compiler: peak "
+      f"{gib(r['peak_bytes_per_device'])} of {gib(r['hbm_bytes_per_chip'])} HBM per chip: "
+      + (f"FITS with {r['headroom']:.0%} headroom" if r["fits"] else
+         f"DOES NOT FIT ({-r['headroom']:.0%} over"
+         + ("" if r.get("compiled", True) else
+            "; libtpu refused the step, naming the temporaries it needs")
+         + "): try model_overrides {'remat_policy': 'full', 'scan_layers': True}, "
+         "TrainConfig.microbatches, more FSDP, or a larger slice"),
+      f"  roofline: {r['roofline_step_s'] * 1e3:.1f} ms per step ({r['bound']}-bound: compute "
+      f"{r['roofline_compute_s'] * 1e3:.1f} ms at the bf16 peak, HBM traffic "
+      f"{r['roofline_memory_s'] * 1e3:.1f} ms), MFU at most {r['roofline_mfu']:.0%}",
+  ] if "accelerator_type" in r else []))

@@ -153,7 +153,7 @@ def token_losses(logits_btv, targets_bt, z_loss: float, label_smoothing: float):
 
 def token_scales(loss_weights_bt, task_ids_bt, task_weights_k, normalization):
   """The factor c each token's loss is multiplied by, from the whole batch [B, T]."""
-  w_bt = loss_weights_bt.astype(jnp.float32) * task_weights_k[task_ids_bt]
+  w_bt = loss_weights_bt.astype(jnp.float32) * jnp.take(task_weights_k, task_ids_bt, axis=0)
   if normalization == "tokens":
     return w_bt / jnp.maximum(jnp.sum(loss_weights_bt.astype(jnp.float32)), 1.0)
   if normalization == "per_task":

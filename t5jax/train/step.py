@@ -54,9 +54,8 @@ def state_shardings(model, tx, mesh, inputs_length=8, targets_length=8, task_sta
 def make_init_fn(model, tx, inputs_length=8, targets_length=8, task_state=None):
   """key -> fresh TrainState (parameters, optimizer state, step 0, RNG, and
   `task_state`: task_weighting.init_state(...), or None for fixed weights)."""
-  enc, dec = param_tree.dummy_inputs(inputs_length, targets_length)
-
   def init(key):
+    enc, dec = param_tree.dummy_inputs(inputs_length, targets_length)
     params_key, rng_key = jax.random.split(key)
     # Task copies (soft sharing) start equal to their shared anchors.
     params = task_params.init_copies_from_shared(
@@ -70,8 +69,9 @@ def make_init_fn(model, tx, inputs_length=8, targets_length=8, task_state=None):
 
 def abstract_train_state(model, tx, inputs_length=8, targets_length=8, task_state=None):
   """The TrainState's shapes and dtypes, without allocating it."""
+  # The key as a shape: a concrete one would need a device of the mesh in effect.
   return jax.eval_shape(make_init_fn(model, tx, inputs_length, targets_length, task_state),
-                        jax.random.key(0))
+                        jax.eval_shape(lambda: jax.random.key(0)))
 
 
 def create_train_state(model, tx, mesh, seed: int, inputs_length=8, targets_length=8,

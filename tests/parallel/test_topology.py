@@ -1,0 +1,79 @@
+"""Cloud TPU accelerator types to slices, and the train step compiled by libtpu for one."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from t5jax.parallel import topology
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+
+
+@pytest.mark.parametrize("name, chips, shape, hosts", [
+    ("v5p-8", 4, (2, 2, 1), 1), ("v5p-16", 8, (2, 2, 2), 2), ("v5p-128", 64, (4, 4, 4), 16),
+    ("v4-32", 16, (2, 2, 4), 4), ("v5litepod-4", 4, (2, 2), 1), ("v5litepod-8", 8, (2, 4), 2),
+    ("v5litepod-16", 16, (4, 4), 4), ("v6e-256", 256, (16, 16), 64)])
+def test_accelerator_types_name_their_slices(name, chips, shape, hosts):
+  s = topology.slice_of(name)
+  assert (s.chips, s.shape, s.hosts) == (chips, shape, hosts)
+  assert s.topology_name.endswith("x".join(map(str, shape)))
+
+
+@pytest.mark.parametrize("name", ["v5p-7", "v9-8", "v5litepod-3", "tpu", "v5p-"])
+def test_unknown_type_is_one_line_with_known_examples(name):
+  with pytest.raises(topology.TopologyError, match=r"unknown TPU type .* e\.g\. .*v5p-128"):
+    topology.slice_of(name)
+
+
+def _compile(args, env_extra=None, timeout=600):
+  env = {**os.environ, "PYTHONPATH": REPO, **(env_extra or {})}
+  for name in ("XLA_FLAGS", "JAX_PLATFORMS"):
+    env.pop(name, None)
+  return subprocess.run([sys.executable, "-m", "t5jax", "compile", *args], env=env,
+                        capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+TINY = ["--gin_file=runs/demo.gin", "--gin.TrainConfig.model='t5_1_1_tiny'",
+        "--gin.TrainConfig.batch_size=8"]
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed: pip install 't5jax[tpu]'")
+def test_tiny_model_compiles_for_a_v5e_slice_with_libtpu_and_fits():
+  result = _compile(["--topology", "v5litepod-4", *TINY])
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["platform"] == "tpu" and report["devices"] == 4 and report["chips"] == 4
+  assert report["fits"] and 0.9 < report["headroom"] < 1.0
+  assert report["roofline_step_s"] > 0 and 0 < report["roofline_mfu"] <= 1.0
+  assert "FITS with" in result.stdout
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed: pip install 't5jax[tpu]'")
+def test_a_step_over_the_chips_hbm_is_reported_as_not_fitting():
+  # t5_1_1_tiny with a 2M-token batch per chip: activations far over a v5e chip's 16 GiB.
+  result = _compile(["--topology", "v5litepod-4", "--gin_file=runs/demo.gin",
+                     "--gin.TrainConfig.model='t5_1_1_tiny'", "--gin.TrainConfig.batch_size=4096",
+                     "--gin.InputSpec.inputs_length=2048", "--gin.InputSpec.targets_length=2048"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert not report["fits"] and report["headroom"] < 0
+  assert "DOES NOT FIT" in result.stdout
+
+
+def test_missing_libtpu_is_one_line_naming_the_extra(tmp_path):
+  # A libtpu that cannot be found: a shadowing package dir without the library.
+  (tmp_path / "sitecustomize.py").write_text(
+      "import importlib.util, sys\n"
+      "_find = importlib.util.find_spec\n"
+      "importlib.util.find_spec = lambda n, *a, **k: None if n == 'libtpu' else _find(n, *a, **k)\n")
+  result = _compile(["--topology", "v5p-8", *TINY],
+                    {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: compiling for a TPU slice needs libtpu, the TPU compiler: pip install "
+      "'t5jax[tpu]' (it pins the libtpu that matches jax)")
