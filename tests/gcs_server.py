@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -45,7 +46,8 @@ def start() -> str:
        os.path.join(root, "data"), "-host", "127.0.0.1", "-port", str(port),
        "-external-url", url, "-log-level", "error"],
       stdout=log, stderr=subprocess.STDOUT)
-  atexit.register(process.terminate)
+  atexit.register(shutil.rmtree, root, ignore_errors=True)
+  atexit.register(process.terminate)  # Runs first (atexit is last in, first out).
   deadline = time.time() + 30
   while True:
     try:

@@ -187,6 +187,8 @@ def test_bad_input_is_one_line_naming_the_culprit_and_keeps_user_files(
   monkeypatch.chdir(tmp_path)
   monkeypatch.setattr(sys, "stdin", io.StringIO(""))
   monkeypatch.setattr(sys, "path", list(sys.path))  # --module puts the cwd on it
+  # `cache --data_dir` sets the variable for the process: restore it after the test.
+  monkeypatch.setenv("T5JAX_DATA_DIR", os.environ.get("T5JAX_DATA_DIR", ""))
   argv = [a.replace(CKPT, str(models / "ckpt")).replace("{models}", str(models)) for a in argv]
   try:
     code = cli.main(argv)
