@@ -20,7 +20,8 @@ import sys as _sys
 
 def _skip_absent_tpu() -> None:
   """With libtpu installed (`t5jax[tpu]`, for `t5jax compile --topology`) on a machine without
-  a TPU, jax would probe for one at start-up (8 s and warnings): name the platforms there are.
+  a TPU, jax would probe for one at start-up (seconds, and libtpu's warnings): name the
+  platforms there are.
   A TPU VM (/dev/accel*, /dev/vfio) and an explicit JAX_PLATFORMS are left alone."""
   if _os.environ.get("JAX_PLATFORMS") is not None or \
       _importlib_util.find_spec("libtpu") is None or \

@@ -28,7 +28,7 @@ def run(args) -> list[dict]:
       raise ValueError(
           f"task {task.name!r} reads a function source, whose content t5jax cannot "
           "fingerprint, so its store is rebuilt by each run; give it a file or TFDS source")
-    location = task_cache.store_location(task, args.split)
+    location = task_cache.store_location(task, args.split, key)
     if args.rebuild:
       cache_build.delete(location)
     units = cache_units.plan(task, args.split)

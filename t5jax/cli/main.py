@@ -107,10 +107,8 @@ def _check_paths(args) -> None:
     if args.workers < 0:
       raise ValueError(f"--workers={args.workers} must be >= 0 (0 builds in this process).")
     if args.data_dir:
-      if args.data_dir.startswith("gs:/") and not args.data_dir.startswith("gs://"):
-        raise ValueError(f"--data_dir {args.data_dir!r} looks like a mangled gs:// URL; "
-                         "write gs://BUCKET/PATH")
-      os.environ["T5JAX_DATA_DIR"] = args.data_dir
+      from t5jax.data import store_io
+      os.environ["T5JAX_DATA_DIR"] = store_io.normalize(args.data_dir)  # Checked first.
 
 
 def _check_eval_split(name: str, split: str) -> None:

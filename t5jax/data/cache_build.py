@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib
 import json
 import os
@@ -63,8 +64,7 @@ def build_shard(job: Job, index: int, unit: dict, task=None) -> dict:
   """
   from t5jax.data import task_cache  # pylint: disable=g-import-not-at-top
   directory = store_io.Directory(job.location)
-  commit_key = f"{example_store.COMMITS}{example_store.shard_name(index)}.json"
-  record = directory.read_json(commit_key)
+  record = directory.read_json(example_store.commit_key(index))
   if record is not None and record.get("unit") == unit and \
       record.get("fingerprint") == job.fingerprint:
     return record
@@ -182,8 +182,7 @@ def _run_beam(job: Job, pending: list[tuple[int, dict]], workers: int, runner: s
 
 
 def build(job: Job, units: list[dict], workers: int = 2, runner: str | None = None,
-          options: tuple = (), progress_seconds: float = 10.0, info: dict | None = None,
-          task=None) -> dict:
+          options: tuple = (), progress_seconds: float = 10.0, task=None) -> dict:
   """Builds (or resumes building) the store of `job`; returns its manifest.
 
   Args:
@@ -191,7 +190,6 @@ def build(job: Job, units: list[dict], workers: int = 2, runner: str | None = No
     workers: local worker processes of Beam's DirectRunner; 0 builds in this process.
     runner: another Beam runner (e.g. "DataflowRunner"), with its `options` (["--project=..",
       ...]); the workers must have t5jax and the user's modules installed.
-    info: extra fields for the manifest (e.g. the task's vocabulary).
     task: the `seqio.Task`, for a build in this process (workers=0).
   """
   directory = store_io.Directory(job.location)
@@ -205,8 +203,8 @@ def build(job: Job, units: list[dict], workers: int = 2, runner: str | None = No
     # Another plan's shards (another source, or an older t5jax) would not fit this one.
     directory.delete_prefix("")
     directory.write_json(example_store.PLAN, plan)
-  done = {int(k.rsplit("-", 1)[1].split(".")[0]) for k in directory.list(example_store.COMMITS)}
-  pending = [(i, u) for i, u in enumerate(units) if i not in done]
+  done = set(directory.list(example_store.COMMITS))
+  pending = [(i, u) for i, u in enumerate(units) if example_store.commit_key(i) not in done]
   progress = _Progress(job, len(units), len(units) - len(pending), progress_seconds)
   progress.thread.start()
   try:
@@ -220,7 +218,7 @@ def build(job: Job, units: list[dict], workers: int = 2, runner: str | None = No
     progress.thread.join()
   records = []
   for i in range(len(units)):
-    record = directory.read_json(f"{example_store.COMMITS}{example_store.shard_name(i)}.json")
+    record = directory.read_json(example_store.commit_key(i))
     if record is None:
       raise store_io.StoreError(
           f"shard {i} of {job.location} was not committed by the pipeline; run the same "
@@ -234,7 +232,7 @@ def build(job: Job, units: list[dict], workers: int = 2, runner: str | None = No
                  for r in records],
       "num_examples": sum(r["num_examples"] for r in records),
       "num_tokens": {f: sum(r["num_tokens"][f] for r in records) for f in features},
-      "bytes": sum(r["bytes"] for r in records), **(info or {})}
+      "bytes": sum(r["bytes"] for r in records)}
   directory.write_json(example_store.MANIFEST, manifest)
   seconds = time.time() - start
   tokens = sum(manifest["num_tokens"].values())
@@ -251,17 +249,16 @@ def verify(location: str) -> int:
   Raises:
     store_io.StoreError: (one line) naming the first shard that is missing or differs.
   """
-  import hashlib  # pylint: disable=g-import-not-at-top
   store = example_store.ExampleStore.open(location)
   hint = example_store.rebuild_hint(store.manifest["task"], store.manifest["split"])
   for s, record in enumerate(store.manifest["shards"]):
     for f in store.features:
       n = record["num_tokens"][f]
       digest = hashlib.sha256()
+      first = store.first_token(f, s)
       for a in range(0, n, example_store.TOKENS_OBJECT):
         b = min(n, a + example_store.TOKENS_OBJECT)
-        piece = store.stream(f, [store._first_token[f][s] + a],  # pylint: disable=protected-access
-                             [store._first_token[f][s] + b])[0]  # pylint: disable=protected-access
+        piece = store.stream(f, [first + a], [first + b])[0]
         digest.update(piece.astype(store.manifest["dtype"]).tobytes())
       if digest.hexdigest() != record["sha256"][f]:
         raise store_io.StoreError(

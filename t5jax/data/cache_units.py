@@ -6,7 +6,7 @@ A unit is plain JSON, so that a Beam worker anywhere can run it from the task's 
   TFDS reads just that file);
 * `{"kind": "lines", "file": F, "start": a, "stop": b, "skip": k}`: the lines of a text file
   that start in bytes [a, b), cut every `range_bytes()` so that one large file is many units;
-* `{"kind": "file", "file": F}`: one file of another `seqio.FileDataSource`;
+* `{"kind": "file", "file": F, "bytes": n}`: one file of another `seqio.FileDataSource`;
 * `{"kind": "all"}`: the whole split (a source with no files, e.g. a function).
 
 Units in plan order, read one after another, give the split's examples in file order,
@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 import seqio
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 # A unit of a large text file; about 16 M T5 tokens of English, a minute of one core.
 RANGE_BYTES = 64 << 20
@@ -54,22 +55,22 @@ def plan(task: seqio.Task, split: str) -> list[dict]:
   if isinstance(source, seqio.TfdsDataSource):
     return _tfds_units(task, source, split)
   if isinstance(source, seqio.FileDataSource):
-    files = _files(task, source, split)
+    sizes = _file_sizes(task, source, split)
     if isinstance(source, seqio.TextLineDataSource):
       units = []
-      for f in files:
-        size = tf.io.gfile.stat(f).length
-        step = range_bytes()
+      step = range_bytes()
+      for f, size in sizes.items():
         for start in range(0, max(size, 1), step):
           units.append({"kind": "lines", "file": f, "start": start,
                         "stop": min(size, start + step),
                         "skip": source._skip_header_lines if start == 0 else 0})  # pylint: disable=protected-access
       return units
-    return [{"kind": "file", "file": f} for f in files]
+    return [{"kind": "file", "file": f, "bytes": size} for f, size in sizes.items()]
   return [{"kind": "all"}]
 
 
-def _files(task: seqio.Task, source: seqio.FileDataSource, split: str) -> list[str]:
+def _file_sizes(task: seqio.Task, source: seqio.FileDataSource, split: str) -> dict[str, int]:
+  """{file: bytes} of the split's files, in order (one stat each)."""
   try:
     files = list(source.list_shards(split))
   except Exception as e:  # noqa: BLE001 - a bad pattern or an unreachable bucket
@@ -78,10 +79,14 @@ def _files(task: seqio.Task, source: seqio.FileDataSource, split: str) -> list[s
   if not files:
     raise SourceError(f"task {task.name!r} split {split!r}: no file matches "
                       f"{source._split_to_filepattern[split]!r}; check the path")  # pylint: disable=protected-access
-  for f in files:
-    if not tf.io.gfile.exists(f):
-      raise SourceError(f"task {task.name!r} split {split!r}: corpus file {f} not found")
-  return files
+  sizes = {}
+  for f in files:  # A plain path is listed whether it exists or not.
+    try:
+      sizes[f] = tf.io.gfile.stat(f).length
+    except tf.errors.NotFoundError:
+      raise SourceError(f"task {task.name!r} split {split!r}: corpus file {f} not found") \
+          from None
+  return sizes
 
 
 def _tfds_units(task: seqio.Task, source: seqio.TfdsDataSource, split: str) -> list[dict]:
@@ -137,18 +142,13 @@ def raw_dataset(task: seqio.Task, split: str, unit: dict) -> tf.data.Dataset:
     loader = source.tfds_dataset
     return loader.builder.as_dataset(
         split=unit["split"], shuffle_files=False, decoders=loader._decoders,  # pylint: disable=protected-access
-        read_config=tfds_read_config())
+        read_config=tfds.ReadConfig(skip_prefetch=True))
   if kind == "lines":
     return tf.data.Dataset.from_generator(
         lambda: _lines(unit), output_signature=tf.TensorSpec([None], tf.string)).unbatch()
   if kind == "file":
     return source._reader(unit["file"])  # pylint: disable=protected-access
   raise ValueError(f"unknown unit kind {kind!r}")
-
-
-def tfds_read_config():
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds.ReadConfig(skip_prefetch=True)
 
 
 def examples(task: seqio.Task, split: str, unit: dict, pre: list,

@@ -75,6 +75,11 @@ def array_spec(location: str, shard: int, feature: str, kind: str, dtype: str,
   return spec
 
 
+def commit_key(index: int) -> str:
+  """The key of shard `index`'s commit record, under the store's location."""
+  return f"{COMMITS}{shard_name(index)}.json"
+
+
 def rebuild_hint(task: str, split: str) -> str:
   return f"t5jax cache --task {task} --split {split} --rebuild"
 
@@ -105,12 +110,12 @@ class ExampleStore:
     limit = int(os.environ.get(IN_MEMORY_BYTES_ENV, IN_MEMORY_BYTES))
     self.in_memory = not store_io.is_gcs(location) and int(manifest["bytes"]) <= limit
 
-  @property
-  def directory(self) -> str:
-    return self.location
-
   def num_tokens(self, feature: str) -> int:
     return int(self._first_token[feature][-1])
+
+  def first_token(self, feature: str, shard: int) -> int:
+    """Where shard `shard`'s tokens of `feature` start in the split's concatenated stream."""
+    return int(self._first_token[feature][shard])
 
   @classmethod
   def open(cls, location) -> "ExampleStore":

@@ -10,6 +10,7 @@ import threading
 
 import tensorflow_datasets as tfds
 
+from t5jax.data import store_io
 from t5jax.data import tf_devices
 from t5jax.data import tfds_builders
 
@@ -26,13 +27,7 @@ def data_location() -> str:
   """`$T5JAX_DATA_DIR` if set (a local path, or a `gs://` URL kept as one), else
   `~/.cache/t5jax/tfds`: where example stores live (read at each call)."""
   env = os.environ.get(DATA_DIR_ENV)
-  if not env:
-    return str(_DEFAULT)
-  if env.startswith("gs://"):
-    return env.rstrip("/")
-  if env.startswith("gs:/"):
-    raise ValueError(f"{DATA_DIR_ENV}={env!r} looks like a mangled gs:// URL; write gs://BUCKET/PATH")
-  return str(pathlib.Path(env).expanduser().absolute())
+  return store_io.normalize(env) if env else str(_DEFAULT)
 
 
 def data_dir() -> pathlib.Path:

@@ -103,6 +103,5 @@ class ShardWriter:
       record["sha256"][f] = self.tokens[f].sha256.hexdigest()
       record["bytes"] += record["num_tokens"][f] * self.tokens[f].dtype.itemsize + \
           (self.num_examples + 1) * 8
-    store_io.Directory(self.location).write_json(
-        f"{example_store.COMMITS}{example_store.shard_name(self.index)}.json", record)
+    store_io.Directory(self.location).write_json(example_store.commit_key(self.index), record)
     return record

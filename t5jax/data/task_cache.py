@@ -135,7 +135,7 @@ def source_bytes(task: seqio.Task, units: list[dict]) -> int | None:
     if u["kind"] == "lines":
       total += u["stop"] - u["start"]
     elif u["kind"] == "file":
-      total += tf.io.gfile.stat(u["file"]).length
+      total += u["bytes"]
     elif u["kind"] == "tfds":
       return int(task.source.tfds_dataset.info.dataset_size)
     else:
@@ -143,9 +143,13 @@ def source_bytes(task: seqio.Task, units: list[dict]) -> int | None:
   return total
 
 
-def store_location(task: seqio.Task, split: str) -> str | None:
-  """Where the store of (task, split) lives under the data dir (None: not fingerprintable)."""
-  key = fingerprint(task, split)
+def store_location(task: seqio.Task, split: str, key: str | None = None) -> str | None:
+  """Where the store of (task, split) lives under the data dir (None: not fingerprintable).
+
+  Args:
+    key: its `fingerprint` when the caller has it (computing it stats every source file).
+  """
+  key = key or fingerprint(task, split)
   if key is None:
     return None
   return store_io.join(prepare.data_location(), "t5jax_examples", task.name, f"{split}-{key}")
@@ -178,7 +182,7 @@ def _ensure(task: seqio.Task, split: str, process_index: int) -> str:
     location = os.path.join(_temporary_dir(), f"{task.name}-{id(task)}", split)
     _build_here(task, split, location, "temporary", cache_units.plan(task, split))
     return location
-  location = store_location(task, split)
+  location = store_location(task, split, key)
   directory = store_io.Directory(location)
   if directory.read(example_store.MANIFEST) is not None:
     return location
