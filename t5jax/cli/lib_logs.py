@@ -23,10 +23,16 @@ import sys
 import time
 
 ENV = "T5JAX_LIB_LOGS"
-# "I0000 00:00:1796100671.649994    4318 port.cc:153] ..." and absl's pre-init banner.
+# "I0000 00:00:1796100671.649994    4318 port.cc:153] ..." and absl's pre-init banner; and
+# what libtpu says when loaded on a machine without a TPU (`t5jax compile --topology`):
+# its accelerator-type warning, its pre-InitGoogle banner, and a source-location trace.
 _LIBRARY_LINE = re.compile(
     rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [^\s\]]+:\d+\]"
-    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)")
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|WARNING: Logging before InitGoogle\(\) is written to STDERR"
+    rb"|Failed to find host bounds for accelerator type: WARNING: could not determine TPU"
+    rb"|=== Source Location Trace: ===\s*$"
+    rb"|learning/[\w./-]+\.cc:\d+\s*$)")
 
 
 def shown() -> bool:

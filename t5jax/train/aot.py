@@ -82,6 +82,7 @@ def compile_train_step(config, num_tasks: int = 1, devices=None) -> dict:
       "devices": mesh.size, "batch": config.batch_size, "lengths": list(lengths),
       "compile_seconds": round(seconds, 1),
       "fused_cross_entropy": config.loss.fused_cross_entropy,
+      "scan_layers": bool(model.config.scan_layers),
       "xla_flops_per_device": float(cost.get("flops", float("nan"))) if cost else float("nan"),
       "xla_bytes_accessed_per_device": float(cost.get("bytes accessed", float("nan")))
                                        if cost else float("nan"),
@@ -190,5 +191,7 @@ def format_report(r: dict) -> str:
          "TrainConfig.microbatches, more FSDP, or a larger slice"),
       f"  roofline: {r['roofline_step_s'] * 1e3:.1f} ms per step ({r['bound']}-bound: compute "
       f"{r['roofline_compute_s'] * 1e3:.1f} ms at the bf16 peak, HBM traffic "
-      f"{r['roofline_memory_s'] * 1e3:.1f} ms), MFU at most {r['roofline_mfu']:.0%}",
+      f"{r['roofline_memory_s'] * 1e3:.1f} ms), "
+      + ("no MFU bound: with scanned layers XLA counts one layer's FLOPs and traffic"
+         if r.get("scan_layers") else f"MFU at most {r['roofline_mfu']:.0%}"),
   ] if "accelerator_type" in r else []))

@@ -16,6 +16,13 @@ LIBRARY = [
     "I0000 00:00:1796100671.650312    4318 cudart_stub.cc:31] Could not find cuda drivers",
     "E0000 00:00:1796100675.447312    4318 cuda_platform.cc:52] failed call to cuInit: (303)",
     "W1201 12:00:01.000001   77 computation_placer.cc:177] computation placer already registered",
+    # libtpu 0.0.42 loaded on a machine without a TPU (t5jax compile --topology).
+    "Failed to find host bounds for accelerator type: WARNING: could not determine TPU "
+    "accelerator type, please set env var `TPU_ACCELERATOR_TYPE` manually, otherwise "
+    "libtpu.so may not properly initialize.",
+    "WARNING: Logging before InitGoogle() is written to STDERR",
+    "=== Source Location Trace: === ",
+    "learning/45eac/tfrc/runtime/libtpu_init_utils.cc:327",
 ]
 OURS = ["Loaded runs/demo: d_model 128, 2+2 layers", "error: --input x.txt does not exist",
         "F0000 00:00:1796100675.447312    4318 check.cc:1] Check failed: fatal errors pass",

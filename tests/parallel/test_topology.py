@@ -77,3 +77,14 @@ def test_missing_libtpu_is_one_line_naming_the_extra(tmp_path):
   assert result.stderr.strip().splitlines()[-1] == (
       "error: compiling for a TPU slice needs libtpu, the TPU compiler: pip install "
       "'t5jax[tpu]' (it pins the libtpu that matches jax)")
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed: pip install 't5jax[tpu]'")
+def test_scanned_layers_claim_no_mfu_bound_and_libtpu_stays_quiet():
+  result = _compile(["--topology", "v5litepod-4", *TINY,
+                     "--gin.TrainConfig.model_overrides={'scan_layers': True}"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["scan_layers"] and "no MFU bound" in result.stdout
+  assert "MFU at most" not in result.stdout
+  assert result.stderr == "", result.stderr  # libtpu's start-up lines are filtered out
