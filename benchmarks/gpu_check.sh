@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# One-shot GPU run of benchmarks/train_step.py: T5 1.1 base and large, bf16, t5jax
-# against Hugging Face PyTorch, in under 9 minutes on one H100/H200-class GPU.
+# One-shot GPU run, in under 9 minutes on one H100/H200-class GPU:
+#  1. benchmarks/train_step.py: T5 1.1 base and large, bf16, batch 32 x 512/114, t5jax
+#     against Hugging Face PyTorch (attention_impl auto = cuDNN's fused attention), then
+#     base with the einsum attention (t5jax only) for the fused kernel's gain;
+#  2. benchmarks/decode.py: T5 1.1 base, bf16, greedy and beam 4, t5jax against HF generate();
+#  3. XLA's GPU target description (gpu_target_config.pbtxt, from an --xla_dump_to of a small
+#     jit): what `t5jax compile --gpu` needs to compile for this GPU on a machine without one.
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root or anywhere
 #   OUT=/some/dir bash benchmarks/gpu_check.sh
 #   DRY_RUN=1 bash benchmarks/gpu_check.sh  # on CPU: the same runs on t5_1_1_tiny, tiny batch
 #
-# Each model runs twice: with attention_impl auto (cuDNN's fused attention on the GPU,
-# jax.nn.dot_product_attention with the relative-position bias) and with the einsums,
-# so the fused kernel's gain is a ratio from the same GPU.
-#
-# Results (JSON lines, logs, nvidia-smi) go to $OUT if set, else benchmarks/results/gpu/.
-# On a GPU host whose python lacks a GPU jax, it pip-installs jax[cuda12] at the version
-# pyproject.toml pins. On an offline host (no registry), carry wheels in .whl/
-# (gin-config at least; see docs/performance.md) and they are installed from there.
+# Results (JSON lines, one log, nvidia-smi) go to $OUT if set, else benchmarks/results/gpu/.
+# On a GPU host whose python has no GPU jax, it pip-installs jax[cuda12] at the version
+# pyproject.toml pins; a GPU jax of another version is used as it is, with a warning. On an
+# offline host, carry missing wheels in .whl/ (gin-config at least; docs/performance.md).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -33,6 +34,8 @@ if [ -n "${DRY_RUN:-}" ]; then
       --inputs_length 32 --targets_length 8 --steps 1 --rounds 1 --warmup 1 --peak_size 256 \
       --attention_impl "$impl" --json_out "$OUT_DIR/gpu_results.jsonl"
   done
+  "$PYTHON" benchmarks/decode.py --model t5_1_1_tiny --layers 0 --dtype bfloat16 --batch 2 \
+    --inputs_length 32 --decode_length 8 --repeats 1 --json_out "$OUT_DIR/decode_results.jsonl"
   echo "gpu_check.sh dry run done in $((SECONDS - START)) s; results in $OUT_DIR"
   exit 0
 fi
@@ -54,17 +57,16 @@ jax_gpu() {
     2>/dev/null
 }
 have="$(jax_gpu || true)"
-if [ "$have" != "$JAX_VERSION" ]; then
-  echo "python's jax on GPU: '${have:-none}'; installing jax[cuda12]==$JAX_VERSION"
-  if ! "$PYTHON" -m pip install -q --retries 1 --timeout 10 "jax[cuda12]==$JAX_VERSION"; then
-    if [ -z "$have" ]; then
-      echo "gpu_check.sh: pip could not install jax[cuda12]==$JAX_VERSION and no GPU jax" \
-           "is installed; carry the wheels in .whl/ (docs/performance.md)." >&2
-      exit 3
-    fi
-    echo "WARNING: pip failed (offline?); going on with the installed jax $have," \
-         "not the pinned $JAX_VERSION." | tee "$OUT_DIR/WARNING.txt"
-  fi
+if [ -z "$have" ]; then
+  echo "python's jax sees no GPU; installing jax[cuda12]==$JAX_VERSION"
+  "$PYTHON" -m pip install -q --retries 1 --timeout 10 "jax[cuda12]==$JAX_VERSION" || {
+    echo "gpu_check.sh: pip could not install jax[cuda12]==$JAX_VERSION and no GPU jax" \
+         "is installed; carry the wheels in .whl/ (docs/performance.md)." >&2
+    exit 3
+  }
+elif [ "$have" != "$JAX_VERSION" ]; then
+  echo "WARNING: the GPU jax here is $have, not the pinned $JAX_VERSION; measured with $have." \
+    | tee "$OUT_DIR/WARNING.txt"
 fi
 missing="$("$PYTHON" -c "
 import importlib.util as u
@@ -83,20 +85,35 @@ print(f"torch {torch.__version__} cuda {torch.cuda.is_available()}; transformers
 EOF
 echo "set-up took $((SECONDS - START)) s"
 
-# model, batch, timeout in seconds. The timeouts keep the whole script under 9 minutes
-# even if a compile is slow; a run cut off loses only its own line.
+LOG="$OUT_DIR/gpu_check.log"
+# The target description first: seconds, and useful even if a benchmark below fails.
+dump=$(mktemp -d)
+XLA_FLAGS="--xla_dump_to=$dump" "$PYTHON" -c "
+import jax, jax.numpy as jnp
+x = jnp.ones((256, 256), jnp.bfloat16)
+jax.jit(lambda a: (a @ a).sum())(x).block_until_ready()" >>"$LOG" 2>&1 || true
+found=$(find "$dump" -name '*gpu_target_config*' | head -1)
+if [ -n "$found" ]; then cp "$found" "$OUT_DIR/gpu_target_config.pbtxt"
+else echo "no gpu_target_config in the XLA dump: $(ls "$dump" | head -5)" | tee -a "$LOG"; fi
+
+# Each run under a timeout that keeps the whole script under 9 minutes even if a compile is
+# slow; a run cut off loses only its own line.
 run() {
   local model=$1 batch=$2 limit=$3 impl=$4 skip_hf=${5:-}
-  echo "== $model bf16 batch $batch x 512/114, attention $impl (limit ${limit} s)"
+  echo "== $model bf16 batch $batch x 512/114, attention $impl (limit ${limit} s)" | tee -a "$LOG"
   timeout "$limit" "$PYTHON" benchmarks/train_step.py --model "$model" --dtype bfloat16 \
     --batch "$batch" --inputs_length 512 --targets_length 114 --steps 5 --rounds 3 \
     --attention_impl "$impl" $skip_hf --json_out "$OUT_DIR/gpu_results.jsonl" 2>&1 \
-    | tee "$OUT_DIR/$model-$impl.log" \
-    || echo "$model: exit status $? (124 = timed out)" | tee -a "$OUT_DIR/$model-$impl.log"
+    | tee -a "$LOG" \
+    || echo "$model: exit status $? (124 = timed out)" | tee -a "$LOG"
 }
-# auto = cuDNN's fused attention here; the einsum runs skip HF (measured just before).
-run t5_1_1_base 32 160 auto
-run t5_1_1_large 32 230 auto
+run t5_1_1_base 32 150 auto
+run t5_1_1_large 32 200 auto
+echo "== decoding t5_1_1_base bf16, batch 32, inputs 512, 64 new tokens (limit 110 s)" | tee -a "$LOG"
+timeout 110 "$PYTHON" benchmarks/decode.py --model t5_1_1_base --layers 0 --dtype bfloat16 \
+  --batch 32 --inputs_length 512 --decode_length 64 --num_beams 4 --repeats 3 \
+  --json_out "$OUT_DIR/decode_results.jsonl" 2>&1 | tee -a "$LOG" \
+  || echo "decode: exit status $? (124 = timed out)" | tee -a "$LOG"
+# The einsum attention runs t5jax only (HF was measured just before).
 run t5_1_1_base 32 50 einsum --skip_hf
-run t5_1_1_large 32 60 einsum --skip_hf
-echo "gpu_check.sh done in $((SECONDS - START)) s; results in $OUT_DIR"
+echo "gpu_check.sh done in $((SECONDS - START)) s; results in $OUT_DIR" | tee -a "$LOG"
