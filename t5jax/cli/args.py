@@ -102,6 +102,14 @@ def _compile(sub) -> None:
   aot.add_argument("--slices", type=int, default=1,
                    help="with --topology: this many slices over the data-centre network "
                    "(multislice; set MeshConfig.slices to match)")
+  aot.add_argument("--fit", action="store_true",
+                   help="with --topology: search remat, scanned layers, the attention's query "
+                   "block, microbatches and the FSDP/tensor split for the fastest estimated "
+                   "setting that fits with 10%% of HBM free; prints it as gin bindings, and the "
+                   "table of what was compiled (reports cached in ~/.cache/t5jax, or "
+                   "$T5JAX_COMPILE_CACHE)")
+  aot.add_argument("--fit_compiles", type=int, default=6,
+                   help="with --fit: compile at most this many settings")
 
 
 def _model_flags(parser, what: str) -> None:

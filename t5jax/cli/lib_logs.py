@@ -39,8 +39,19 @@ def shown() -> bool:
   return os.environ.get(ENV, "").strip() not in ("", "0")
 
 
+# How library lines that are not glog's begin: a partial line that may still become one is
+# held back until its end comes (libtpu writes its accelerator-type warning in pieces).
+_LIBRARY_STARTS = (b"WARNING", b"Failed to find host bounds", b"=== Source Location",
+                   b"learning/")
+
+
 def is_library_line(line: bytes) -> bool:
   return bool(_LIBRARY_LINE.match(line))
+
+
+def _may_become_library_line(partial: bytes) -> bool:
+  return partial[:1] in b"IWE" or any(
+      start.startswith(partial) or partial.startswith(start) for start in _LIBRARY_STARTS)
 
 
 def quiet_environment() -> None:
@@ -59,7 +70,7 @@ def _forward(read_fd: int, write_fd: int) -> None:
     out = b"".join(line + b"\n" for line in lines if not is_library_line(line))
     # A partial line (a prompt, a progress bar) goes out at once unless it may
     # still turn out to be a library line.
-    if pending and not (pending[:1] in b"IWE" or pending.startswith(b"WARNING")):
+    if pending and not _may_become_library_line(pending):
       out, pending = out + pending, b""
     if out:
       os.write(write_fd, out)

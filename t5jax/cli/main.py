@@ -177,6 +177,17 @@ def _run(args, bindings: list[str]) -> None:
     from t5jax.train import aot, loop
     from t5jax import config
     config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
+    if args.fit:
+      from t5jax.train import fit_search
+      train_config = loop.TrainConfig()
+      print(f"Searching settings for {train_config.model} on {args.topology} x {args.slices}, "
+            "fastest estimate first:", flush=True)
+      winner, tried = fit_search.search(train_config, args.topology, args.slices,
+                                        max_compiles=args.fit_compiles,
+                                        log=lambda line: print(line, flush=True))
+      print(fit_search.format_table(winner, tried, train_config, fit_search.HEADROOM))
+      print(json.dumps(fit_search.summary(winner, tried, train_config)))
+      return
     if args.topology:
       report = aot.compile_for_slice(loop.TrainConfig(), args.topology, args.slices)
     else:
@@ -208,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
       topology.slice_of(args.topology)  # An unknown type fails before anything loads.
       if args.slices < 1:
         raise ValueError(f"--slices={args.slices} must be a positive number.")
+      if args.fit_compiles < 1:
+        raise ValueError(f"--fit_compiles={args.fit_compiles} must be a positive number.")
+    elif args.command == "compile" and args.fit:
+      raise ValueError("--fit searches settings with libtpu's compiler: give the slice with "
+                       "--topology TYPE (e.g. --topology v5p-8).")
     elif args.command == "compile":
       # Before any backend starts: N fake CPU devices stand in for the target's.
       os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +

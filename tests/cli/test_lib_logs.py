@@ -51,3 +51,22 @@ def test_library_lines_are_dropped_unless_asked_for(shown):
   assert result.returncode == 0
   expected = mixed if shown else [line for line in mixed if line not in LIBRARY]
   assert result.stderr == "\n".join(expected) + "\nno newline at the end"
+
+
+def test_a_library_line_written_in_pieces_is_dropped_whole():
+  # libtpu writes its accelerator-type warning in two writes; the first piece alone must
+  # not go out before the filter sees that the line is libtpu's.
+  script = """
+import os, time
+from t5jax.cli import lib_logs
+lib_logs.quiet_stderr()
+os.write(2, b"Failed to find host bounds for accelerator type: ")
+time.sleep(0.2)
+os.write(2, b"WARNING: could not determine TPU accelerator type, please set env var\\n")
+os.write(2, b"Found 4 shards\\n")
+"""
+  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  env.pop("T5JAX_LIB_LOGS", None)
+  result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == 0 and result.stderr == "Found 4 shards\n"

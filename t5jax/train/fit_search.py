@@ -1,0 +1,304 @@
+"""`t5jax compile --topology TYPE --fit`: the fastest setting that fits a TPU slice.
+
+The settings that trade memory for time: the remat policy, scanned layers, the attention's
+query block, microbatches (gradient accumulation) and the FSDP/tensor split of a slice. A
+libtpu compile of a full-depth model takes minutes on a small host, so the search is not a
+grid. Every candidate gets an analytic step time (`estimate_seconds`) and peak memory per
+chip (`estimate_bytes`); candidates are tried fastest first, and only those whose memory
+estimate fits are compiled. Each compile calibrates the estimate (libtpu's temporaries over
+the analytic ones, per remat policy), so a misjudged first guess corrects the rest. The first
+candidate that compiles with at least `headroom` of the chip's HBM free wins: every candidate
+not compiled is estimated slower, or over the HBM. Compile reports are cached on disk by the
+full configuration, so a second search, or a recipe benchmark, compiles nothing twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+
+from t5jax.model import config as model_config
+from t5jax.model.flops import model_flops_per_step
+from t5jax.parallel import topology
+
+HEADROOM = 0.10
+# Step time relative to no remat (forward x 3): "full" recomputes the forward (x 4/3);
+# "minimal" keeps the matmul outputs and recomputes only elementwise work and the scores.
+REMAT_TIME = {"none": 1.0, "minimal": 1.04, "full": 4.0 / 3.0}
+SCAN_TIME = 1.02         # a loop over layers: no fusion across layer boundaries
+QUERY_BLOCK_TIME = 1.03  # each query block's scores computed again in the backward
+QUERY_BLOCK = 128
+COLLECTIVES_HIDDEN = 0.5  # share of the collectives' time assumed overlapped with compute
+# Fixed costs that make small slices of work slow: a layer's pass (kernel launches, a loop
+# step) and a collective's latency, per microbatch.
+LAYER_PASS_S = 20e-6
+COLLECTIVE_LATENCY_S = 10e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One point of the search: what `apply` changes in a TrainConfig."""
+  remat_policy: str = "none"
+  scan_layers: bool = False
+  attention_query_block: int = 0
+  microbatches: int = 1
+  tensor: int = 1
+  replicated: bool = False  # pure data parallelism: every chip holds the whole state
+
+  @property
+  def label(self) -> str:
+    parts = [f"remat={self.remat_policy}", "scan" if self.scan_layers else "unrolled"]
+    if self.attention_query_block:
+      parts.append(f"qblock={self.attention_query_block}")
+    parts.append(f"micro={self.microbatches}")
+    parts.append("data-parallel" if self.replicated else f"fsdp tensor={self.tensor}")
+    return " ".join(parts)
+
+  def model_overrides(self, config) -> dict:
+    return {**config.model_overrides, "remat_policy": self.remat_policy,
+            "scan_layers": self.scan_layers,
+            "attention_query_block": self.attention_query_block}
+
+  def mesh(self, config) -> dict:
+    if self.replicated:
+      return {"data": -1, "fsdp": 1, "tensor": 1}
+    return {"data": max(config.mesh.data, 1), "fsdp": -1, "tensor": self.tensor}
+
+  def apply(self, config):
+    mesh = dataclasses.replace(config.mesh, **self.mesh(config))
+    return dataclasses.replace(config, model_overrides=self.model_overrides(config),
+                               microbatches=self.microbatches, mesh=mesh)
+
+  def gin_bindings(self, config) -> list[str]:
+    return [f"--gin.TrainConfig.model_overrides=\"{self.model_overrides(config)!r}\"",
+            f"--gin.TrainConfig.microbatches={self.microbatches}"] + [
+                f"--gin.MeshConfig.{axis}={size}" for axis, size in self.mesh(config).items()]
+
+
+def candidates(config, chips: int) -> list[Setting]:
+  """Every setting the search may try for `config` on `chips` chips (all valid shapes)."""
+  cfg = model_config.get_config(config.model, **config.model_overrides)
+  data = max(config.mesh.data, 1)
+  blocks = [0] + ([QUERY_BLOCK] if config.data.inputs_length > QUERY_BLOCK else [])
+  splits = [(1, True)] + [(t, False) for t in (1, 2, 4, 8)]
+  out = []
+  for tensor, replicated in splits:
+    if chips % (data * tensor) or cfg.num_heads % tensor or cfg.d_ff % tensor:
+      continue
+    shards = chips // tensor  # data x fsdp devices split the batch
+    for micro in (1, 2, 4, 8, 16):
+      if config.batch_size % micro or (config.batch_size // micro) % shards:
+        continue
+      for remat in model_config.REMAT_POLICIES:
+        for scan in (False, True):
+          for block in blocks:
+            out.append(Setting(remat, scan, block, micro, tensor, replicated))
+  return out
+
+
+def parameter_count(cfg) -> int:
+  nh = cfg.num_heads * cfg.d_kv
+  ffn = (3 if cfg.gated_mlp else 2) * cfg.d_model * cfg.d_ff
+  embed = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_word_embeddings else 2)
+  return (embed + cfg.num_encoder_layers * (4 * cfg.d_model * nh + ffn)
+          + cfg.num_decoder_layers * (8 * cfg.d_model * nh + ffn))
+
+
+def _state_bytes_per_param(config) -> float:
+  # fp32 parameters + optimizer state (Adafactor's factored moments are near nothing;
+  # Adam's are two fp32 copies) + the fp32 gradient while it is applied.
+  return 4.0 + (8.0 if config.optimizer.name.startswith("adam") else 0.1) + 4.0
+
+
+def estimate_bytes(config, setting: Setting, chips: int) -> tuple[float, float]:
+  """(state bytes, activation bytes) per chip, analytic: what each layer keeps for the
+  backward in bf16 under the remat policy, for one microbatch's share of the batch."""
+  cfg = model_config.get_config(config.model, **setting.model_overrides(config))
+  t = setting.tensor
+  rows = config.batch_size / setting.microbatches / (chips / t)
+  li, lt = config.data.inputs_length, config.data.targets_length
+  d, f, h = cfg.d_model, cfg.d_ff * (2 if cfg.gated_mlp else 1), cfg.num_heads
+  nh = h * cfg.d_kv
+  q_enc = setting.attention_query_block or li
+  q_dec = min(setting.attention_query_block or lt, lt)
+
+  def layer(tokens, width_d, width_sharded, scores, scores_blocked):
+    keep = {"none": tokens * (width_d * d + width_sharded / t) * 2 + scores * 6,
+            "minimal": tokens * ((width_d - 3) * d + width_sharded / t) * 2 + scores * 4,
+            "full": tokens * d * 4}[cfg.remat_policy]
+    if setting.attention_query_block and cfg.remat_policy != "full":
+      keep -= (scores - scores_blocked) * (6 if cfg.remat_policy == "none" else 4)
+    return keep
+
+  enc_scores = rows * h / t * li * li
+  dec_scores = rows * h / t * (lt * lt + lt * li)
+  enc = layer(rows * li, 6, 3 * nh + 2 * f, enc_scores, enc_scores * q_enc / li)
+  dec = layer(rows * lt, 9, 6 * nh + 2 * f, dec_scores, dec_scores * q_dec / lt)
+  kept = cfg.num_encoder_layers * enc + cfg.num_decoder_layers * dec
+  if cfg.remat_policy == "full":  # one layer's activations live while it is recomputed
+    kept += max(rows * li * (6 * d + (3 * nh + 2 * f) / t) * 2 + enc_scores * 6,
+                rows * lt * (9 * d + (6 * nh + 2 * f) / t) * 2 + dec_scores * 6)
+  state = parameter_count(cfg) * _state_bytes_per_param(config)
+  return state / (1 if setting.replicated else chips), kept
+
+
+def estimate_seconds(config, setting: Setting, chip: topology.Chip, chips: int) -> float:
+  """Step time at the chip's bf16 peak, the remat's recomputation and the collectives: the
+  FSDP gathers and gradient scatters (once per microbatch), tensor parallelism's
+  activation all-reduces (per layer)."""
+  cfg = model_config.get_config(config.model, **setting.model_overrides(config))
+  li, lt = config.data.inputs_length, config.data.targets_length
+  flops = model_flops_per_step(cfg, config.batch_size, li, lt)["total"] / chips
+  factor = REMAT_TIME[cfg.remat_policy] * (SCAN_TIME if cfg.scan_layers else 1.0)
+  if setting.attention_query_block:
+    factor *= QUERY_BLOCK_TIME
+  compute = flops * factor / chip.bf16_flops
+  fsdp = chips // setting.tensor
+  params = parameter_count(cfg) / setting.tensor
+  if setting.replicated:  # one all-reduce of the fp32 gradients a step
+    gathers = params * 4 * 2 * (chips - 1) / chips
+  else:  # bf16 gathers forward and backward, an fp32 reduce-scatter, per microbatch
+    gathers = setting.microbatches * params * (2 * 2 + 4) * (fsdp - 1) / fsdp
+  tokens = config.batch_size * (li + lt) / fsdp
+  t = setting.tensor
+  reduces = (4 * (cfg.num_encoder_layers + cfg.num_decoder_layers) * tokens * cfg.d_model * 2
+             * 2 * (t - 1) / t)
+  layers = cfg.num_encoder_layers + cfg.num_decoder_layers
+  passes = 3 * REMAT_TIME[cfg.remat_policy] * layers * setting.microbatches
+  collectives = setting.microbatches * layers * (
+      (0 if setting.replicated else 3) + (4 if t > 1 else 0))
+  fixed = passes * LAYER_PASS_S + collectives * COLLECTIVE_LATENCY_S
+  return compute + fixed + COLLECTIVES_HIDDEN * (gathers + reduces) / chip.ici_bandwidth
+
+
+def cache_key(config, accelerator_type: str, slices: int) -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+  import importlib.metadata as metadata  # pylint: disable=g-import-not-at-top
+  try:
+    libtpu = metadata.version("libtpu")
+  except metadata.PackageNotFoundError:
+    libtpu = "none"
+  text = json.dumps([dataclasses.asdict(config), accelerator_type, slices, jax.__version__,
+                     libtpu], sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("T5JAX_COMPILE_CACHE") or
+                      pathlib.Path.home() / ".cache" / "t5jax" / "compile_reports")
+
+
+def cached_compile(config, accelerator_type: str, slices: int) -> tuple[dict, bool]:
+  """libtpu's report for `config` on the slice, from the cache if it was compiled before;
+  (report, came from the cache)."""
+  from t5jax.train import aot  # pylint: disable=g-import-not-at-top
+  path = cache_dir() / f"{cache_key(config, accelerator_type, slices)}.json"
+  if path.exists():
+    return json.loads(path.read_text()), True
+  report = aot.compile_for_slice(config, accelerator_type, slices)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(report))
+  tmp.replace(path)
+  return report, False
+
+
+@dataclasses.dataclass
+class Trial:
+  setting: Setting
+  estimated_s: float
+  estimated_bytes: float
+  report: dict | None = None
+  cached: bool = False
+  verdict: str = ""
+
+
+def search(config, accelerator_type: str, slices: int = 1, headroom: float = HEADROOM,
+           max_compiles: int = 6, log=print) -> tuple[Trial | None, list[Trial]]:
+  """The fastest estimated setting whose libtpu compile leaves `headroom` of HBM free;
+  (winner or None, the trials compiled in order)."""
+  tpu_slice = topology.slice_of(accelerator_type)
+  chip, chips = tpu_slice.chip, tpu_slice.chips * slices
+  budget = chip.hbm_bytes * (1.0 - headroom)
+  pending = []
+  for s in candidates(config, chips):
+    state, act = estimate_bytes(config, s, chips)
+    pending.append(Trial(s, estimate_seconds(config, s, chip, chips), state + act))
+  if not pending:
+    raise ValueError(
+        f"No setting of batch {config.batch_size} splits over {chips} chips; use a batch that "
+        f"is a multiple of {chips}.")
+  pending.sort(key=lambda tr: (tr.estimated_s, tr.estimated_bytes))
+  ratio: dict[str, float] = {}  # libtpu's activation bytes / the analytic ones, per policy
+  state_actual = None
+  tried: list[Trial] = []
+
+  def calibrated(tr: Trial) -> float:
+    state, act = estimate_bytes(config, tr.setting, chips)
+    r = ratio.get(tr.setting.remat_policy, max(ratio.values(), default=1.0))
+    return (state_actual if state_actual is not None else state) + act * r
+
+  while pending and len(tried) < max_compiles:
+    fitting = [tr for tr in pending if calibrated(tr) <= budget]
+    trial = fitting[0] if fitting else min(pending, key=calibrated)
+    pending.remove(trial)
+    trial.estimated_bytes = calibrated(trial)
+    report, trial.cached = cached_compile(trial.setting.apply(config), accelerator_type, slices)
+    trial.report = report
+    tried.append(trial)
+    free = report["headroom"]
+    if report["fits"] and free >= headroom:
+      trial.verdict = "fastest that fits"
+      log(_trial_line(trial))
+      return trial, tried
+    trial.verdict = ("over HBM" if not report["fits"]
+                     else f"{free:.0%} headroom, under {headroom:.0%}")
+    log(_trial_line(trial))
+    state, act = estimate_bytes(config, trial.setting, chips)
+    state_actual = report["argument_size_in_bytes"]
+    measured_act = max(report["peak_bytes_per_device"] - state_actual, 0.0)
+    ratio[trial.setting.remat_policy] = measured_act / max(act, 1.0)
+  return None, tried
+
+
+def _trial_line(tr: Trial) -> str:
+  r = tr.report
+  how = "cached" if tr.cached else f"compiled in {r['compile_seconds']} s"
+  return (f"  {tr.setting.label}: estimated {tr.estimated_s * 1e3:.1f} ms, "
+          f"{tr.estimated_bytes / 2**30:.2f} GiB; libtpu {r['peak_bytes_per_device'] / 2**30:.2f}"
+          f" GiB ({how}): {tr.verdict}")
+
+
+def format_table(winner: Trial | None, tried: list[Trial], config, headroom: float) -> str:
+  gib = 2**30
+  lines = ["| setting | estimated ms | estimated GiB | libtpu peak GiB | headroom | "
+           "roofline ms | compile s | verdict |", "|---|---|---|---|---|---|---|---|"]
+  for tr in tried:
+    r = tr.report
+    roofline = ("-" if r.get("scan_layers") or not r.get("compiled", True)
+                else f"{r['roofline_step_s'] * 1e3:.1f}")
+    lines.append(
+        f"| {tr.setting.label} | {tr.estimated_s * 1e3:.1f} | {tr.estimated_bytes / gib:.2f} | "
+        f"{r['peak_bytes_per_device'] / gib:.2f} | {r['headroom']:.0%} | {roofline} | "
+        f"{'cached' if tr.cached else r['compile_seconds']} | {tr.verdict} |")
+  if winner is None:
+    lines.append(f"No setting tried fits with {headroom:.0%} headroom: use a larger slice, "
+                 "or raise --fit_compiles to try more.")
+  else:
+    lines.append(f"Fastest setting that fits with at least {headroom:.0%} headroom "
+                 f"({winner.setting.label}); add to your command:")
+    lines.append("  " + " ".join(winner.setting.gin_bindings(config)))
+  return "\n".join(lines)
+
+
+def summary(winner: Trial | None, tried: list[Trial], config) -> dict:
+  row = lambda tr: {"setting": dataclasses.asdict(tr.setting), "estimated_s": tr.estimated_s,
+                    "estimated_bytes": tr.estimated_bytes, "cached": tr.cached,
+                    "verdict": tr.verdict, "report": tr.report}
+  return {"fit": row(winner) if winner else None,
+          "gin_bindings": winner.setting.gin_bindings(config) if winner else [],
+          "tried": [row(tr) for tr in tried]}
+

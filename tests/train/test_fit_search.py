@@ -1,0 +1,128 @@
+"""`t5jax compile --topology TYPE --fit`: the search's estimates, and the search with libtpu."""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import pytest
+
+from t5jax import config as gin_config
+from t5jax.model import config as model_config
+from t5jax.parallel import topology
+from t5jax.train import fit_search, loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+
+
+def _train_config(files, bindings=()):
+  gin.clear_config()
+  gin_config.parse_gin(files, list(bindings))
+  try:
+    return loop.TrainConfig()
+  finally:
+    gin.clear_config()
+
+
+@pytest.fixture(scope="module")
+def base_pretrain():
+  return _train_config(["runs/pretrain.gin", "models/t5_1_1_base.gin", "mesh/fsdp.gin"])
+
+
+def test_every_candidate_splits_the_batch_evenly(base_pretrain):
+  chips = topology.slice_of("v5p-32").chips  # 16
+  settings = fit_search.candidates(base_pretrain, chips)
+  assert {s.remat_policy for s in settings} == {"none", "minimal", "full"}
+  assert {s.tensor for s in settings} == {1, 2, 4}  # 12 heads: a tensor split of 8 does not divide
+  assert any(s.replicated for s in settings) and any(s.attention_query_block for s in settings)
+  for s in settings:
+    shards = chips // s.tensor
+    assert base_pretrain.batch_size % (s.microbatches * shards) == 0, s
+
+
+def test_estimates_trade_memory_for_time_the_right_way(base_pretrain):
+  chip, chips = topology.CHIPS["v5p"], 4
+  plain = fit_search.Setting()
+
+  def est(**changes):
+    s = dataclasses.replace(plain, **changes)
+    state, act = fit_search.estimate_bytes(base_pretrain, s, chips)
+    return state, act, fit_search.estimate_seconds(base_pretrain, s, chip, chips)
+
+  state, act, seconds = est()
+  # State: fp32 parameters + Adafactor + the gradient, sharded over the 4 chips.
+  params = fit_search.parameter_count(model_config.get_config("t5_1_1_base"))
+  assert 247e6 < params < 249e6  # T5 1.1 base: 247.6 M (benchmarks/results/gpu)
+  assert state == pytest.approx(params * 8.1 / 4)
+  full_state, full_act, full_s = est(remat_policy="full")
+  assert full_state == state and full_act < act / 5 and full_s == pytest.approx(seconds * 4 / 3,
+                                                                                 rel=0.05)
+  _, micro_act, micro_s = est(microbatches=2)
+  assert micro_act == pytest.approx(act / 2) and micro_s > seconds
+  _, block_act, block_s = est(attention_query_block=128)
+  assert block_act < act and block_s > seconds
+  replicated_state, _, _ = est(replicated=True)
+  assert replicated_state == pytest.approx(state * chips)
+
+
+def test_fit_needs_a_topology_one_line():
+  result = subprocess.run([sys.executable, "-m", "t5jax", "compile", "--devices", "4", "--fit"],
+                          env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: --fit searches settings with libtpu's compiler: give the slice with --topology "
+      "TYPE (e.g. --topology v5p-8).")
+
+
+def _t5jax(args, cache):
+  env = {**os.environ, "PYTHONPATH": REPO, "T5JAX_COMPILE_CACHE": str(cache)}
+  for name in ("XLA_FLAGS", "JAX_PLATFORMS"):
+    env.pop(name, None)
+  return subprocess.run([sys.executable, "-m", "t5jax", "compile", *args], env=env,
+                        capture_output=True, text=True, timeout=900, cwd=REPO)
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed: pip install 't5jax[tpu]'")
+def test_fit_finds_a_setting_that_fits_and_its_bindings_reproduce_it(tmp_path):
+  # t5_1_1_tiny with 1024 x 512/512 on 4 v5e chips (16 GiB each): the unrolled step without
+  # remat keeps [256, 4, 512, 512] attention scores per layer, well over the chip.
+  bindings = ["TrainConfig.model='t5_1_1_tiny'", "TrainConfig.batch_size=1024",
+              "InputSpec.inputs_length=512", "InputSpec.targets_length=512"]
+  model = ["--gin_file=runs/demo.gin", *(f"--gin.{b}" for b in bindings)]
+  first = _t5jax(["--topology", "v5litepod-4", "--fit", *model], tmp_path)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert first.stderr == "", first.stderr  # libtpu's start-up lines are filtered out
+  summary = json.loads(first.stdout.strip().splitlines()[-1])
+  winner = summary["fit"]
+  assert winner and winner["report"]["fits"] and winner["report"]["headroom"] >= 0.10
+  assert winner["verdict"] == "fastest that fits"
+  for trial in summary["tried"][:-1]:  # the ones before it missed the HBM or the headroom
+    assert trial["verdict"] != "fastest that fits" and trial["report"]["headroom"] < 0.10
+  # The fastest estimate, unrolled with no remat and all queries at once, is over the chip
+  # by libtpu's count, so the search went on and calibrated its estimate.
+  assert len(summary["tried"]) >= 2 and summary["tried"][0]["verdict"] == "over HBM"
+  assert summary["tried"][0]["setting"]["remat_policy"] == "none"
+  assert not summary["tried"][0]["setting"]["attention_query_block"]
+  assert "Fastest setting that fits with at least 10% headroom" in first.stdout
+  assert "| setting | estimated ms |" in first.stdout
+
+  # A second search compiles nothing: every report comes from the cache.
+  again = _t5jax(["--topology", "v5litepod-4", "--fit", *model], tmp_path)
+  assert again.returncode == 0, again.stderr[-3000:]
+  repeat = json.loads(again.stdout.strip().splitlines()[-1])
+  assert [t["cached"] for t in repeat["tried"]] == [True] * len(repeat["tried"])
+  assert repeat["fit"]["setting"] == winner["setting"]
+
+  # The printed bindings, pasted after the same flags, make the winner's configuration: the
+  # same cache key, so the same compiled step.
+  pasted = [b.replace('"', "").removeprefix("--gin.") for b in summary["gin_bindings"]]
+  config = _train_config(["runs/demo.gin"], bindings + pasted)
+  key = fit_search.cache_key(config, "v5litepod-4", 1)
+  cached = json.loads((tmp_path / f"{key}.json").read_text())
+  assert cached["peak_bytes_per_device"] == winner["report"]["peak_bytes_per_device"]
+  assert cached["fits"] and cached["headroom"] >= 0.10
