@@ -18,19 +18,24 @@ import os as _os
 import sys as _sys
 
 
-def _skip_absent_tpu() -> None:
-  """With libtpu installed (`t5jax[tpu]`, for `t5jax compile --topology`) on a machine without
-  a TPU, jax would probe for one at start-up (seconds, and libtpu's warnings): name the
-  platforms there are.
-  A TPU VM (/dev/accel*, /dev/vfio) and an explicit JAX_PLATFORMS are left alone."""
-  if _os.environ.get("JAX_PLATFORMS") is not None or \
-      _importlib_util.find_spec("libtpu") is None or \
-      _glob.glob("/dev/accel*") or _glob.glob("/dev/vfio/[0-9]*"):
+def _skip_absent_accelerators() -> None:
+  """With a compile-only backend installed on a machine without its hardware (libtpu,
+  `t5jax[tpu]`; jax's CUDA plugin, `t5jax[gpu-aot]`; for `t5jax compile --topology`), jax
+  would probe for the hardware at start-up (seconds, and the libraries' warnings): name the
+  platforms there are. Hardware that is there (/dev/accel*, /dev/vfio for a TPU,
+  /dev/nvidia* for a GPU) and an explicit JAX_PLATFORMS are left alone."""
+  if _os.environ.get("JAX_PLATFORMS") is not None:
     return
-  platforms = "cuda,cpu" if _glob.glob("/dev/nvidia[0-9]*") else "cpu"
+  tpu = bool(_glob.glob("/dev/accel*") or _glob.glob("/dev/vfio/[0-9]*"))
+  gpu = bool(_glob.glob("/dev/nvidia[0-9]*"))
+  installed = lambda name: _importlib_util.find_spec(name) is not None
+  if not ((installed("libtpu") and not tpu) or (installed("jax_plugins.xla_cuda12") and
+                                                  not gpu)):
+    return
+  platforms = ("tpu," if tpu else "") + ("cuda," if gpu else "") + "cpu"
   _os.environ["JAX_PLATFORMS"] = platforms
   if "jax" in _sys.modules:  # jax read the variable when imported: tell its config too
     _sys.modules["jax"].config.update("jax_platforms", platforms)
 
 
-_skip_absent_tpu()
+_skip_absent_accelerators()

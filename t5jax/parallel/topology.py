@@ -1,4 +1,5 @@
-"""Cloud TPU slices by their accelerator-type names, as devices libtpu compiles for without a TPU.
+"""Cloud TPU slices by their accelerator-type names, and GPU hosts ("h200-8": one host of 8
+H200s), as devices their compilers compile for without the hardware.
 
 `slice_of("v5p-128")` says what the name means (chip, chips, the ICI topology, hosts), and
 `devices(...)` asks libtpu for that slice's devices through
@@ -7,6 +8,10 @@ for with the real TPU compiler, on a machine with no TPU. Only this path loads l
 (`pip install 't5jax[tpu]'`).
 
 Chip figures are Google's published ones (per chip: HBM, dense bf16 peak, HBM bandwidth).
+
+GPUs: jax's CUDA plugin compiles without a GPU given XLA's description of the target GPU
+(`t5jax/assets/gpu_targets/*.pbtxt`, dumped from the real GPU with `--xla_dump_to`; only
+`devices` for a GPU host loads the plugin: `pip install 't5jax[gpu-aot]'`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class Chip:
   dims: int             # ICI torus dimensions (3: v4/v5p, 2: v5e/v6e)
   chips_per_host: int
   ici_bandwidth: float  # bytes/s per chip, all inter-chip links together
+  platform: str = "tpu"
 
 
 GIB = 2**30
@@ -36,7 +42,11 @@ CHIPS = {
     "v5p": Chip("v5p", "v5p", 95 * GIB, 459e12, 2765e9, 2, 3, 4, 600e9),
     "v5litepod": Chip("v5litepod", "v5e", 16 * GIB, 197e12, 819e9, 1, 2, 4, 200e9),
     "v6e": Chip("v6e", "v6e", 32 * GIB, 918e12, 1640e9, 1, 2, 4, 448e9),
+    # NVIDIA H200 SXM: the HBM its XLA target description reports (150,109,880,320 bytes),
+    # the datasheet's dense bf16 peak and HBM bandwidth, NVLink 4's 900 GB/s; 8 to a host.
+    "h200": Chip("h200", "h200", 150_109_880_320, 989e12, 4.8e12, 1, 1, 8, 900e9, "gpu"),
 }
+GPU_TARGETS = "gpu_targets"  # t5jax/assets/gpu_targets/NAME.pbtxt
 
 
 class TopologyError(ValueError):
@@ -52,6 +62,8 @@ class Slice:
 
   @property
   def topology_name(self) -> str:
+    if self.chip.platform == "gpu":  # the CUDA plugin's slices x hosts x devices per host
+      return f"1x{self.hosts}x{min(self.chips, self.chip.chips_per_host)}"
     return f"{self.chip.jax_name}:{'x'.join(str(d) for d in self.shape)}"
 
   @property
@@ -77,7 +89,10 @@ class Slice:
 
 
 def _shape(chip: Chip, chips: int) -> tuple | None:
-  """The ICI shape of a slice of `chips` chips, most cubic first, as Cloud TPU makes them."""
+  """The ICI shape of a slice of `chips` chips, most cubic first, as Cloud TPU makes them
+  (a GPU host's NVLink domain: its GPUs in a row)."""
+  if chip.platform == "gpu":
+    return (chips,) if chips in (1, 2, 4) or chips % chip.chips_per_host == 0 else None
   if chip.dims == 2:
     known = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8),
              128: (8, 16), 256: (16, 16)}
@@ -95,8 +110,8 @@ def _shape(chip: Chip, chips: int) -> tuple | None:
 def known_types() -> list[str]:
   out = []
   for chip in CHIPS.values():
-    sizes = [4, 8, 16, 32, 64, 128, 256] if chip.dims == 2 else [
-        4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+    sizes = ([1, 8, 16, 64] if chip.platform == "gpu" else [4, 8, 16, 32, 64, 128, 256]
+             if chip.dims == 2 else [4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096])
     out += [f"{chip.name}-{n * chip.cores_per_chip}" for n in sizes if _shape(chip, n)]
   return out
 
@@ -114,10 +129,14 @@ def slice_of(accelerator_type: str) -> Slice:
     chips = int(number) // chip.cores_per_chip
     shape = _shape(chip, chips)
   if shape is None:
-    examples = ", ".join(t for t in known_types() if t.split("-")[1] in ("8", "16", "128"))
+    examples = ", ".join(t for t in known_types() if t.split("-")[1] in ("8", "16", "128")
+                         and CHIPS[t.split("-")[0]].platform == "tpu")
+    tpus = ", ".join(c for c, chip in CHIPS.items() if chip.platform == "tpu")
+    gpus = ", ".join(c for c, chip in CHIPS.items() if chip.platform == "gpu")
     raise TopologyError(
-        f"unknown TPU type {accelerator_type!r}; use a Cloud TPU accelerator type of "
-        f"{', '.join(CHIPS)}, e.g. {examples} (v4 and v5p count TensorCores, two a chip)")
+        f"unknown accelerator type {accelerator_type!r}; use a Cloud TPU type of {tpus}, e.g. "
+        f"{examples} (v4 and v5p count TensorCores, two a chip), or a GPU host of {gpus}, e.g. "
+        "h200-8 (GPUs: 1, 2, 4 or a multiple of 8)")
   return Slice(accelerator_type, chip, chips, shape)
 
 
@@ -127,6 +146,8 @@ def devices(tpu_slice: Slice, num_slices: int = 1) -> list:
   Raises:
     TopologyError: (one line) when libtpu is not installed or does not know the chip.
   """
+  if tpu_slice.chip.platform == "gpu":
+    return _gpu_devices(tpu_slice, num_slices)
   import importlib.util  # pylint: disable=g-import-not-at-top
   if importlib.util.find_spec("libtpu") is None:
     raise TopologyError(
@@ -146,4 +167,35 @@ def devices(tpu_slice: Slice, num_slices: int = 1) -> list:
     raise TopologyError(
         f"libtpu cannot make {tpu_slice.accelerator_type} ({tpu_slice.topology_name}, "
         f"{num_slices} slice(s)): {' '.join(str(e).split())[:300]}") from None
+  return list(desc.devices)
+
+
+def _gpu_devices(host: Slice, num_slices: int) -> list:
+  """The CUDA plugin's compile-only devices for `host` (loads the plugin: this path only)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+    raise TopologyError(
+        "compiling for a GPU host needs jax's CUDA plugin and ptxas: pip install "
+        "'t5jax[gpu-aot]' (it pins the plugin that matches jax)")
+  if num_slices != 1:
+    raise TopologyError(f"--slices={num_slices}: a GPU target is one job of "
+                        f"{host.chip.name}-N GPUs; name the GPUs in N instead")
+  # XLA's Triton GEMMs find no tile sizes for some of the step's matmuls without a GPU to
+  # autotune on ("Couldn't find output tile sizes"); cuBLAS's are used instead. Read when
+  # the plugin first compiles, so set before that.
+  flag = "--xla_gpu_enable_triton_gemm=false"
+  if flag not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+  import pathlib  # pylint: disable=g-import-not-at-top
+  description = (pathlib.Path(__file__).resolve().parents[1] / "assets" / GPU_TARGETS /
+                 f"{host.chip.name}.pbtxt").read_text()
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  try:
+    desc = topologies.get_topology_desc(host.chip.name, "cuda", target_config=description,
+                                        topology=host.topology_name)
+  except Exception as e:  # noqa: BLE001 - the plugin's own message, on one line
+    raise TopologyError(
+        f"jax's CUDA plugin cannot make {host.accelerator_type} ({host.topology_name}): "
+        f"{' '.join(str(e).split())[:300]}") from None
   return list(desc.devices)

@@ -1,9 +1,10 @@
 """`t5jax compile`: compile the train step ahead of time and report per-device memory and
 FLOPs, so a user can check that a model fits before paying for the hardware.
 
-Two targets: N fake CPU devices (XLA:CPU's compiler: an estimate), or a Cloud TPU slice
+Targets: N fake CPU devices (XLA:CPU's compiler: an estimate), a Cloud TPU slice
 (`topology.devices`: libtpu's own compiler, the figures a pod will see, with the chip's HBM,
-a verdict on fit and a roofline step time). The path is abstract end to end: shapes and
+a verdict on fit and a roofline step time), or a GPU host (jax's CUDA plugin, compiling
+for XLA's description of the GPU). The path is abstract end to end: shapes and
 shardings only, no array is ever placed on the target devices."""
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ def fit_and_roofline(report: dict, chip: topology.Chip) -> dict:
   """
   peak = report["peak_bytes_per_device"]
   xla_flops = report["xla_flops_per_device"]
+  # A deviceless GPU compile gives no cost analysis: the bound is then compute alone.
   flops = max(report["model_flops_per_device"], 0.0 if np.isnan(xla_flops) else xla_flops)
   compute_s = flops / chip.bf16_flops
   traffic = report.get("xla_bytes_accessed_per_device", float("nan"))
@@ -160,6 +162,7 @@ def fit_and_roofline(report: dict, chip: topology.Chip) -> dict:
       "fits": peak <= chip.hbm_bytes, "headroom": 1.0 - peak / chip.hbm_bytes,
       "roofline_compute_s": compute_s, "roofline_memory_s": memory_s,
       "roofline_step_s": step_s, "bound": "compute" if compute_s >= memory_s else "memory",
+      "traffic_known": not np.isnan(traffic),
       "roofline_mfu": report["model_flops_per_device"] / (step_s * chip.bf16_flops)
                       if step_s else float("nan"),
   }
@@ -167,6 +170,7 @@ def fit_and_roofline(report: dict, chip: topology.Chip) -> dict:
 
 def format_report(r: dict) -> str:
   gib = lambda b: f"{b / 2**30:.2f} GiB"
+  compiler = "the CUDA compiler" if r.get("platform") == "gpu" else "libtpu's compiler"
   return "\n".join([
       f"{r['model']}: {r['parameters']:,} parameters on mesh {r['mesh']} ({r['devices']} "
       f"devices), batch {r['batch']}, lengths {r['lengths']}; compiled in "
@@ -176,12 +180,16 @@ def format_report(r: dict) -> str:
       f"state + batch shard), temporaries {gib(r['temp_size_in_bytes'])}, "
       f"peak ~{gib(r['peak_bytes_per_device'])}",
       f"  per device: {r['model_flops_per_device'] / 1e12:.3f} model TFLOP per step (matmuls, "
-      f"forward x 3); XLA counts {r['xla_flops_per_device'] / 1e12:.3f} (the body of a "
-      "scan, of layers or of fused cross-entropy blocks, is counted once; remat "
-      "recomputation is included)",
+      "forward x 3); " + (
+          "XLA gives no count" if np.isnan(r["xla_flops_per_device"]) else
+          f"XLA counts {r['xla_flops_per_device'] / 1e12:.3f} (the body of a scan, of layers "
+          "or of fused cross-entropy blocks, is counted once; remat recomputation is "
+          "included)"),
   ] + ([
-      f"  {r['accelerator_type']} x {r['slices']} ({r['chips']} {r['chip']} chips, topology "
-      f"{r['topology']}, {r['hosts']} hosts), libtpu's compiler: peak "
+      f"  {r['accelerator_type']} x {r['slices']} ({r['chips']} {r['chip']} "
+      f"{'GPUs' if r['platform'] == 'gpu' else 'chips'}, topology {r['topology']}, "
+      f"{r['hosts']} host{'s' if r['hosts'] > 1 else ''}), "
+      f"{compiler}: peak "
       f"{gib(r['peak_bytes_per_device'])} of {gib(r['hbm_bytes_per_chip'])} HBM per chip: "
       + (f"FITS with {r['headroom']:.0%} headroom" if r["fits"] else
          f"DOES NOT FIT ({-r['headroom']:.0%} over"
@@ -191,7 +199,9 @@ def format_report(r: dict) -> str:
          "TrainConfig.microbatches, more FSDP, or a larger slice"),
       f"  roofline: {r['roofline_step_s'] * 1e3:.1f} ms per step ({r['bound']}-bound: compute "
       f"{r['roofline_compute_s'] * 1e3:.1f} ms at the bf16 peak, HBM traffic "
-      f"{r['roofline_memory_s'] * 1e3:.1f} ms), "
+      + (f"{r['roofline_memory_s'] * 1e3:.1f} ms), " if r.get("traffic_known", True) else
+         "unknown: XLA's GPU compiler gives no cost analysis without a GPU), ")
       + ("no MFU bound: with scanned layers XLA counts one layer's FLOPs and traffic"
-         if r.get("scan_layers") else f"MFU at most {r['roofline_mfu']:.0%}"),
+         if r.get("scan_layers") else "no MFU bound without the HBM traffic"
+         if not r.get("traffic_known", True) else f"MFU at most {r['roofline_mfu']:.0%}"),
   ] if "accelerator_type" in r else []))

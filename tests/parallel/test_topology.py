@@ -12,6 +12,7 @@ from t5jax.parallel import topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+HAS_CUDA_PLUGIN = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
 
 
 @pytest.mark.parametrize("name, chips, shape, hosts", [
@@ -24,9 +25,19 @@ def test_accelerator_types_name_their_slices(name, chips, shape, hosts):
   assert s.topology_name.endswith("x".join(map(str, shape)))
 
 
-@pytest.mark.parametrize("name", ["v5p-7", "v9-8", "v5litepod-3", "tpu", "v5p-"])
+@pytest.mark.parametrize("name, gpus, topology_name, hosts", [
+    ("h200-1", 1, "1x1x1", 1), ("h200-8", 8, "1x1x8", 1), ("h200-32", 32, "1x4x8", 4)])
+def test_gpu_hosts_name_their_gpus(name, gpus, topology_name, hosts):
+  s = topology.slice_of(name)
+  assert (s.chips, s.topology_name, s.hosts, s.chip.platform) == (gpus, topology_name, hosts,
+                                                                   "gpu")
+
+
+@pytest.mark.parametrize("name", ["v5p-7", "v9-8", "v5litepod-3", "tpu", "v5p-", "h200-12",
+                                  "h100-8"])
 def test_unknown_type_is_one_line_with_known_examples(name):
-  with pytest.raises(topology.TopologyError, match=r"unknown TPU type .* e\.g\. .*v5p-128"):
+  with pytest.raises(topology.TopologyError,
+                     match=r"unknown accelerator type .* e\.g\. .*v5p-128.*h200-8"):
     topology.slice_of(name)
 
 
@@ -88,3 +99,31 @@ def test_scanned_layers_claim_no_mfu_bound_and_libtpu_stays_quiet():
   assert report["scan_layers"] and "no MFU bound" in result.stdout
   assert "MFU at most" not in result.stdout
   assert result.stderr == "", result.stderr  # libtpu's start-up lines are filtered out
+
+
+@pytest.mark.skipif(not HAS_CUDA_PLUGIN,
+                    reason="jax's CUDA plugin is not installed: pip install 't5jax[gpu-aot]'")
+def test_tiny_model_compiles_for_an_h200_host_without_a_gpu():
+  result = _compile(["--topology", "h200-8", *TINY])
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["platform"] == "gpu" and report["device_kind"] == "NVIDIA H200"
+  assert report["devices"] == 8 and report["mesh"]["data"] == 8
+  assert report["fits"] and report["hbm_bytes_per_chip"] == 150_109_880_320
+  assert 0 < report["temp_size_in_bytes"] < 2**30 and report["roofline_compute_s"] > 0
+  assert "the CUDA compiler" in result.stdout and "no cost analysis" in result.stdout
+  assert result.stderr == "", result.stderr
+
+
+def test_missing_cuda_plugin_is_one_line_naming_the_extra(tmp_path):
+  (tmp_path / "sitecustomize.py").write_text(
+      "import importlib.util\n"
+      "_find = importlib.util.find_spec\n"
+      "importlib.util.find_spec = lambda n, *a, **k: (None if n.startswith('jax_plugins.xla_cuda')"
+      " else _find(n, *a, **k))\n")
+  result = _compile(["--topology", "h200-8", *TINY],
+                    {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: compiling for a GPU host needs jax's CUDA plugin and ptxas: pip install "
+      "'t5jax[gpu-aot]' (it pins the plugin that matches jax)")

@@ -1,0 +1,110 @@
+"""The recipes table: for each T5 size, `t5jax compile --topology TYPE --fit` on pretraining
+and fine-tuning at T5's batch, and XLA:CPU's estimate of the same chosen step beside it.
+
+    python benchmarks/fit_recipes.py --out benchmarks/results/fit_recipes.jsonl \\
+        --case t5_1_1_small:pretrain:v5p-8 --case t5_1_1_base:finetune:v5p-8 --cpu
+
+Each case is MODEL:RUN:TYPE. RUN `pretrain` is runs/pretrain.gin (batch 128, 512/114,
+bf16, no dropout); `finetune` is runs/finetune.gin at T5's fine-tuning batch (128,
+512/114) in bf16 with its dropout of 0.1. Searches run one process at a time; their compile
+reports are cached (~/.cache/t5jax/compile_reports, or $T5JAX_COMPILE_CACHE), so a rerun
+only compiles what is new. One JSON line per case, and a markdown table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RUNS = {
+    "pretrain": ["--gin_file=runs/pretrain.gin"],
+    "finetune": ["--gin_file=runs/finetune.gin", "--gin.TrainConfig.batch_size=128",
+                 "--gin.InputSpec.inputs_length=512", "--gin.InputSpec.targets_length=114",
+                 "--gin.TrainConfig.model_overrides={'dropout_rate': 0.1}"],
+}
+
+
+def _t5jax(args: list[str], extra_env: dict | None = None) -> subprocess.CompletedProcess:
+  env = {**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
+  for name in ("XLA_FLAGS", "JAX_PLATFORMS"):
+    env.pop(name, None)
+  return subprocess.run([sys.executable, "-m", "t5jax", "compile", *args], env=env,
+                        capture_output=True, text=True, cwd=str(REPO))
+
+
+def run_case(model: str, run: str, accelerator_type: str, compiles: int, cpu: bool) -> dict:
+  gin = [*RUNS[run], f"--gin_file=models/{model}.gin", "--gin_file=mesh/fsdp.gin"]
+  start = time.time()
+  result = _t5jax(["--topology", accelerator_type, "--fit", f"--fit_compiles={compiles}", *gin])
+  if result.returncode:
+    raise RuntimeError(f"{model} {run}: {result.stderr[-2000:]}")
+  summary = json.loads(result.stdout.strip().splitlines()[-1])
+  row = {"model": model, "run": run, "accelerator_type": accelerator_type,
+         "search_wall_s": round(time.time() - start, 1), **summary}
+  if cpu and summary["fit"]:
+    from t5jax.parallel import topology  # pylint: disable=g-import-not-at-top
+    chips = topology.slice_of(accelerator_type).chips
+    bindings = [b.replace('"', "") for b in summary["gin_bindings"]]
+    cpu_result = _t5jax(["--devices", str(chips), *gin, *bindings])
+    row["cpu"] = (json.loads(cpu_result.stdout.strip().splitlines()[-1])
+                  if cpu_result.returncode == 0 else {"error": cpu_result.stderr[-500:]})
+  return row
+
+
+def table(rows: list[dict]) -> str:
+  gib = 2**30
+  lines = ["| model | run | slice | setting (--fit) | HBM per chip GiB (headroom) | XLA:CPU "
+           "GiB | compiles (s) | roofline ms | MFU bound |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    fit = r["fit"]
+    if fit is None:
+      lines.append(f"| {r['model']} | {r['run']} | {r['accelerator_type']} | none of "
+                   f"{len(r['tried'])} fits | | | | | |")
+      continue
+    rep, s = fit["report"], fit["setting"]
+    label = (f"remat {s['remat_policy']}, {'scan' if s['scan_layers'] else 'unrolled'}"
+             + (f", qblock {s['attention_query_block']}" if s["attention_query_block"] else "")
+             + f", micro {s['microbatches']}, "
+             + ("data-parallel" if s["replicated"] else f"fsdp, tensor {s['tensor']}"))
+    seconds = sum(t["report"]["compile_seconds"] for t in r["tried"] if not t["cached"])
+    cpu = r.get("cpu", {})
+    cpu_gib = f"{cpu['peak_bytes_per_device'] / gib:.2f}" if "peak_bytes_per_device" in cpu else "-"
+    scanned = rep.get("scan_layers")
+    roofline = "-" if scanned else f"{rep['roofline_step_s'] * 1e3:.1f}"
+    mfu = "-" if scanned else f"{rep['roofline_mfu']:.0%}"
+    lines.append(
+        f"| {r['model']} | {r['run']} | {r['accelerator_type']} | {label} | "
+        f"{rep['peak_bytes_per_device'] / gib:.2f} ({rep['headroom']:.0%}) | {cpu_gib} | "
+        f"{len(r['tried'])} ({seconds:.0f}) | "
+        f"{roofline} | {mfu} |")
+  return "\n".join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--case", action="append", required=True, metavar="MODEL:RUN:TYPE")
+  parser.add_argument("--compiles", type=int, default=4, help="--fit_compiles per search")
+  parser.add_argument("--cpu", action="store_true", help="also XLA:CPU's figure of the winner")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  rows = []
+  for case in args.case:
+    model, run, accelerator_type = case.split(":")
+    row = run_case(model, run, accelerator_type, args.compiles, args.cpu)
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    if args.out:
+      with open(args.out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+  print()
+  print(table(rows))
+
+
+if __name__ == "__main__":
+  main()
