@@ -75,7 +75,7 @@ def table(rows: list[dict]) -> str:
     seconds = sum(t["report"]["compile_seconds"] for t in r["tried"] if not t["cached"])
     cpu = r.get("cpu", {})
     cpu_gib = f"{cpu['peak_bytes_per_device'] / gib:.2f}" if "peak_bytes_per_device" in cpu else "-"
-    scanned = rep.get("scan_layers")
+    scanned = rep["counted_once"]  # XLA counted a loop's body once: no roofline
     roofline = "-" if scanned else f"{rep['roofline_step_s'] * 1e3:.1f}"
     mfu = "-" if scanned else f"{rep['roofline_mfu']:.0%}"
     lines.append(

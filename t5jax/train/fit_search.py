@@ -200,7 +200,10 @@ def cached_compile(config, accelerator_type: str, slices: int) -> tuple[dict, bo
   from t5jax.train import aot  # pylint: disable=g-import-not-at-top
   path = cache_dir() / f"{cache_key(config, accelerator_type, slices)}.json"
   if path.exists():
-    return json.loads(path.read_text()), True
+    report = json.loads(path.read_text())
+    # Reports cached before they said whether XLA counted a loop once: the config knows.
+    report.setdefault("counted_once", bool(report.get("scan_layers")) or config.microbatches > 1)
+    return report, True
   report = aot.compile_for_slice(config, accelerator_type, slices)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp")
@@ -235,13 +238,17 @@ def search(config, accelerator_type: str, slices: int = 1, headroom: float = HEA
         f"No setting of batch {config.batch_size} splits over {chips} chips; use a batch that "
         f"is a multiple of {chips}.")
   pending.sort(key=lambda tr: (tr.estimated_s, tr.estimated_bytes))
-  ratio: dict[str, float] = {}  # libtpu's activation bytes / the analytic ones, per policy
+  # libtpu's activation bytes over the analytic ones, per remat policy and whether the
+  # attention is blocked (the scores are what the analytic count misses most); a class not
+  # yet compiled takes the smallest ratio seen, so that it is tried rather than ruled out.
+  ratio: dict[tuple, float] = {}
+  kind = lambda s: (s.remat_policy, bool(s.attention_query_block))
   state_actual = None
   tried: list[Trial] = []
 
   def calibrated(tr: Trial) -> float:
     state, act = estimate_bytes(config, tr.setting, chips)
-    r = ratio.get(tr.setting.remat_policy, max(ratio.values(), default=1.0))
+    r = ratio.get(kind(tr.setting), min(ratio.values(), default=1.0))
     return (state_actual if state_actual is not None else state) + act * r
 
   def compile_next(trial: Trial) -> dict:
@@ -253,8 +260,9 @@ def search(config, accelerator_type: str, slices: int = 1, headroom: float = HEA
     return trial.report
 
   def faster(a: Trial, b: Trial) -> bool:
-    """libtpu's roofline where both have one (unscanned, traffic known), else the estimate."""
-    known = lambda r: not r.get("scan_layers") and r.get("traffic_known", True)
+    """libtpu's roofline where both have a whole one (no loop counted once, traffic known),
+    else the estimate."""
+    known = lambda r: not r["counted_once"] and r.get("traffic_known", True)
     if known(a.report) and known(b.report):
       return a.report["roofline_step_s"] < b.report["roofline_step_s"]
     return a.estimated_s < b.estimated_s
@@ -276,7 +284,7 @@ def search(config, accelerator_type: str, slices: int = 1, headroom: float = HEA
     state, act = estimate_bytes(config, trial.setting, chips)
     state_actual = report["argument_size_in_bytes"]
     measured_act = max(report["peak_bytes_per_device"] - state_actual, 0.0)
-    ratio[trial.setting.remat_policy] = measured_act / max(act, 1.0)
+    ratio[kind(trial.setting)] = measured_act / max(act, 1.0)
   if winner is None:
     return None, tried
   # The estimate orders the search; among settings it rates within CLOSE of the one that
@@ -312,7 +320,7 @@ def format_table(winner: Trial | None, tried: list[Trial], config, headroom: flo
            "roofline ms | compile s | verdict |", "|---|---|---|---|---|---|---|---|"]
   for tr in tried:
     r = tr.report
-    roofline = ("-" if r.get("scan_layers") or not r.get("compiled", True)
+    roofline = ("-" if r["counted_once"] or not r.get("compiled", True)
                 else f"{r['roofline_step_s'] * 1e3:.1f}")
     lines.append(
         f"| {tr.setting.label} | {tr.estimated_s * 1e3:.1f} | {tr.estimated_bytes / gib:.2f} | "
