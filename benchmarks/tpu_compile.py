@@ -25,6 +25,7 @@ SETTINGS = {
     "scan_full": ["--gin.TrainConfig.model_overrides={'scan_layers': True, "
                   "'remat_policy': 'full'}"],
     "full": ["--gin.TrainConfig.model_overrides={'remat_policy': 'full'}"],
+    "qblock": ["--gin.TrainConfig.model_overrides={'attention_query_block': 128}"],
 }
 
 
