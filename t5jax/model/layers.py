@@ -275,10 +275,20 @@ def _row_by_row(cfg: T5Config, q_btnh, k_bsnh, dropout_rng) -> bool:
           and on_one_cpu_device())
 
 
+def target_devices() -> tuple[str, int]:
+  """(platform, device count) of what the program is built for: the current mesh's
+  (partitioning.sharding_context), else this process's devices. A step compiled here for
+  a TPU slice or a GPU host is built for those devices, not for this host's CPU."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and mesh.abstract_device is not None:
+    return mesh.abstract_device.platform, mesh.size
+  return jax.default_backend(), jax.device_count()
+
+
 def on_one_cpu_device() -> bool:
   """True on a single CPU device: the CPU-only layouts and loops apply (none would
   on an accelerator, and a loop over a batch axis sharded over devices gathers it)."""
-  return jax.default_backend() == "cpu" and jax.device_count() == 1
+  return target_devices() == ("cpu", 1)
 
 
 def _attend_row_by_row(cfg: T5Config, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts):

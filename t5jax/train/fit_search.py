@@ -27,6 +27,10 @@ from t5jax.model.flops import model_flops_per_step
 from t5jax.parallel import topology
 
 HEADROOM = 0.10
+# Part of the cache key: reports of an earlier t5jax that compiled a different program for
+# the same configuration are not reused (2: CPU-only attention loops no longer leak into a
+# step compiled on a CPU host for a TPU or GPU).
+REPORT_VERSION = 2
 # Step time relative to no remat (forward x 3): "full" recomputes the forward (x 4/3);
 # "minimal" keeps the matmul outputs and recomputes only elementwise work and the scores.
 REMAT_TIME = {"none": 1.0, "minimal": 1.04, "full": 4.0 / 3.0}
@@ -185,7 +189,7 @@ def cache_key(config, accelerator_type: str, slices: int) -> str:
   except metadata.PackageNotFoundError:
     libtpu = "none"
   text = json.dumps([dataclasses.asdict(config), accelerator_type, slices, jax.__version__,
-                     libtpu], sort_keys=True, default=str)
+                     libtpu, REPORT_VERSION], sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -127,3 +127,38 @@ def test_missing_cuda_plugin_is_one_line_naming_the_extra(tmp_path):
   assert result.stderr.strip().splitlines()[-1] == (
       "error: compiling for a GPU host needs jax's CUDA plugin and ptxas: pip install "
       "'t5jax[gpu-aot]' (it pins the plugin that matches jax)")
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed: pip install 't5jax[tpu]'")
+def test_a_step_traced_for_a_tpu_slice_leaves_out_the_cpu_only_paths():
+  # The single-CPU-device paths (attention row by row, [out, in] decode kernels) are for
+  # this host's CPU; a program traced under a TPU slice's mesh is built for the TPU, even on
+  # a host whose one device is a CPU (it was not: libtpu then compiled the row loop, and
+  # reported 93 GiB a chip for T5 1.1 base where the step needs far less).
+  script = """
+import jax, numpy as np
+from t5jax.model import layers
+from t5jax.parallel import partitioning, topology
+seen = {}
+def probe(name):
+  def f(x):
+    seen[name] = layers.on_one_cpu_device()
+    return x
+  return f
+jax.jit(probe("host")).lower(jax.ShapeDtypeStruct((4,), np.float32))
+tpu = jax.sharding.Mesh(np.array(topology.devices(topology.slice_of("v5litepod-4"))), ("d",))
+with partitioning.sharding_context(tpu):
+  jax.jit(probe("tpu")).lower(jax.ShapeDtypeStruct((4,), np.float32))
+cpu = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("d",))
+with partitioning.sharding_context(cpu):
+  jax.jit(probe("cpu mesh")).lower(jax.ShapeDtypeStruct((4,), np.float32))
+print(seen)
+"""
+  env = {**os.environ, "PYTHONPATH": REPO}
+  for name in ("XLA_FLAGS", "JAX_PLATFORMS"):
+    env.pop(name, None)
+  result = subprocess.run([sys.executable, "-c", "import t5jax\n" + script], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip().splitlines()[-1] == (
+      "{'host': True, 'tpu': False, 'cpu mesh': True}")
