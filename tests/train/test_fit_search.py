@@ -89,11 +89,11 @@ def _t5jax(args, cache):
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed: pip install 't5jax[tpu]'")
 def test_fit_finds_a_setting_that_fits_and_its_bindings_reproduce_it(tmp_path):
-  # t5_1_1_tiny with 1024 x 512/512 on 4 v5e chips (16 GiB each): the unrolled step without
-  # remat keeps [256, 4, 512, 512] attention scores per layer, well over the chip.
-  bindings = ["TrainConfig.model='t5_1_1_tiny'", "TrainConfig.batch_size=1024",
-              "InputSpec.inputs_length=512", "InputSpec.targets_length=512"]
-  model = ["--gin_file=runs/demo.gin", "--fit_compiles=3", *(f"--gin.{b}" for b in bindings)]
+  # A real search with libtpu, small enough for the suite: t5_1_1_tiny, 64 x 128/128, on 4
+  # v5e chips, two compiles (the decisions over settings that miss: the test below).
+  bindings = ["TrainConfig.model='t5_1_1_tiny'", "TrainConfig.batch_size=64",
+              "InputSpec.inputs_length=128", "InputSpec.targets_length=128"]
+  model = ["--gin_file=runs/demo.gin", "--fit_compiles=2", *(f"--gin.{b}" for b in bindings)]
   first = _t5jax(["--topology", "v5litepod-4", "--fit", *model], tmp_path)
   assert first.returncode == 0, first.stderr[-3000:]
   assert first.stderr == "", first.stderr  # libtpu's start-up lines are filtered out
@@ -113,11 +113,7 @@ def test_fit_finds_a_setting_that_fits_and_its_bindings_reproduce_it(tmp_path):
         assert report["roofline_step_s"] >= winner["report"]["roofline_step_s"]
       else:
         assert trial["estimated_s"] >= winner["estimated_s"]
-  # The fastest estimate, unrolled with no remat and all queries at once, is over the chip
-  # by libtpu's count, so the search went on and calibrated its estimate.
-  assert len(summary["tried"]) >= 2 and summary["tried"][0]["verdict"] == "over HBM"
-  assert summary["tried"][0]["setting"]["remat_policy"] == "none"
-  assert not summary["tried"][0]["setting"]["attention_query_block"]
+  assert 1 <= len(summary["tried"]) <= 2
   assert "Fastest setting that fits with at least 10% headroom" in first.stdout
   assert "| setting | estimated ms |" in first.stdout
 
