@@ -256,6 +256,8 @@ class Trial:
   setting: Setting
   estimated_s: float
   estimated_bytes: float
+  state_bytes: float       # estimate_bytes' two parts, computed once
+  activation_bytes: float
   report: dict | None = None
   cached: bool = False
   verdict: str = ""
@@ -271,7 +273,7 @@ def search(config, accelerator_type: str, slices: int = 1, headroom: float = HEA
   pending = []
   for s in candidates(config, chips):
     state, act = estimate_bytes(config, s, chips)
-    pending.append(Trial(s, estimate_seconds(config, s, chip, chips), state + act))
+    pending.append(Trial(s, estimate_seconds(config, s, chip, chips), state + act, state, act))
   if not pending:
     raise ValueError(
         f"No setting of batch {config.batch_size} splits over {chips} chips; use a batch that "
@@ -286,9 +288,9 @@ def search(config, accelerator_type: str, slices: int = 1, headroom: float = HEA
   tried: list[Trial] = []
 
   def calibrated(tr: Trial) -> float:
-    state, act = estimate_bytes(config, tr.setting, chips)
     r = ratio.get(kind(tr.setting), min(ratio.values(), default=1.0))
-    return (state_actual if state_actual is not None else state) + act * r
+    state = tr.state_bytes if state_actual is None else state_actual
+    return state + tr.activation_bytes * r
 
   def compile_next(trial: Trial) -> dict:
     pending.remove(trial)
@@ -312,22 +314,19 @@ def search(config, accelerator_type: str, slices: int = 1, headroom: float = HEA
     trial = fitting[0] if fitting else min(pending, key=calibrated)
     report = compile_next(trial)
     if report.get("crashed"):
-      trial.verdict = f"compiler crashed (exit {report['exit_code']})"
+      trial.verdict = _miss(report, headroom)
       log(_trial_line(trial))
       continue
-    free = report["headroom"]
-    if report["fits"] and free >= headroom:
+    if report["fits"] and report["headroom"] >= headroom:
       winner = trial
       trial.verdict = "fits"
       log(_trial_line(trial))
       break
-    trial.verdict = ("over HBM" if not report["fits"]
-                     else f"{free:.0%} headroom, under {headroom:.0%}")
+    trial.verdict = _miss(report, headroom)
     log(_trial_line(trial))
-    state, act = estimate_bytes(config, trial.setting, chips)
     state_actual = report["argument_size_in_bytes"]
     measured_act = max(report["peak_bytes_per_device"] - state_actual, 0.0)
-    ratio[kind(trial.setting)] = measured_act / max(act, 1.0)
+    ratio[kind(trial.setting)] = measured_act / max(trial.activation_bytes, 1.0)
   if winner is None:
     return None, tried
   # The estimate orders the search; among settings it rates within CLOSE of the one that
@@ -337,7 +336,7 @@ def search(config, accelerator_type: str, slices: int = 1, headroom: float = HEA
   for trial in close[:max(0, max_compiles - len(tried))]:
     report = compile_next(trial)
     if report.get("crashed"):
-      trial.verdict = f"compiler crashed (exit {report['exit_code']})"
+      trial.verdict = _miss(report, headroom)
       log(_trial_line(trial))
       continue
     fits = report["fits"] and report["headroom"] >= headroom
@@ -345,12 +344,19 @@ def search(config, accelerator_type: str, slices: int = 1, headroom: float = HEA
       winner.verdict, winner = "fits; slower", trial
       trial.verdict = "fits"
     else:
-      trial.verdict = ("fits; slower" if fits else
-                       "over HBM" if not report["fits"] else
-                       f"{report['headroom']:.0%} headroom, under {headroom:.0%}")
+      trial.verdict = "fits; slower" if fits else _miss(report, headroom)
     log(_trial_line(trial))
   winner.verdict = "fastest that fits"
   return winner, tried
+
+
+def _miss(report: dict, headroom: float) -> str:
+  """Why a compiled setting cannot be the answer."""
+  if report.get("crashed"):
+    return f"compiler crashed (exit {report['exit_code']})"
+  if not report["fits"]:
+    return "over HBM"
+  return f"{report['headroom']:.0%} headroom, under {headroom:.0%}"
 
 
 def _trial_line(tr: Trial) -> str:

@@ -76,14 +76,19 @@ def test_a_step_over_the_chips_hbm_is_reported_as_not_fitting():
   assert "DOES NOT FIT" in result.stdout
 
 
-def test_missing_libtpu_is_one_line_naming_the_extra(tmp_path):
-  # A libtpu that cannot be found: a shadowing package dir without the library.
+def _compile_without(package_prefix: str, args, tmp_path):
+  """`t5jax compile ARGS` where no module whose name starts with `package_prefix` is found
+  (a sitecustomize that hides it from importlib's find_spec)."""
   (tmp_path / "sitecustomize.py").write_text(
-      "import importlib.util, sys\n"
+      "import importlib.util\n"
       "_find = importlib.util.find_spec\n"
-      "importlib.util.find_spec = lambda n, *a, **k: None if n == 'libtpu' else _find(n, *a, **k)\n")
-  result = _compile(["--topology", "v5p-8", *TINY],
-                    {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
+      f"importlib.util.find_spec = lambda n, *a, **k: (None if n.startswith({package_prefix!r})"
+      " else _find(n, *a, **k))\n")
+  return _compile([*args, *TINY], {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
+
+
+def test_missing_libtpu_is_one_line_naming_the_extra(tmp_path):
+  result = _compile_without("libtpu", ["--topology", "v5p-8"], tmp_path)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
       "error: compiling for a TPU slice needs libtpu, the TPU compiler: pip install "
@@ -116,13 +121,7 @@ def test_tiny_model_compiles_for_an_h200_host_without_a_gpu():
 
 
 def test_missing_cuda_plugin_is_one_line_naming_the_extra(tmp_path):
-  (tmp_path / "sitecustomize.py").write_text(
-      "import importlib.util\n"
-      "_find = importlib.util.find_spec\n"
-      "importlib.util.find_spec = lambda n, *a, **k: (None if n.startswith('jax_plugins.xla_cuda')"
-      " else _find(n, *a, **k))\n")
-  result = _compile(["--topology", "h200-8", *TINY],
-                    {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
+  result = _compile_without("jax_plugins.xla_cuda", ["--topology", "h200-8"], tmp_path)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
       "error: compiling for a GPU host needs jax's CUDA plugin and ptxas: pip install "
