@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from t5jax.model.config import T5Config
+from t5jax.model import trainable
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,11 @@ class Checkpointer:
     position (a global [batch rows, ...] int array) when given."""
     step = int(state.step)
     train = _train_item(state)
+    params = state.params
+    if "peft" in meta:  # only what trains; the frozen rest is the base checkpoint's
+      params = trainable.parts(params, meta["peft"]["trainable"])[0]
     items = dict(
-        params=ocp.args.StandardSave(state.params),
+        params=ocp.args.StandardSave(params),
         train=ocp.args.StandardSave(train),
         meta=ocp.args.JsonSave({**meta, "step": step}))
     if data_position is not None:
@@ -176,15 +180,22 @@ class Checkpointer:
   def _restore(self, step, abstract_state, shardings, data_position=None):
     train = _train_item(abstract_state)
     train_shardings = _train_item(shardings)
+    peft = self.read_meta(step).get("peft")
+    abstract_params = _abstract(abstract_state.params, shardings.params)
+    if peft:
+      abstract_params, abstract_frozen = trainable.parts(abstract_params, peft["trainable"])
     items = dict(
-        params=ocp.args.StandardRestore(_abstract(abstract_state.params, shardings.params)),
+        params=ocp.args.StandardRestore(abstract_params),
         train=ocp.args.StandardRestore(_abstract(train, train_shardings)),
         meta=ocp.args.JsonRestore())
     if data_position is not None:
       items["data"] = ocp.args.StandardRestore({"position": data_position})
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    params = restored["params"]
+    if peft:
+      params = trainable.union(params, _load_base(peft, abstract_frozen))
     t = restored["train"]
-    state = abstract_state.replace(params=restored["params"], opt_state=t["opt_state"],
+    state = abstract_state.replace(params=params, opt_state=t["opt_state"],
                                    step=t["step"], rng=t["rng"],
                                    task_state=t.get("task_state", {}))
     if int(state.step) != step:
@@ -239,7 +250,8 @@ def model_config_from_meta(meta: dict) -> T5Config:
 
 def load_params(path: str, abstract_params, shardings=None, step: int | None = None):
   """Parameters only (for fine-tuning, evaluation and inference), restored onto
-  `shardings` and into the dtypes of `abstract_params`."""
+  `shardings` and into the dtypes of `abstract_params`. A PEFT checkpoint (which holds
+  only the trained parameters) gets its frozen ones from the base checkpoint it names."""
   directory = checkpoints_dir(path)
   step = latest_step(directory) if step is None else step
   if shardings is None:
@@ -247,11 +259,38 @@ def load_params(path: str, abstract_params, shardings=None, step: int | None = N
     # otherwise insist on the saving run's topology: 8 GPUs then a laptop fails).
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: device, abstract_params)
+  target = _abstract(abstract_params, shardings)
+  peft = read_meta(directory, step).get("peft")
+  if peft:
+    target, frozen = trainable.parts(target, peft["trainable"])
   manager = _manager(directory, read_only=True)
   restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(_abstract(abstract_params, shardings))))
+      params=ocp.args.StandardRestore(target)))
   manager.close()
+  if peft:
+    return trainable.union(restored["params"], _load_base(peft, frozen))
   return restored["params"]
+
+
+def peft_meta(base: str, pattern: str) -> dict:
+  """The `peft` entry of a PEFT run's checkpoint metadata: which parameters it saves
+  (those `pattern` matches) and the base checkpoint (pinned to its step) holding the rest."""
+  directory = checkpoints_dir(base)
+  return {"base": directory, "base_step": latest_step(directory), "trainable": pattern}
+
+
+def _load_base(peft: dict, abstract_frozen):
+  """The frozen parameters of a PEFT checkpoint, from its base checkpoint."""
+  base, step = peft["base"], peft["base_step"]
+  if not os.path.isdir(os.path.join(base, str(step))):
+    raise FileNotFoundError(
+        f"This PEFT checkpoint keeps only its trained parameters; the frozen ones are in base "
+        f"checkpoint {base} step {step}, which is missing: restore it there (or merge the "
+        "adapter while both exist: t5jax convert --to-hf RUN --merge).")
+  target = jax.tree.map(lambda x: x, abstract_frozen)
+  return load_params(base, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                        target),
+                     jax.tree.map(lambda x: x.sharding, target), step=step)
 
 
 def save_params(path: str, params, meta: dict, step: int = 0) -> str:

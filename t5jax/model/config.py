@@ -40,6 +40,11 @@ LAYER_SUBMODULES = {
                 "pre_cross_attention_layer_norm", "encoder_decoder_attention",
                 "pre_mlp_layer_norm", "mlp"),
 }
+# LoRA targets by Hugging Face PEFT's module names for T5 (what `target_modules` lists):
+# the attention projections (every attention: encoder, decoder self, cross) and the MLP's.
+LORA_ATTENTION_TARGETS = {"q": "query", "k": "key", "v": "value", "o": "out"}
+LORA_MLP_TARGETS = ("wi", "wi_0", "wi_1", "wo")
+LORA_TARGETS = tuple(LORA_ATTENTION_TARGETS) + LORA_MLP_TARGETS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +99,18 @@ class T5Config:
       of at least 128 x 128 query-key pairs per head runs one input row at a time,
       so that a row's scores stay in the CPU's cache (see layers._attend_row_by_row).
       Same result; False computes the whole batch at once everywhere.
+    lora_rank: LoRA (Hu et al. 2021) on the projections named in lora_targets: W x +
+      (lora_alpha / lora_rank) B A dropout(x), A [in, r] and B [r, out] (B zero at
+      initialisation, so the model starts as the base); 0 for none. See peft.py.
+    lora_alpha: LoRA's scale numerator (PEFT's `lora_alpha`).
+    lora_dropout: dropout on the LoRA branch's input (PEFT's `lora_dropout`).
+    lora_targets: the projections LoRA adapts, by PEFT's names for T5 (q, k, v, o of
+      every attention; wi or wi_0/wi_1, and wo of every MLP). PEFT's T5 default: q, v.
+    prompt_length: prompt tuning (Lester et al. 2021): this many learned vectors
+      prepended to the encoder's embedded inputs; 0 for none. The encoder then runs
+      over prompt_length + inputs_length positions.
+    peft_per_task: one LoRA (and prompt) per task slot, each token routed through its
+      own task's (needs task_slots); False shares one across tasks.
   """
 
   vocab_size: int = 32128
@@ -119,12 +136,19 @@ class T5Config:
   attention_impl: str = "auto"
   attention_query_block: int = 0
   attention_row_by_row: bool = True
+  lora_rank: int = 0
+  lora_alpha: float = 32.0
+  lora_dropout: float = 0.0
+  lora_targets: tuple[str, ...] = ("q", "v")
+  prompt_length: int = 0
+  peft_per_task: bool = False
 
   def __post_init__(self):
     # Gin and JSON metadata give lists; the config must stay hashable (a jit static).
-    object.__setattr__(self, "task_slots", tuple(self.task_slots))
-    object.__setattr__(self, "task_specific", tuple(self.task_specific))
+    for field in ("task_slots", "task_specific", "lora_targets"):
+      object.__setattr__(self, field, tuple(getattr(self, field)))
     self._check_task_parameters()
+    self._check_peft()
     if self.feed_forward not in FEED_FORWARD_KINDS:
       raise ValueError(
           f"feed_forward={self.feed_forward!r} is not 'ACT' or 'gated-ACT' with ACT one of "
@@ -164,7 +188,7 @@ class T5Config:
     if self.adapter_dim < 0:
       raise ValueError(f"adapter_dim must be >= 0, got {self.adapter_dim}.")
     if self.has_task_parameters and not self.task_slots:
-      raise ValueError("task_specific and adapter_dim need task_slots (one per task or task "
+      raise ValueError("task_specific, adapter_dim and peft_per_task need task_slots (one per task or task "
                        "group), e.g. model_overrides={'task_slots': ('glue_.*', 'scitldr')}.")
     for slot in self.task_slots:
       try:
@@ -172,6 +196,55 @@ class T5Config:
       except re.error as e:
         raise ValueError(f"task_slots entry {slot!r} is not a valid regular expression: {e}."
                          ) from None
+
+  def _check_peft(self):
+    if self.lora_rank < 0 or self.prompt_length < 0:
+      raise ValueError(f"lora_rank ({self.lora_rank}) and prompt_length ({self.prompt_length}) "
+                       "must be >= 0 (0: no LoRA, no prompt).")
+    if not 0.0 <= self.lora_dropout < 1.0:
+      raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+    if self.lora_rank:
+      mlp_names = ("wi_0", "wi_1", "wo") if self.gated_mlp else ("wi", "wo")
+      for target in self.lora_targets:
+        if target in LORA_ATTENTION_TARGETS or target in mlp_names:
+          continue
+        close = difflib.get_close_matches(target, LORA_TARGETS, n=2, cutoff=0.3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"lora_targets entry {target!r} is not a projection of this model.{hint} Choose "
+            f"from {', '.join(tuple(LORA_ATTENTION_TARGETS) + mlp_names)} (PEFT's names).")
+      for target in self.lora_targets:
+        fan_in, fan_out = self.lora_fans(target)
+        if self.lora_rank > min(fan_in, fan_out):
+          raise ValueError(
+              f"lora_rank={self.lora_rank} exceeds projection {target!r}'s width "
+              f"({fan_in} -> {fan_out}); choose a rank <= {min(fan_in, fan_out)}.")
+    routed = [e for e in self.task_specific
+              if e.split(".")[1] in ("attention", "self_attention", "encoder_decoder_attention",
+                                     "mlp", "layer")]
+    if self.lora_rank and routed:
+      raise ValueError(f"LoRA and task_specific {routed} both change the projections; choose "
+                       "one (for a LoRA per task: peft_per_task=True without task_specific).")
+    if self.peft_per_task:
+      if not self.task_slots or not (self.lora_rank or self.prompt_length):
+        raise ValueError("peft_per_task needs task_slots and LoRA (lora_rank) or a prompt "
+                         "(prompt_length), e.g. model_overrides={'task_slots': ('glue_.*', "
+                         "'scitldr'), 'lora_rank': 8, 'peft_per_task': True}.")
+  def lora_fans(self, target: str) -> tuple[int, int]:
+    """(inputs, outputs) of the projection a LoRA target adapts."""
+    inner = self.num_heads * self.d_kv
+    return {"q": (self.d_model, inner), "k": (self.d_model, inner), "v": (self.d_model, inner),
+            "o": (inner, self.d_model), "wi": (self.d_model, self.d_ff),
+            "wi_0": (self.d_model, self.d_ff), "wi_1": (self.d_model, self.d_ff),
+            "wo": (self.d_ff, self.d_model)}[target]
+
+  @property
+  def peft(self) -> bool:
+    """Whether the model has LoRA or a prompt (parameter-efficient fine-tuning)."""
+    return bool(self.lora_rank or self.prompt_length)
+
+  def has_lora(self, target: str) -> bool:
+    return bool(self.lora_rank) and target in self.lora_targets
 
   @property
   def gated_mlp(self) -> bool:
@@ -187,7 +260,7 @@ class T5Config:
 
   @property
   def has_task_parameters(self) -> bool:
-    return bool(self.task_specific or self.adapter_dim)
+    return bool(self.task_specific or self.adapter_dim or self.peft_per_task)
 
   def is_task_specific(self, stack: str, name: str) -> bool:
     """Whether sub-module `name` of `stack`'s layers has a copy per task slot."""

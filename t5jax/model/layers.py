@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5jax.model import peft
 from t5jax.model.config import ACTIVATIONS, T5Config
 
 constrain = nn.with_logical_constraint
@@ -93,24 +94,31 @@ class FeedForward(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x_btd, deterministic: bool):
+  def __call__(self, x_btd, deterministic: bool, slots_bt=None):
+    """slots_bt: each token's task slot, for per-task LoRA (config.peft_per_task)."""
     cfg = self.config
     d, f = cfg.d_model, cfg.d_ff
     pdt = jnp.dtype(cfg.param_dtype)
     act = ACTIVATIONS[cfg.mlp_activation]
+
+    def project(name, spec, x_bt_, kernel, in_axis, out_axis):
+      y = dense(self, spec, x_bt_, kernel.astype(cfg.dtype), name)
+      delta = peft.lora_delta(self, name, x_bt_, (in_axis,), kernel.shape[1:], (out_axis,),
+                              deterministic, slots_bt)
+      return y if delta is None else y + delta
     if cfg.gated_mlp:
       wi_0 = param_with_axes(self, "wi_0", _normal(d**-0.5), (d, f), ("embed", "mlp"), pdt)
       wi_1 = param_with_axes(self, "wi_1", _normal(d**-0.5), (d, f), ("embed", "mlp"), pdt)
-      gate_btf = dense(self, "BTD,DF->BTF", x_btd, wi_0.astype(cfg.dtype), "wi_0")
-      lin_btf = dense(self, "BTD,DF->BTF", x_btd, wi_1.astype(cfg.dtype), "wi_1")
+      gate_btf = project("wi_0", "BTD,DF->BTF", x_btd, wi_0, "embed", "mlp")
+      lin_btf = project("wi_1", "BTD,DF->BTF", x_btd, wi_1, "embed", "mlp")
       h_btf = act(gate_btf) * lin_btf
     else:
       wi = param_with_axes(self, "wi", _normal(d**-0.5), (d, f), ("embed", "mlp"), pdt)
-      h_btf = act(dense(self, "BTD,DF->BTF", x_btd, wi.astype(cfg.dtype), "wi"))
+      h_btf = act(project("wi", "BTD,DF->BTF", x_btd, wi, "embed", "mlp"))
     h_btf = constrain(h_btf, ("batch", "length", "mlp"))
     h_btf = nn.Dropout(cfg.dropout_rate)(h_btf, deterministic=deterministic)
     wo = param_with_axes(self, "wo", _normal(f**-0.5), (f, d), ("mlp", "embed"), pdt)
-    return dense(self, "BTF,FD->BTD", h_btf, wo.astype(cfg.dtype), "wo")
+    return project("wo", "BTF,FD->BTD", h_btf, wo, "mlp", "embed")
 
 
 class Attention(nn.Module):
@@ -129,7 +137,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_btd, kv_bsd, mask_bts, bias_nts, deterministic: bool,
-               decode: bool = False, cache_index=None):
+               decode: bool = False, cache_index=None, slots_bt=None, kv_slots_bs=None):
     """Args:
       x_btd: queries' input.
       kv_bsd: keys' and values' input (ignored for cross-attention once cached).
@@ -137,6 +145,8 @@ class Attention(nn.Module):
       bias_nts: additive position bias or None.
       decode: read and write the "cache" collection.
       cache_index: scalar int, the position being decoded (self-attention).
+      slots_bt, kv_slots_bs: the query and key tokens' task slots, for per-task LoRA
+        (config.peft_per_task); a cached cross-attention takes each row's task.
     Returns:
       [B, T, D] attention output.
     """
@@ -147,10 +157,21 @@ class Attention(nn.Module):
     wv = self._kernel("value", (d, n, h), ("embed", "heads", "kv"), d**-0.5)
     wo = self._kernel("out", (n, h, d), ("heads", "kv", "embed"), (n * h)**-0.5)
 
-    q_btnh = dense(self, "BTD,DNH->BTNH", x_btd, wq, "query")
+    def lora(target, x_bt_, in_axes, out_shape, out_axes, slots):
+      if (cfg.peft_per_task and slots is None and target in ("k", "v")
+          and self.decode_role == "cross"):
+        slots = peft.kv_slots(slots_bt, x_bt_.shape[0], x_bt_.shape[1])
+      return peft.lora_delta(self, target, x_bt_, in_axes, out_shape, out_axes, deterministic,
+                             slots)
+
+    def project(target, spec, y_bsd, kernel, name, slots):
+      out = dense(self, spec, y_bsd, kernel, name)
+      delta = lora(target, y_bsd, ("embed",), (n, h), ("heads", "kv"), slots)
+      return out if delta is None else out + delta
+    q_btnh = project("q", "BTD,DNH->BTNH", x_btd, wq, "query", slots_bt)
     q_btnh = constrain(q_btnh, ("batch", "length", "heads", "kv"))
-    project_k = lambda y: dense(self, "BSD,DNH->BSNH", y, wk, "key")
-    project_v = lambda y: dense(self, "BSD,DNH->BSNH", y, wv, "value")
+    project_k = lambda y: project("k", "BSD,DNH->BSNH", y, wk, "key", kv_slots_bs)
+    project_v = lambda y: project("v", "BSD,DNH->BSNH", y, wv, "value", kv_slots_bs)
 
     if decode and self.decode_role == "cross":
       # The encoder output is fixed during decoding: project it once.
@@ -194,7 +215,9 @@ class Attention(nn.Module):
     # One [B, T, N*H] x [N*H, D] matmul: contracting (N, H) as two axes let XLA pick a
     # layout that transposed the weight at every decode step.
     out_btk = out_btnh.reshape(x_btd.shape[:2] + (n * h,))
-    return dense(self, "BTK,KD->BTD", out_btk, wo.reshape(n * h, d), "out")
+    out_btd = dense(self, "BTK,KD->BTD", out_btk, wo.reshape(n * h, d), "out")
+    delta = lora("o", out_btnh, ("heads", "kv"), (d,), ("embed",), slots_bt)
+    return out_btd if delta is None else out_btd + delta
 
 
 def attention_kernel(cfg: T5Config, with_dropout: bool) -> str:

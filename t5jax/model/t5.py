@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5jax.model import layers, task_routing
+from t5jax.model import layers, peft, task_routing
 from t5jax.model.config import T5Config
 
 constrain = nn.with_logical_constraint
@@ -96,6 +96,11 @@ def causal_mask(length: int):
   return jnp.tril(jnp.ones((length, length), bool))[None]
 
 
+def _lora_slots(cfg: T5Config, slots_bt) -> dict:
+  """The MLP's keyword for per-task LoRA (none otherwise)."""
+  return {"slots_bt": slots_bt} if cfg.peft_per_task else {}
+
+
 class EncoderLayer(nn.Module):
   config: T5Config
   deterministic: bool
@@ -104,8 +109,8 @@ class EncoderLayer(nn.Module):
   def __call__(self, x_btd, mask_bts, bias_nts, slots_bt=None):
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout_rate)
-    sub = lambda make, name, *args: task_routing.per_task(self, make, name, "encoder",
-                                                          slots_bt, *args)
+    sub = lambda make, name, *args, **kw: task_routing.per_task(self, make, name, "encoder",
+                                                                slots_bt, *args, **kw)
     norm = lambda **kw: layers.RMSNorm(cfg, **kw)
     h = sub(norm, "pre_attention_layer_norm", x_btd)
     h = task_routing.per_task_attention(
@@ -113,7 +118,8 @@ class EncoderLayer(nn.Module):
         slots_bt, h, h, mask_bts, bias_nts, self.deterministic)
     x_btd = x_btd + dropout(h, deterministic=self.deterministic)
     h = sub(norm, "pre_mlp_layer_norm", x_btd)
-    h = sub(lambda **kw: layers.FeedForward(cfg, **kw), "mlp", h, self.deterministic)
+    h = sub(lambda **kw: layers.FeedForward(cfg, **kw), "mlp", h, self.deterministic,
+            shared_kwargs=_lora_slots(cfg, slots_bt))
     x_btd = x_btd + dropout(h, deterministic=self.deterministic)
     x_btd = task_routing.adapt(self, slots_bt, x_btd)
     return constrain(x_btd, ("batch", "length", "embed"))
@@ -129,8 +135,8 @@ class DecoderLayer(nn.Module):
                cache_index=None, slots_bt=None, encoder_slots_bs=None):
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout_rate)
-    sub = lambda make, name, *args: task_routing.per_task(self, make, name, "decoder",
-                                                          slots_bt, *args)
+    sub = lambda make, name, *args, **kw: task_routing.per_task(self, make, name, "decoder",
+                                                                slots_bt, *args, **kw)
     norm = lambda **kw: layers.RMSNorm(cfg, **kw)
     attention = lambda role, name, kv_slots, *args, **kwargs: task_routing.per_task_attention(
         self, lambda **kw: layers.Attention(cfg, decode_role=role, **kw), name, "decoder",
@@ -144,7 +150,8 @@ class DecoderLayer(nn.Module):
                   h, encoded_bsd, cross_mask_bts, None)
     y_btd = y_btd + dropout(h, deterministic=self.deterministic)
     h = sub(norm, "pre_mlp_layer_norm", y_btd)
-    h = sub(lambda **kw: layers.FeedForward(cfg, **kw), "mlp", h, self.deterministic)
+    h = sub(lambda **kw: layers.FeedForward(cfg, **kw), "mlp", h, self.deterministic,
+            shared_kwargs=_lora_slots(cfg, slots_bt))
     y_btd = y_btd + dropout(h, deterministic=self.deterministic)
     y_btd = task_routing.adapt(self, slots_bt, y_btd)
     return constrain(y_btd, ("batch", "length", "embed"))
@@ -207,7 +214,8 @@ class Decoder(nn.Module):
       self_mask_btt = causal if self_mask_btt is None else causal & self_mask_btt
 
     encoder_slots_bs = None
-    if cfg.is_task_specific("decoder", "encoder_decoder_attention") and not decode:
+    routed_keys = cfg.peft_per_task and (cfg.has_lora("k") or cfg.has_lora("v"))
+    if (cfg.is_task_specific("decoder", "encoder_decoder_attention") or routed_keys) and not decode:
       encoder_slots_bs = task_routing.encoder_token_slots(cross_mask_bts, slots_bt)
     y_btd = nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)
     y_btd = run_layers(self, DecoderLayer, cfg.num_decoder_layers, y_btd,
@@ -251,6 +259,7 @@ class Transformer(nn.Module):
     self.embedding_vd = layers.param_with_axes(
         self, "token_embedder", nn.initializers.normal(1.0), (cfg.vocab_size, cfg.d_model),
         ("vocab", "embed"), jnp.dtype(cfg.param_dtype))
+    self.prompts = peft.make_prompts(self) if cfg.prompt_length else []
     self.encoder = Encoder(cfg)
     self.decoder = Decoder(cfg)
 
@@ -276,11 +285,25 @@ class Transformer(nn.Module):
              encoder_task_slots=None):
     """Returns the encoder output [B, S, D]. encoder_task_slots: [B, S] or [B, 1]
     slot indices (only for models with task slots)."""
-    enc_seg = _segment_ids(encoder_input_tokens, encoder_segment_ids)
+    enc_seg = self._encoder_segment_ids(encoder_input_tokens, encoder_segment_ids)
     encoder_mask, _, _ = attention_masks(enc_seg, None)
     slots_bs = self._slots(encoder_task_slots, encoder_input_tokens, "encoder_task_slots")
-    return self.encoder(self._embed(encoder_input_tokens), encoder_mask,
-                        deterministic=not enable_dropout, slots_bs=slots_bs)
+    x_bsd = self._embed(encoder_input_tokens)
+    if self.prompts:  # prompt tuning: P learned positions first (peft.py)
+      x_bsd = peft.prepend_prompt(self.prompts, x_bsd, slots_bs)
+      if slots_bs is not None:
+        slots_bs = jnp.concatenate(
+            [jnp.broadcast_to(slots_bs[:, :1], (slots_bs.shape[0], self.config.prompt_length)),
+             slots_bs], axis=1)
+    return self.encoder(x_bsd, encoder_mask, deterministic=not enable_dropout,
+                        slots_bs=slots_bs)
+
+  def _encoder_segment_ids(self, encoder_input_tokens, encoder_segment_ids):
+    """Segment ids of the encoder's positions (the prompt's included)."""
+    enc_seg = _segment_ids(encoder_input_tokens, encoder_segment_ids)
+    if self.config.prompt_length:
+      enc_seg = peft.prompt_segments(enc_seg, self.config.prompt_length)
+    return enc_seg
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
              encoder_segment_ids=None, decoder_segment_ids=None, enable_dropout=False,
@@ -291,7 +314,7 @@ class Transformer(nn.Module):
     creates the "cache" collection; each later call consumes one position (and
     reuses the task slots given to the first call).
     """
-    enc_seg = _segment_ids(encoder_input_tokens, encoder_segment_ids)
+    enc_seg = self._encoder_segment_ids(encoder_input_tokens, encoder_segment_ids)
     if decode:
       decoder_segment_ids = None
     _, self_mask, cross_mask = attention_masks(enc_seg, decoder_segment_ids)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from t5jax.model import peft
 from t5jax.model.config import T5Config
 from t5jax.model.task_routing import COPY_SUFFIX
 
@@ -25,7 +26,7 @@ def _copies(node: dict) -> list[tuple[str, str, int]]:
   out = []
   for key in node:
     m = _COPY.match(key)
-    if m and m.group(1) != ADAPTER:
+    if m and m.group(1) in node:  # adapters and per-task LoRA/prompts have no anchor
       out.append((key, m.group(1), int(m.group(2))))
   return out
 
@@ -62,9 +63,10 @@ def soft_sharing_penalty(params) -> jax.Array:
 
 
 def shared_only(params):
-  """The tree without task copies and adapters: a plain (hard-shared) T5 tree."""
+  """The tree without task copies, adapters, LoRA and prompts: a plain T5 tree."""
   def visit(node):
-    return {k: v for k, v in node.items() if not _COPY.match(k)}
+    return {k: v for k, v in node.items()
+            if not (_COPY.match(k) or k.startswith(peft.LORA_PREFIX) or k == peft.PROMPT)}
   return _walk(params, visit)
 
 

@@ -28,7 +28,7 @@ every copy, and each copy keeps its own decode cache.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -36,67 +36,12 @@ import jax.numpy as jnp
 
 from t5jax.model import layers
 from t5jax.model.config import T5Config
+# The block plumbing lives in slot_blocks (LoRA routes with it too); re-exported here.
+from t5jax.model.slot_blocks import (  # noqa: F401
+    COPY_SUFFIX, PADDING_SHARE, Blocks, block_size, combine, copy_name, dispatch, plan_blocks,
+    select_by_slot)
 
-COPY_SUFFIX = "_task"
-# A slot's last block is padded: K blocks of padding at most, about N / PADDING_SHARE.
-PADDING_SHARE = 8
 constrain = nn.with_logical_constraint
-
-
-def copy_name(name: str, slot: int) -> str:
-  return f"{name}{COPY_SUFFIX}{slot}"
-
-
-def select_by_slot(outputs: list, slots_bt):
-  """Per token, the output of its slot: outputs[k] is slot k's [B, T, ...] result."""
-  out = outputs[0]
-  for k in range(1, len(outputs)):
-    out = jnp.where((slots_bt == k)[..., None], outputs[k], out)
-  return out
-
-
-class Blocks(NamedTuple):
-  """Where each token sits once tokens are sorted by slot into blocks (see above)."""
-  source_jc: jax.Array   # flat index of the token at each block place; N on padding
-  owner_j: jax.Array     # the slot whose weights block j uses
-  place_n: jax.Array     # each token's place in the flattened [J * C] blocks
-
-
-def block_size(num_tokens: int, num_slots: int) -> int:
-  """Tokens per block: K padded blocks cost about 1/PADDING_SHARE of the tokens."""
-  return max(1, -(-num_tokens // (PADDING_SHARE * num_slots)))
-
-
-def plan_blocks(slots_bt, num_slots: int) -> Blocks:
-  """Sorts the tokens of [B, T] by slot into blocks that each belong to one slot."""
-  n = slots_bt.size
-  c = block_size(n, num_slots)
-  num_blocks = n // c + num_slots  # sum_k ceil(n_k / C) <= N // C + K
-  slots_n = slots_bt.reshape(n).astype(jnp.int32)
-  order_n = jnp.argsort(slots_n, stable=True)
-  sorted_n = slots_n[order_n]
-  count_k = jnp.bincount(slots_n, length=num_slots)
-  blocks_k = -(-count_k // c)
-  first_block_k = jnp.cumsum(blocks_k) - blocks_k
-  rank_n = jnp.arange(n) - (jnp.cumsum(count_k) - count_k)[sorted_n]  # rank within its slot
-  place_sorted_n = (first_block_k[sorted_n] + rank_n // c) * c + rank_n % c
-  source = jnp.full((num_blocks * c,), n, jnp.int32).at[place_sorted_n].set(order_n)
-  place_n = jnp.zeros((n,), jnp.int32).at[order_n].set(place_sorted_n)
-  owner_j = jnp.searchsorted(jnp.cumsum(blocks_k), jnp.arange(num_blocks), side="right")
-  return Blocks(source.reshape(num_blocks, c), jnp.minimum(owner_j, num_slots - 1), place_n)
-
-
-def dispatch(blocks: Blocks, x_bt_):
-  """[B, T, ...] -> [J, C, ...]: the tokens in their blocks (zeros on padding)."""
-  x_n_ = x_bt_.reshape((-1,) + x_bt_.shape[2:])
-  padded = jnp.concatenate([x_n_, jnp.zeros_like(x_n_[:1])])
-  return padded[blocks.source_jc]
-
-
-def combine(blocks: Blocks, y_jc_, batch_shape):
-  """[J, C, ...] -> [B, T, ...]: each token's output back in its place."""
-  y_flat = y_jc_.reshape((-1,) + y_jc_.shape[2:])
-  return y_flat[blocks.place_n].reshape(tuple(batch_shape) + y_jc_.shape[2:])
 
 
 def _copies_by_block(parent: nn.Module, name: str, owner_j, dtype=None):
@@ -127,17 +72,19 @@ def _routed(parent: nn.Module, make: Callable[..., nn.Module], name: str, slots_
 
 
 def per_task(parent: nn.Module, make: Callable[..., nn.Module], name: str, stack: str,
-             slots_bt, *args):
+             slots_bt, *args, shared_kwargs: dict | None = None):
   """Applies position-wise sub-module `name` (built by make(name=...)) to args,
   through each token's own slot copy when the config makes it task-specific.
 
-  Must be called from `parent`'s compact method. The shared copy, named `name`, is
+  Must be called from `parent`'s compact method. shared_kwargs go to the shared
+  module's call only (per-task LoRA's slots; a task-specific copy has no LoRA). The
+  shared copy, named `name`, is
   created at initialisation only: it is the anchor of the soft-sharing penalty
   (and what checkpoints without task slots hold), not part of the forward pass.
   """
   cfg: T5Config = parent.config
   if not cfg.is_task_specific(stack, name):
-    return make(name=name)(*args)
+    return make(name=name)(*args, **(shared_kwargs or {}))
   if not parent.is_initializing():
     return _routed(parent, make, name, slots_bt, *args)
   make(name=name)(*args)
@@ -154,7 +101,9 @@ def per_task_attention(parent: nn.Module, make: Callable[..., nn.Module], name: 
   cfg: T5Config = parent.config
   args = (x_btd, kv_bsd, mask_bts, bias_nts, deterministic, decode, cache_index)
   if not cfg.is_task_specific(stack, name):
-    return make(name=name)(*args)
+    lora_slots = ({"slots_bt": slots_bt, "kv_slots_bs": kv_slots_bs} if cfg.peft_per_task
+                  else {})
+    return make(name=name)(*args, **lora_slots)
   if not (parent.is_initializing() or decode):
     return _routed_attention(parent, name, slots_bt, kv_slots_bs, *args[:5])
   if parent.is_initializing():

@@ -38,6 +38,8 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("relpos_buckets", None),
     ("layers", None),
     ("adapter", None),
+    ("lora", None),
+    ("prompt", None),
 )
 
 

@@ -34,11 +34,12 @@ def abstract_batch(batch_size: int, inputs_length: int, targets_length: int, mes
 def compile_train_step(config, num_tasks: int = 1, devices=None) -> dict:
   """Lowers and compiles `config`'s train step for `devices` (default: this host's);
   returns a report with per-device bytes, FLOPs and the time it took."""
-  from t5jax.train.loop import build_model
+  from t5jax.train.loop import build_model, optimizer_config
   mesh = partitioning.make_mesh(config.mesh, devices)
   partitioning.check_batch_size(config.batch_size, mesh, config.microbatches)
   model = build_model(config)
-  tx = optim.make_optimizer(config.optimizer)
+  opt_cfg = optimizer_config(config, model)
+  tx = optim.make_optimizer(opt_cfg)
   lengths = (config.data.inputs_length, config.data.targets_length)
   slot_table = None
   if model.config.has_task_parameters:  # per-task parameters: route the run's tasks
@@ -57,7 +58,8 @@ def compile_train_step(config, num_tasks: int = 1, devices=None) -> dict:
     step = train_step.jit_train_step(
         mesh, shardings, model=model, tx=tx, loss_cfg=config.loss,
         task_weights_k=np.ones(num_tasks, np.float32), microbatches=config.microbatches,
-        schedule=optim.learning_rate_schedule(config.optimizer), slot_of_task_k=slot_table)
+        schedule=optim.learning_rate_schedule(config.optimizer), slot_of_task_k=slot_table,
+        trainable_pattern=opt_cfg.trainable)
     batch = abstract_batch(config.batch_size, *lengths, mesh)
     lowered = step.lower(abstract, batch)
     try:

@@ -14,14 +14,50 @@ import numpy as np
 from t5jax import checkpoint
 from t5jax.decode import decoding, evaluate
 from t5jax.train import losses, metrics, optim, preemption, step as train_step, task_weighting
+from t5jax.model import trainable
 from t5jax.parallel import partitioning
 from t5jax import config as gin_config
 from t5jax.data import pipeline, vocab
 from t5jax.model import config as model_config
-from t5jax.model import t5, task_params
+from t5jax.model import peft, t5, task_params
 
 InputSpec = gin.external_configurable(pipeline.InputSpec, name="InputSpec")
 MeshConfig = gin.external_configurable(partitioning.MeshConfig, name="MeshConfig")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class PeftConfig:
+  """Parameter-efficient fine-tuning (model/peft.py), set apart from model_overrides so
+  that a recipe (runs/lora.gin, runs/prompt_tuning.gin) goes on top of any run. Fields
+  left at their defaults leave the model's T5Config (model_overrides included) as is.
+
+  Attributes:
+    lora_rank: LoRA rank r (0: no LoRA). PEFT's default for T5: 8.
+    lora_alpha: LoRA scale numerator; the branch is scaled by alpha / r.
+    lora_dropout: dropout on the LoRA branch's input.
+    lora_targets: projections to adapt, by PEFT's names: q, k, v, o, wi (wi_0, wi_1), wo.
+    prompt_length: prompt tuning's number of prompt vectors (0: none).
+    per_task: a LoRA and prompt per task slot (T5Config.peft_per_task).
+  """
+  lora_rank: int = 0
+  lora_alpha: float = 32.0
+  lora_dropout: float = 0.0
+  lora_targets: tuple = ("q", "v")
+  prompt_length: int = 0
+  per_task: bool = False
+
+  def overrides(self) -> dict:
+    """The T5Config fields this sets (those not at their defaults)."""
+    names = {"per_task": "peft_per_task"}
+    out = {}
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if isinstance(value, list):
+        value = tuple(value)
+      if value != field.default:
+        out[names.get(field.name, field.name)] = value
+    return out
 
 
 @gin.configurable
@@ -32,6 +68,7 @@ class TrainConfig:
   Attributes:
     model: a size from t5jax.model.config.SIZES, e.g. "t5_1_1_base".
     model_overrides: T5Config fields to change, e.g. {"dtype": "float32"}.
+    peft: LoRA and prompt tuning (applied over model_overrides).
     data: what to read (task or mixture, lengths, packing, seed).
     batch_size: global batch size in sequences (packed rows).
     num_steps: optimizer steps.
@@ -48,6 +85,7 @@ class TrainConfig:
   """
   model: str = "t5_1_0_tiny"
   model_overrides: dict = dataclasses.field(default_factory=dict)
+  peft: PeftConfig = dataclasses.field(default_factory=PeftConfig)
   data: pipeline.InputSpec = dataclasses.field(default_factory=InputSpec)
   batch_size: int = 32
   num_steps: int = 300
@@ -68,16 +106,28 @@ class TrainConfig:
       if getattr(self, field) <= 0:
         raise ValueError(f"TrainConfig.{field} must be positive, got {getattr(self, field)}.")
 
+  def model_config(self) -> model_config.T5Config:
+    """The model's T5Config: the size, then model_overrides, then the PEFT settings."""
+    return model_config.get_config(self.model, **{**self.model_overrides,
+                                                  **self.peft.overrides()})
+
 
 def build_model(config: TrainConfig) -> t5.Transformer:
   """The model, checked against the vocabulary the data is tokenized with."""
-  cfg = model_config.get_config(config.model, **config.model_overrides)
+  cfg = config.model_config()
   needed = vocab.get_vocabulary().vocab_size
   if cfg.vocab_size < needed:
     raise ValueError(
         f"Model {config.model} has {cfg.vocab_size} embedding rows but the vocabulary has "
         f"{needed} pieces; set model_overrides={{'vocab_size': {vocab.EMBEDDING_VOCAB_SIZE}}}.")
   return t5.Transformer(cfg)
+
+
+def optimizer_config(config: TrainConfig, model: t5.Transformer) -> optim.OptimizerConfig:
+  """The run's optimizer settings, with the parameters that train resolved
+  (a LoRA or prompt model trains only those unless OptimizerConfig.trainable says)."""
+  pattern = trainable.effective_pattern(config.optimizer.trainable, model.config)
+  return dataclasses.replace(config.optimizer, trainable=pattern)
 
 
 def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
@@ -89,7 +139,9 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
   partitioning.check_batch_size(config.batch_size, mesh, config.microbatches)
   task_names = pipeline.task_names(config.data.mixture_or_task)
   model = build_model(config)
-  tx = optim.make_optimizer(config.optimizer)
+  _check_prompt_rows(model.config, config.data)
+  opt_cfg = optimizer_config(config, model)
+  tx = optim.make_optimizer(opt_cfg)
   ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoint)
 
   with partitioning.sharding_context(mesh):
@@ -100,7 +152,8 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
         task_weights_k=config.loss.weights_vector(task_names),
         slot_of_task_k=train_step.task_slot_table(model, task_names),
         microbatches=config.microbatches,
-        schedule=optim.learning_rate_schedule(config.optimizer))
+        schedule=optim.learning_rate_schedule(config.optimizer),
+        trainable_pattern=opt_cfg.trainable)
 
   writer = metrics.MetricsWriter(run_dir, enabled=primary)
   if primary:
@@ -114,6 +167,10 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
       f"mesh {dict(mesh.shape)}, batch {config.batch_size}; logs in {run_dir}", primary)
 
   meta = _checkpoint_meta(config, model, len(task_names))
+  if _saves_trained_only(model.config, config.checkpoint, opt_cfg.trainable):
+    # A resumed run keeps the base its checkpoints name (pinned to a step).
+    saved = ckpt.read_meta(ckpt.steps()[-1]).get("peft") if ckpt.steps() else None
+    meta["peft"] = saved or checkpoint.peft_meta(config.checkpoint.init_from, opt_cfg.trainable)
   summaries, window = [], []
   window_start = run_start = time.time()
   every = config.checkpoint.every_steps
@@ -160,6 +217,26 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
   return summaries
 
 
+def _saves_trained_only(cfg, ckpt_cfg: checkpoint.CheckpointConfig, pattern: str) -> bool:
+  """A LoRA or prompt run from a base checkpoint saves only what it trains (a few MB)
+  plus a reference to the base: everything frozen is the base's, unchanged."""
+  return bool(cfg.peft and ckpt_cfg.init_from and pattern == peft.trainable_pattern(cfg)
+              and not (cfg.task_specific or cfg.adapter_dim))
+
+
+def _check_prompt_rows(cfg: model_config.T5Config, data: pipeline.InputSpec) -> None:
+  """A prompt is prepended to each row: packed rows would share one prompt."""
+  if cfg.prompt_length and data.pack:
+    raise ValueError(
+        f"Prompt tuning (prompt_length={cfg.prompt_length}) prepends the prompt to each row, "
+        "so rows must hold one example each; set InputSpec.pack = False.")
+  if cfg.prompt_length > data.inputs_length:
+    raise ValueError(
+        f"prompt_length={cfg.prompt_length} is longer than inputs_length="
+        f"{data.inputs_length}; use a prompt of at most the inputs' length (Lester et al. "
+        "use 1-150 vectors) or raise InputSpec.inputs_length.")
+
+
 def _global_position(local: np.ndarray, config: TrainConfig, mesh) -> jax.Array:
   """This process's rows' data position as part of the global [batch, 1 + tasks] array
   (int32: the counts stay far below 2^31), sharded over the batch axes like a batch."""
@@ -204,28 +281,45 @@ def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkp
     source = config.checkpoint.init_from
     source_meta = checkpoint.read_meta(source)
     source_cfg = source_meta.get("model_config", {})
-    plain_source = model.config.has_task_parameters and not (
-        source_cfg.get("task_specific") or source_cfg.get("adapter_dim"))
+    adds = model.config.has_task_parameters or model.config.peft
+    plain_source = adds and not any(source_cfg.get(f) for f in ADDED_PARAMETER_FIELDS)
     _check_same_architecture(source_meta, model.config, source,
                              task_fields=not plain_source)
     if plain_source:
       # A plain T5 checkpoint: its weights become the shared modules, the task
-      # copies start from them and the adapters start as the identity.
+      # copies start from them, the adapters as the identity, LoRA as zero.
       shared = checkpoint.load_params(
           source, task_params.shared_only(abstract.params),
           task_params.shared_only(shardings.params))
       params = task_params.with_shared(state.params, shared)
+      params = _init_prompts(params, model.config, config.seed)
     else:
       params = checkpoint.load_params(source, abstract.params, shardings.params)
     state = state.replace(params=params)
     print(f"Fine-tuning from the parameters in {source}", flush=True)
+  elif model.config.prompt_length:
+    state = state.replace(params=_init_prompts(state.params, model.config, config.seed))
   return state, shardings, None
+
+
+def _init_prompts(params, cfg, seed: int):
+  """Prompts drawn from the (loaded) embeddings (peft.init_prompts), kept on the
+  prompts' shardings."""
+  if not cfg.prompt_length:
+    return params
+  new = peft.init_prompts(params, cfg, seed)
+  return {k: v if v is params[k] else jax.device_put(v, params[k].sharding)
+          for k, v in new.items()}
 
 
 ARCHITECTURE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads",
                        "num_encoder_layers", "num_decoder_layers", "feed_forward",
                        "tie_word_embeddings", "relative_attention_num_buckets")
-TASK_FIELDS = ("task_slots", "task_specific", "adapter_dim")
+# The fields that give a model parameters a plain T5 lacks.
+ADDED_PARAMETER_FIELDS = ("task_specific", "adapter_dim", "lora_rank", "prompt_length",
+                          "peft_per_task")
+TASK_FIELDS = ("task_slots", "task_specific", "adapter_dim", "lora_rank", "lora_targets",
+               "prompt_length", "peft_per_task")
 
 
 def _check_same_architecture(meta: dict, cfg, source: str, task_fields: bool = True) -> None:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from t5jax.model import trainable
 from t5jax.train import adafactor
 
 OPTIMIZERS = ("adafactor", "adamw")
@@ -42,8 +43,10 @@ class OptimizerConfig:
     adafactor_decay_rate: Adafactor's second-moment decay exponent (T5: 0.8).
     trainable: a regular expression over parameter paths ("decoder/layers_0/mlp/wi");
       only the parameters it matches (re.search) are updated, the others stay
-      frozen and get no optimizer state. Empty: all train. E.g. "adapter_task"
-      trains the task adapters on a frozen backbone.
+      frozen and get no optimizer state (nor a gradient). Empty: all train, except
+      for a model with LoRA or a prompt, whose PEFT parameters alone train
+      (trainable.effective_pattern). E.g. "adapter_task" trains the task adapters
+      on a frozen backbone.
   """
   name: str = "adafactor"
   learning_rate: float = 0.01
@@ -117,15 +120,8 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
       core = optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm), core)
   if not cfg.trainable:
     return core
-  pattern = re.compile(cfg.trainable)
 
   def labels(params):
-    def label(path, _):
-      name = "/".join(str(getattr(k, "key", k)) for k in path)
-      return "train" if pattern.search(name) else "frozen"
-    out = jax.tree_util.tree_map_with_path(label, params)
-    if "train" not in jax.tree.leaves(out):
-      raise ValueError(f"OptimizerConfig.trainable={cfg.trainable!r} matches no parameter; "
-                       "parameter paths look like 'decoder/layers_0/adapter_task0/down'.")
-    return out
+    return jax.tree.map(lambda t: "train" if t else "frozen",
+                        trainable.mask(params, cfg.trainable))
   return optax.multi_transform({"train": core, "frozen": optax.set_to_zero()}, labels)

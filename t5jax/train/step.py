@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec
 
 from t5jax.train import fused_xent, losses, task_weighting
 from t5jax.parallel import partitioning
-from t5jax.model import param_tree, task_params
+from t5jax.model import param_tree, task_params, trainable
 
 Batch = dict[str, jax.Array]
 
@@ -111,14 +111,26 @@ def _task_slots(batch: Batch, slot_of_task_k) -> dict:
 
 def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
                    loss_cfg: losses.LossConfig, task_weights_k: jax.Array, microbatches: int,
-                   slot_of_task_k: jax.Array | None = None):
+                   slot_of_task_k: jax.Array | None = None, trainable_pattern: str = ""):
   """The weighted loss, its per-task sums and the gradients, over microbatches.
 
   Args:
     slot_of_task_k: task_slot_table(...), for models with per-task parameters.
+    trainable_pattern: OptimizerConfig.trainable: only the parameters it matches are
+      differentiated (a frozen base's weight gradients are never computed); the
+      others' gradients are zeros, which the optimizer discards.
   Returns:
     (loss, stats, grads): stats are per-task sums `*_k` [num_tasks].
   """
+  if trainable_pattern:
+    trained, frozen = trainable.split(params, trainable_pattern)
+    loss, stats, grads = loss_and_grads(
+        trained, batch, key, model=_WithFrozen(model, frozen), loss_cfg=loss_cfg,
+        task_weights_k=task_weights_k, microbatches=microbatches,
+        slot_of_task_k=slot_of_task_k)
+    grads = jax.tree.map(lambda g, p: jnp.zeros_like(p) if g is None else g, grads, params,
+                         is_leaf=lambda x: x is None)
+    return loss, stats, grads
   num_tasks = task_weights_k.shape[0]
   scale_bt = losses.token_scales(batch["decoder_loss_weights"], batch["decoder_task_ids"],
                                  task_weights_k, loss_cfg.normalization)
@@ -156,11 +168,22 @@ def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
   return loss, stats, grads
 
 
+class _WithFrozen:
+  """`model` whose apply() takes the trained parameters and adds the frozen ones."""
+
+  def __init__(self, model: nn.Module, frozen):
+    self.model, self.frozen, self.config = model, frozen, model.config
+
+  def apply(self, variables, *args, **kwargs):
+    params = trainable.merge(variables["params"], self.frozen)
+    return self.model.apply({**variables, "params": params}, *args, **kwargs)
+
+
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                tx: optax.GradientTransformation, loss_cfg: losses.LossConfig,
                task_weights_k: jax.Array, microbatches: int,
-               schedule: Callable, slot_of_task_k: jax.Array | None = None
-               ) -> tuple[TrainState, dict]:
+               schedule: Callable, slot_of_task_k: jax.Array | None = None,
+               trainable_pattern: str = "") -> tuple[TrainState, dict]:
   """One optimizer update on a global batch. Pure: jit it with shardings.
 
   Args:
@@ -179,7 +202,8 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                                             task_weights_k)
   loss, stats, grads = loss_and_grads(
       state.params, batch, step_key, model=model, loss_cfg=loss_cfg,
-      task_weights_k=weights_k, microbatches=microbatches, slot_of_task_k=slot_of_task_k)
+      task_weights_k=weights_k, microbatches=microbatches, slot_of_task_k=slot_of_task_k,
+      trainable_pattern=trainable_pattern)
   sharing_metrics = {}
   if model.config.task_specific:
     distance, distance_grads = jax.value_and_grad(task_params.soft_sharing_penalty)(
