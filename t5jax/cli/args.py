@@ -208,12 +208,24 @@ def _convert(sub) -> None:
                          help="read a Hugging Face directory: config.json and (sharded) "
                          "safetensors, or a tensors-only pytorch_model.bin")
   direction.add_argument("--to-hf", dest="to_hf", metavar="CKPT_DIR",
-                         help="read a t5jax run or checkpoint directory")
+                         help="read a t5jax run or checkpoint directory (a LoRA or "
+                         "prompt-tuning run: write its Hugging Face PEFT adapter)")
+  direction.add_argument("--from-peft", dest="from_peft", metavar="ADAPTER_DIR",
+                         help="read a Hugging Face PEFT adapter (LoRA or prompt tuning; "
+                         "adapter_config.json + adapter_model.safetensors) trained on the "
+                         "model of --base")
   convert.add_argument("--out", required=True, metavar="DIR",
                        help="directory to write, created if needed (required)")
   convert.add_argument("--task", default=None,
                        help="with --to-hf of a model with task slots: export this task's "
-                       "parameters as a plain T5 (required for such a model)")
+                       "parameters (its LoRA or prompt) as a plain T5 (required for such a "
+                       "model)")
+  convert.add_argument("--merge", action="store_true",
+                       help="with --to-hf of a LoRA run: fold the LoRA into the base weights "
+                       "and write the full model instead of the PEFT adapter")
+  convert.add_argument("--base", default=None, metavar="CKPT_DIR",
+                       help="with --from-peft: the t5jax checkpoint of the adapter's base "
+                       "model (convert it with --from-hf first); required")
   convert.add_argument("--max_shard_bytes", type=int, default=None,
                        help="with --to-hf: split model.safetensors into shards of at most this "
                        "many bytes (default: one file)")

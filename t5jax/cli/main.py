@@ -96,8 +96,15 @@ def _check_paths(args) -> None:
     if args.init_from:
       files.check_input_dir("--init_from", args.init_from)
   if args.command == "convert":
-    files.check_input_dir("--from-hf" if args.from_hf else "--to-hf",
-                           args.from_hf or args.to_hf)
+    source = next(f for f in ("from_hf", "to_hf", "from_peft") if getattr(args, f))
+    files.check_input_dir(f"--{source.replace('_', '-')}", getattr(args, source))
+    if args.from_peft and not args.base:
+      raise ValueError("--from-peft needs --base CKPT_DIR: the t5jax checkpoint of the "
+                       "adapter's base model (t5jax convert --from-hf HF_DIR --out CKPT_DIR).")
+    if args.base:
+      files.check_input_dir("--base", args.base)
+    if args.merge and not args.to_hf:
+      raise ValueError("--merge applies to --to-hf of a LoRA run; drop it.")
     files.check_output_dir("--out", args.out)
   if args.command == "plot":
     files.check_input_dir("RUN_DIR", args.run_dir)
@@ -159,9 +166,13 @@ def _run(args, bindings: list[str]) -> None:
     if args.from_hf:
       path = convert.hf_to_checkpoint(args.from_hf, args.out)
       print(f"Wrote t5jax checkpoint {path}")
+    elif args.from_peft:
+      path = convert.peft_to_checkpoint(args.from_peft, args.base, args.out)
+      print(f"Wrote t5jax checkpoint {path} (the adapter; the base stays in {args.base})")
     else:
-      convert.checkpoint_to_hf(args.to_hf, args.out, args.max_shard_bytes, task=args.task)
-      print(f"Wrote Hugging Face directory {args.out}")
+      what = convert.checkpoint_to_hf(args.to_hf, args.out, args.max_shard_bytes,
+                                      task=args.task, merge=args.merge)
+      print(f"Wrote {what} {args.out}")
   elif args.command in ("infer", "score", "eval"):
     from t5jax import config  # noqa: F401 (gin configurables)
     from t5jax.decode import evaluate

@@ -16,8 +16,8 @@ import jax
 import numpy as np
 
 from t5jax import checkpoint
-from t5jax.interop import hf_io
-from t5jax.model import param_tree, t5, task_params
+from t5jax.interop import hf_io, peft_io
+from t5jax.model import param_tree, peft, scan_params, t5, task_params
 
 SPIECE_NAME = "spiece.model"
 
@@ -42,22 +42,51 @@ def hf_to_checkpoint(hf_dir: str, out_dir: str) -> str:
 
 
 def read_checkpoint_params(ckpt_dir: str):
-  """(T5Config, numpy params) of a t5jax checkpoint, on the host."""
+  """(T5Config, numpy params, unrolled layers) of a t5jax checkpoint, on the host (a PEFT
+  checkpoint's frozen parameters from its base checkpoint)."""
   cfg = checkpoint.model_config_from_meta(checkpoint.read_meta(ckpt_dir))
   model = t5.Transformer(cfg)
   abstract = param_tree.abstract_params(model)
-  params = checkpoint.load_params(ckpt_dir, abstract)
-  return cfg, jax.tree.map(np.asarray, jax.device_get(params))
+  params = jax.tree.map(np.asarray, jax.device_get(checkpoint.load_params(ckpt_dir, abstract)))
+  if cfg.scan_layers:
+    params = jax.tree.map(np.asarray, scan_params.unstack_layers(params, cfg))
+    cfg = cfg.replace(scan_layers=False)
+  return cfg, params
+
+
+def _slot(cfg, task: str | None, ckpt_dir: str) -> int | None:
+  """The task slot whose per-task LoRA or prompt to export (None without per-task ones)."""
+  if not cfg.peft_per_task:
+    return None
+  if task is None:
+    raise ValueError(f"{ckpt_dir} holds a LoRA or prompt per task (task_slots "
+                     f"{list(cfg.task_slots)}); choose whose to export with --task NAME.")
+  return cfg.task_slots.index(task) if task in cfg.task_slots else cfg.slot_of_task(task)
 
 
 def checkpoint_to_hf(ckpt_dir: str, out_dir: str, max_shard_bytes: int | None = None,
-                     task: str | None = None) -> None:
-  """Writes a Hugging Face directory (config.json, safetensors, spiece.model).
+                     task: str | None = None, merge: bool = False) -> str:
+  """Writes a Hugging Face directory (config.json, safetensors, spiece.model), or for a
+  LoRA or prompt-tuned run a PEFT adapter directory (adapter_config.json,
+  adapter_model.safetensors) for the base model; with `merge` the LoRA is folded into
+  the base weights and the full model written instead. Returns what was written.
 
   A soft-shared model (task slots) is exported as a plain T5 for one task: its
-  slot's copies take the place of the shared modules (`task`: a task or slot name).
+  slot's copies take the place of the shared modules (`task`: a task or slot name);
+  so is a model with a LoRA or prompt per task.
   """
   cfg, params = read_checkpoint_params(ckpt_dir)
+  if merge and not cfg.peft:
+    raise ValueError(f"{ckpt_dir} has no LoRA to merge (--merge folds LoRA weights into the "
+                     "base); drop --merge.")
+  if cfg.peft:
+    slot = _slot(cfg, task, ckpt_dir)
+    if not merge:
+      base = checkpoint.read_meta(ckpt_dir).get("peft", {}).get("base")
+      peft_io.save_adapter_dir(cfg, params, out_dir, slot, base_model=base)
+      return "PEFT adapter directory"
+    cfg, params = peft_io.merged(cfg, params, slot)
+    task = None if slot is not None else task
   if cfg.has_task_parameters:
     if task is None:
       raise ValueError(
@@ -70,3 +99,35 @@ def checkpoint_to_hf(ckpt_dir: str, out_dir: str, max_shard_bytes: int | None = 
     spiece = str(assets.asset_path("t5_spm/spiece.model"))
   hf_io.save_hf_dir(cfg, params, out_dir, max_shard_bytes=max_shard_bytes,
                     spiece_model_path=spiece)
+  return "Hugging Face directory"
+
+
+def peft_to_checkpoint(adapter_dir: str, base_dir: str, out_dir: str) -> str:
+  """Reads a Hugging Face PEFT adapter (LoRA or prompt tuning) trained on the model of
+  t5jax checkpoint `base_dir` and writes a t5jax PEFT checkpoint to `out_dir`: the
+  adapter's parameters plus a reference to the base, which infer, eval, train
+  (--init_from) and convert read like any checkpoint. Returns its path."""
+  base_meta = checkpoint.read_meta(base_dir)
+  base_cfg = checkpoint.model_config_from_meta(base_meta)
+  if base_cfg.peft or base_cfg.has_task_parameters:
+    raise ValueError(f"{base_dir} is not a plain T5 checkpoint; load PEFT adapters onto the "
+                     "plain base model they were trained on.")
+  where = f"PEFT adapter {adapter_dir}"
+  cfg = peft_io.config_with_adapter(base_cfg, peft_io.read_adapter_config(adapter_dir), where)
+  state = hf_io.read_safetensors_file(os.path.join(adapter_dir, peft_io.WEIGHTS_NAME))
+  params = peft_io.params_from_adapter(cfg.replace(scan_layers=False), state, where)
+  if cfg.scan_layers:
+    params = jax.tree.map(np.asarray, scan_params.stack_layers(params, cfg))
+  if os.path.isdir(checkpoint.checkpoints_dir(out_dir)) and os.listdir(
+      checkpoint.checkpoints_dir(out_dir)):
+    raise FileExistsError(
+        f"{out_dir} already holds checkpoints; convert into an empty or new directory.")
+  meta = {**{k: v for k, v in base_meta.items() if k in ("vocab", "model")},
+          "model_config": dataclasses.asdict(cfg),
+          "source": {"peft_adapter": os.path.abspath(adapter_dir)},
+          "peft": checkpoint.peft_meta(base_dir, peft.trainable_pattern(cfg))}
+  path = checkpoint.save_params(out_dir, params, meta)
+  spiece = os.path.join(base_dir, SPIECE_NAME)
+  if os.path.isfile(spiece):
+    shutil.copyfile(spiece, os.path.join(out_dir, SPIECE_NAME))
+  return path

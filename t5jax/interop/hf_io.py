@@ -101,6 +101,15 @@ def _read_json(file: pathlib.Path) -> dict:
     raise ValueError(f"{file} is not valid JSON ({_first_line(e)}).") from None
 
 
+def read_safetensors_file(file: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Every tensor of one safetensors file (e.g. a PEFT adapter's), as numpy arrays."""
+  file = pathlib.Path(file)
+  if not file.is_file():
+    raise FileNotFoundError(f"{file} not found; PEFT writes adapter weights as "
+                            f"{file.name} (a .bin adapter is not read: t5jax never unpickles).")
+  return _read_safetensors(file)
+
+
 def read_hf_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads every tensor of a model directory, preferring safetensors like transformers."""
   path = pathlib.Path(path)
