@@ -2,12 +2,14 @@
 
 The commands are read from README.md's ```bash blocks, so the README cannot
 drift from what is tested. One short training run (the README's own default
-training command with fewer steps) makes `runs/demo`; then every inference,
+training command with fewer steps) makes `runs/demo`, the LoRA fine-tune `runs/lora`;
+then every inference,
 evaluation, scoring, conversion, plotting and task-listing command that uses it
 runs exactly as written, except sizes: the step count, and `--max_examples` (4)
 for evaluation. The user's files they read (`inputs.txt`, `pairs.jsonl`,
 `my_tasks.py` from the README's python block, `path/to/hf_t5`) are made first.
-Training commands are parsed (flags and gin), not run. One command also runs in
+Training commands are parsed (flags and gin), not run, except the demo's and the LoRA
+fine-tune's, which make `runs/demo` and `runs/lora` for the others. One command also runs in
 a real shell, where its stderr must hold t5jax's lines only.
 """
 
@@ -82,8 +84,11 @@ COMMANDS = [(line, *parsed) for line in _bash_lines(README)
             if (parsed := _t5jax_words(line)) is not None]
 
 
-def _uses_only_the_demo_run(words: list[str]) -> bool:
-  return all(run == "runs/demo" for w in words for run in re.findall(r"runs/[\w.]+", w)
+MADE_RUNS = ("runs/demo", "runs/lora")  # trained (with fewer steps) by the workdir fixture
+
+
+def _uses_only_made_runs(words: list[str]) -> bool:
+  return all(run in MADE_RUNS for w in words for run in re.findall(r"runs/[\w.]+", w)
              if not run.endswith(".gin"))
 
 
@@ -99,9 +104,10 @@ def _with_sizes(words: list[str]) -> list[str]:
 
 
 RUN = [(line, _with_sizes(words), stdin) for line, words, stdin in COMMANDS
-       if words[0] in RUN_COMMANDS and _uses_only_the_demo_run(words)]
+       if words[0] in RUN_COMMANDS and _uses_only_made_runs(words)]
 PARSE = [(line, words) for line, words, _ in COMMANDS if words[0] in ("train", "compile")]
 TRAIN_DEMO = next(words for _, words in PARSE if "--run_dir=runs/demo" in words)
+TRAIN_LORA = next(words for _, words in PARSE if "--run_dir=runs/lora" in words)
 
 
 def test_the_readme_has_the_commands_a_newcomer_runs():
@@ -123,8 +129,9 @@ def workdir(tmp_path_factory):
   old = os.getcwd()
   os.chdir(root)
   try:
-    assert cli.main([*TRAIN_DEMO, f"--gin.TrainConfig.num_steps={STEPS}",
-                     "--gin.TrainConfig.num_sample_predictions=0"]) == 0
+    for train in (TRAIN_DEMO, TRAIN_LORA):  # the LoRA run fine-tunes the demo's
+      assert cli.main([*train, f"--gin.TrainConfig.num_steps={STEPS}",
+                       "--gin.TrainConfig.num_sample_predictions=0"]) == 0
     pathlib.Path("inputs.txt").write_text("A man rides a horse.\nTwo dogs play.\n")
     pathlib.Path("lines.txt").write_text("A man rides a horse.\n")
     pathlib.Path("pairs.jsonl").write_text(
@@ -142,6 +149,7 @@ def workdir(tmp_path_factory):
       pathlib.Path(f"data/{split}.tsv").write_text("red cat\ttac der\nbig dog\tgod gib\n")
     from t5jax.interop import convert
     convert.checkpoint_to_hf("runs/demo", "path/to/hf_t5")
+    convert.checkpoint_to_hf("runs/lora", "lora_peft")  # what --from-peft reads
   finally:
     os.chdir(old)
   return root
@@ -197,7 +205,8 @@ def test_readme_command_runs_as_written(line, words, stdin, workdir, monkeypatch
 
 @pytest.mark.parametrize("line, words", PARSE, ids=[" ".join(w[:3]) for _, w in PARSE])
 def test_readme_training_command_parses(line, words, workdir, monkeypatch):
-  """Flags and gin bindings of every training command (nothing is trained)."""
+  """Flags, gin bindings and model settings of every training command (nothing is
+  trained)."""
   import t5jax.train.loop  # noqa: F401  (the configurables)
   monkeypatch.chdir(workdir)
   bindings, rest = cli._split_gin_flags(words)  # noqa: SLF001
@@ -205,6 +214,7 @@ def test_readme_training_command_parses(line, words, workdir, monkeypatch):
   gin_config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
   if getattr(args, "init_from", None):
     assert (workdir / args.init_from).is_dir()
+  t5jax.train.loop.TrainConfig().model_config()  # the model's settings are valid
 
 
 def test_first_readme_command_in_a_real_shell_prints_only_t5jax_lines(workdir, tmp_path):
