@@ -166,20 +166,31 @@ def trainable_pattern(cfg: T5Config) -> str:
   return rf"(^|/)({LORA_PREFIX}|{PROMPT}($|{slot_blocks.COPY_SUFFIX}))"
 
 
-def init_prompts(params, cfg: T5Config, seed: int):
-  """Every prompt set to the embeddings of tokens sampled (per copy, without
-  replacement) from PROMPT_VOCAB_IDS, as Lester et al. initialise: a prompt then
-  starts among the vectors the model already reads."""
+def prompt_keys(cfg: T5Config) -> list[str]:
+  """The parameter names of the prompts (top level of the tree)."""
   if not cfg.prompt_length:
-    return params
+    return []
+  if not cfg.peft_per_task:
+    return [PROMPT]
+  return [slot_blocks.copy_name(PROMPT, k) for k in range(len(cfg.task_slots))]
+
+
+def init_prompts(params, cfg: T5Config, seed: int, labels: dict | None = None):
+  """Every prompt set to rows of the embedding table, as Lester et al. initialise:
+  first, for `labels[key]` (a list of token-id arrays, a prompt's class labels), the
+  mean embedding of each label's tokens; the other rows the embeddings of tokens
+  sampled without replacement from PROMPT_VOCAB_IDS. A prompt then starts among the
+  vectors the model already reads."""
   rng = np.random.default_rng(seed)
-  low, high = PROMPT_VOCAB_IDS
-  high = min(high, cfg.vocab_size)
+  low, high = PROMPT_VOCAB_IDS[0], min(PROMPT_VOCAB_IDS[1], cfg.vocab_size)
   embedding_vd = params["token_embedder"]
   out = dict(params)
-  for key in params:
-    if key == PROMPT or key.startswith(PROMPT + slot_blocks.COPY_SUFFIX):
-      ids = rng.choice(np.arange(low, high), size=cfg.prompt_length,
-                       replace=cfg.prompt_length > high - low)
-      out[key] = jnp.take(embedding_vd, jnp.asarray(ids), axis=0).astype(params[key].dtype)
+  for key in prompt_keys(cfg):
+    label_rows = [jnp.mean(jnp.take(embedding_vd, jnp.asarray(ids), axis=0), axis=0)
+                  for ids in (labels or {}).get(key, [])][:cfg.prompt_length]
+    ids = rng.choice(np.arange(low, high), size=cfg.prompt_length - len(label_rows),
+                     replace=cfg.prompt_length > high - low)
+    sampled = jnp.take(embedding_vd, jnp.asarray(ids, np.int32).reshape(-1), axis=0)
+    rows = jnp.concatenate([jnp.stack(label_rows), sampled]) if label_rows else sampled
+    out[key] = rows.astype(params[key].dtype)
   return out

@@ -17,12 +17,15 @@ from t5jax.train import losses, metrics, optim, preemption, step as train_step, 
 from t5jax.model import trainable
 from t5jax.parallel import partitioning
 from t5jax import config as gin_config
-from t5jax.data import pipeline, vocab
+from t5jax.data import class_labels, pipeline, vocab
 from t5jax.model import config as model_config
 from t5jax.model import peft, t5, task_params
 
 InputSpec = gin.external_configurable(pipeline.InputSpec, name="InputSpec")
 MeshConfig = gin.external_configurable(partitioning.MeshConfig, name="MeshConfig")
+
+
+PROMPT_INITS = ("vocab", "labels")
 
 
 @gin.configurable
@@ -38,6 +41,9 @@ class PeftConfig:
     lora_dropout: dropout on the LoRA branch's input.
     lora_targets: projections to adapt, by PEFT's names: q, k, v, o, wi (wi_0, wi_1), wo.
     prompt_length: prompt tuning's number of prompt vectors (0: none).
+    prompt_init: "vocab" (embeddings of common tokens) or "labels" (first the mean
+      embedding of each of the task's class labels, read from its training targets,
+      then common tokens), as Lester et al.
     per_task: a LoRA and prompt per task slot (T5Config.peft_per_task).
   """
   lora_rank: int = 0
@@ -45,13 +51,21 @@ class PeftConfig:
   lora_dropout: float = 0.0
   lora_targets: tuple = ("q", "v")
   prompt_length: int = 0
+  prompt_init: str = "vocab"
   per_task: bool = False
+
+  def __post_init__(self):
+    if self.prompt_init not in PROMPT_INITS:
+      raise ValueError(f"PeftConfig.prompt_init={self.prompt_init!r} is not one of "
+                       f"{PROMPT_INITS}.")
 
   def overrides(self) -> dict:
     """The T5Config fields this sets (those not at their defaults)."""
     names = {"per_task": "peft_per_task"}
     out = {}
     for field in dataclasses.fields(self):
+      if field.name == "prompt_init":  # how to start, not the model
+        continue
       value = getattr(self, field.name)
       if isinstance(value, list):
         value = tuple(value)
@@ -292,22 +306,32 @@ def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkp
           source, task_params.shared_only(abstract.params),
           task_params.shared_only(shardings.params))
       params = task_params.with_shared(state.params, shared)
-      params = _init_prompts(params, model.config, config.seed)
+      params = _init_prompts(params, model.config, config)
     else:
       params = checkpoint.load_params(source, abstract.params, shardings.params)
     state = state.replace(params=params)
     print(f"Fine-tuning from the parameters in {source}", flush=True)
   elif model.config.prompt_length:
-    state = state.replace(params=_init_prompts(state.params, model.config, config.seed))
+    state = state.replace(params=_init_prompts(state.params, model.config, config))
   return state, shardings, None
 
 
-def _init_prompts(params, cfg, seed: int):
-  """Prompts drawn from the (loaded) embeddings (peft.init_prompts), kept on the
-  prompts' shardings."""
+def _init_prompts(params, cfg, config: TrainConfig):
+  """Prompts drawn from the (loaded) embeddings (peft.init_prompts), with the tasks'
+  class labels first under PeftConfig.prompt_init="labels", kept on the prompts'
+  shardings."""
   if not cfg.prompt_length:
     return params
-  new = peft.init_prompts(params, cfg, seed)
+  labels = None
+  if config.peft.prompt_init == "labels":
+    tasks = pipeline.task_names(config.data.mixture_or_task)
+    keys = peft.prompt_keys(cfg)
+    labels = {key: [] for key in keys}
+    for task in tasks:
+      key = keys[cfg.slot_of_task(task)] if cfg.peft_per_task else keys[0]
+      seen = {tuple(x) for x in labels[key]}
+      labels[key] += [x for x in class_labels.class_labels(task) if tuple(x) not in seen]
+  new = peft.init_prompts(params, cfg, config.seed, labels)
   return {k: v if v is params[k] else jax.device_put(v, params[k].sharding)
           for k, v in new.items()}
 

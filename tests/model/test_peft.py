@@ -177,6 +177,14 @@ def test_prompt_is_prepended_and_initialised_from_common_token_embeddings():
   params = _init(cfg, enc, dec)
   assert params[peft.PROMPT].shape == (5, TINY.d_model)
   ready = peft.init_prompts(params, cfg, seed=0)
+  # Class labels first (each the mean of its tokens' embeddings), then common tokens.
+  labelled = peft.init_prompts(params, cfg, seed=0,
+                               labels={peft.PROMPT: [np.array([7, 9]), np.array([11])]})
+  emb_all = np.asarray(params["token_embedder"])
+  np.testing.assert_allclose(np.asarray(labelled[peft.PROMPT][:2]),
+                             [(emb_all[7] + emb_all[9]) / 2, emb_all[11]], rtol=1e-6, atol=1e-6)
+  for row in np.asarray(labelled[peft.PROMPT][2:]):
+    assert np.flatnonzero(np.all(emb_all == row, axis=1)).min() >= peft.PROMPT_VOCAB_IDS[0]
   emb = np.asarray(params["token_embedder"])
   for row in np.asarray(ready[peft.PROMPT]):
     ids = np.flatnonzero(np.all(emb == row, axis=1))

@@ -101,9 +101,13 @@ def test_prompt_tuning_needs_unpacked_rows_and_a_prompt_within_the_inputs(base_r
   with pytest.raises(ValueError, match=r"prompt_length=40 is longer than inputs_length=32"):
     _train(tmp_path / "p", prompt, init, "PeftConfig.prompt_length=40",
            "TrainConfig.num_steps=1")
-  summaries = _train(tmp_path / "p", prompt, init, "TrainConfig.num_steps=3",
-                     "PeftConfig.prompt_length=4")
+  # On a classification task with prompt_init="labels": the prompt starts from the mean
+  # embeddings of the class labels ('entailment', 'not_entailment'), then common tokens.
+  summaries = _train(tmp_path / "p", prompt, init, "TrainConfig.num_steps=2",
+                     "PeftConfig.prompt_length=4", "PeftConfig.prompt_init='labels'",
+                     "InputSpec.mixture_or_task='glue_rte'")
   assert np.isfinite(summaries[-1]["loss"])
+  from t5jax.data import vocab
   from t5jax.model import param_tree, peft, t5
   cfg = checkpoint.model_config_from_meta(checkpoint.read_meta(str(tmp_path / "p")))
   assert cfg.prompt_length == 4
@@ -111,6 +115,10 @@ def test_prompt_tuning_needs_unpacked_rows_and_a_prompt_within_the_inputs(base_r
                                   param_tree.abstract_params(t5.Transformer(cfg)))
   base = checkpoint.load_params(str(base_run), param_tree.abstract_params(
       t5.Transformer(cfg.replace(prompt_length=0))))
-  np.testing.assert_array_equal(np.asarray(params["token_embedder"]),
-                                np.asarray(base["token_embedder"]))
-  assert params[peft.PROMPT].shape == (4, cfg.d_model)
+  embedding = np.asarray(base["token_embedder"])
+  np.testing.assert_array_equal(np.asarray(params["token_embedder"]), embedding)  # frozen
+  prompt = np.asarray(params[peft.PROMPT])
+  for row, label in zip(prompt, ("entailment", "not_entailment")):
+    want = embedding[vocab.get_vocabulary().encode(label)].mean(axis=0)
+    cosine = row @ want / np.linalg.norm(row) / np.linalg.norm(want)
+    assert cosine > 0.95, (label, cosine)  # two AdamW steps of 0.03 from it
