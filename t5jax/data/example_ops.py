@@ -8,6 +8,9 @@ with their randomness keyed by (seed, task, k) (`index_random`). The steps t5jax
   concatenated token stream cut into segments that corrupt to `inputs_length` tokens (T5's
   concatenate-then-split), and each segment is corrupted with noise keyed by k, so every epoch
   corrupts it anew;
+* `t5jax.data.span_corruption.ul2` (first): the same stream cut into windows of the
+  longest denoiser's segment; example k's denoiser, its segment's offset in the window
+  and its noise are keyed by k (`t5jax.data.ul2`);
 * `seqio.preprocessors.append_eos_after_trim` and `append_eos`.
 
 `t5jax.data.task_cache.recipe` refuses, in one line, a task with another step after its cache
@@ -25,8 +28,10 @@ import numpy as np
 from t5jax.data import example_store
 from t5jax.data import index_random
 from t5jax.data import noise
+from t5jax.data import ul2
 
 SPAN_CORRUPTION = "span_corruption"
+UL2 = "ul2"
 EOS_AFTER_TRIM = "append_eos_after_trim"
 EOS = "append_eos"
 # Keeps the noise keys apart from the other keyed choices of a task.
@@ -73,8 +78,16 @@ class TaskView:
     self.recipe = r
     self._store = example_store.ExampleStore.open(r.store)
     ops = list(r.ops)
-    self._span = None
-    if ops and ops[0][0] == SPAN_CORRUPTION:
+    self._span = self._ul2 = None
+    if ops and ops[0][0] == UL2:
+      kwargs = ops.pop(0)[1]
+      self._ul2 = ([ul2.Denoiser(kind, span, density, segment, tuple(mode))
+                    for kind, span, density, segment, mode in kwargs["resolved"]],
+                   np.asarray(kwargs["resolved_rates"], np.float64))
+      self._segment = max(d.segment for d in self._ul2[0])
+      self._num_tokens = self._store.num_tokens("targets")
+      self.num_examples = -(-self._num_tokens // self._segment)
+    elif ops and ops[0][0] == SPAN_CORRUPTION:
       self._span = span_args(ops.pop(0)[1])
       self._segment, _ = noise.span_corruption_lengths(
           r.lengths["inputs"], **self._span)
@@ -87,7 +100,13 @@ class TaskView:
   def examples(self, ids: np.ndarray, keys: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(inputs, targets)] of stored examples `ids`, trimmed to the lengths; `keys[i]`
     seeds example i's noise."""
-    if self._span is None:
+    if self._ul2 is not None:
+      ids = np.asarray(ids, np.int64)
+      windows = self._store.stream("targets", ids * self._segment, (ids + 1) * self._segment)
+      lengths = (self.recipe.lengths["inputs"], self.recipe.lengths["targets"])
+      pairs = [ul2.ul2_example(w, int(k), *self._ul2, self.recipe.vocab_size, lengths)[:2]
+               for w, k in zip(windows, keys)]
+    elif self._span is None:
       pairs = list(zip(self._store.examples("inputs", ids), self._store.examples("targets", ids)))
     else:
       # One read per batch of every example's segment of the concatenated stream.

@@ -14,6 +14,8 @@ from t5jax.data import index_random
 
 NOISE_DENSITY = 0.15
 MEAN_NOISE_SPAN_LENGTH = 3.0
+# T5's vocabulary has 100 sentinels (<extra_id_0> .. <extra_id_99>).
+MAX_SENTINELS = 100
 
 
 def _corrupted_lengths(tokens_length: int, noise_density: float,

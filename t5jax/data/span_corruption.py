@@ -1,4 +1,5 @@
-"""T5 span corruption (Raffel et al. 2020, sec. 3.1.4), written for t5jax.
+"""T5 span corruption (Raffel et al. 2020, sec. 3.1.4), and UL2's mixture of denoisers
+(`ul2`, the algorithm in `t5jax.data.ul2`), as SeqIO preprocessors, written for t5jax.
 
 Follows `t5.data.preprocessors.span_corruption`: concatenate tokenized documents, split them into
 segments that corrupt to exactly `inputs_length` tokens, drop ~15% of tokens in spans of mean
@@ -13,7 +14,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5jax.data import noise
+from t5jax.data import noise, ul2 as ul2_lib
 from t5jax.data.noise import (MEAN_NOISE_SPAN_LENGTH, NOISE_DENSITY,  # noqa: F401
                               span_corruption_lengths)
 
@@ -98,6 +99,43 @@ def span_corruption(dataset: tf.data.Dataset,
     inputs, targets = corrupt(
         ex["targets"], seeds, vocab_size, noise_density, mean_noise_span_length)
     return {"inputs": inputs, "targets": targets}
+
+  return denoise(dataset)
+
+
+def ul2(dataset: tf.data.Dataset,
+        sequence_length: Mapping[str, int],
+        output_features: Mapping[str, seqio.Feature],
+        denoisers=ul2_lib.DEFAULT_DENOISERS,
+        rates=ul2_lib.DEFAULT_RATES) -> tf.data.Dataset:
+  """SeqIO preprocessor: tokenized "targets" documents -> UL2's mixture of denoisers
+  (`t5jax.data.ul2`): each example made by one denoiser drawn by `rates`, its inputs
+  starting with the denoiser's mode token ([NLU], [NLG], [S2S]).
+
+  Put it where span_corruption goes: after `seqio.preprocessors.tokenize` and the
+  `CacheDatasetPlaceholder`, before `append_eos_after_trim`. `denoisers` are (kind,
+  mean span, noise density) with kind R, X or S (prefix LM; span and density unused).
+  """
+  vocab = output_features["targets"].vocabulary
+  lengths = (sequence_length["inputs"], sequence_length["targets"])
+  ds, normalized = ul2_lib.denoisers(vocab, *lengths, denoisers, rates)
+  window = max(d.segment for d in ds)
+  dataset = _split_tokens(_concat_tokens(dataset), window)
+
+  @seqio.map_over_dataset(num_seeds=1)
+  def denoise(ex, seed):
+    key = tf.cast(seed[0], tf.int64) + _token_hash(ex["targets"])
+
+    def run(tokens, k):
+      inputs, targets, _ = ul2_lib.ul2_example(tokens, int(k), ds, normalized,
+                                               vocab.vocab_size, lengths)
+      return inputs, targets
+    inputs, targets = tf.numpy_function(run, [ex["targets"], key], [tf.int32, tf.int32],
+                                        stateful=False)
+    inputs.set_shape([None])
+    targets.set_shape([None])
+    return {"inputs": tf.cast(inputs, ex["targets"].dtype),
+            "targets": tf.cast(targets, ex["targets"].dtype)}
 
   return denoise(dataset)
 

@@ -42,6 +42,7 @@ from t5jax.data import noise
 from t5jax.data import prepare
 from t5jax.data import span_corruption
 from t5jax.data import store_io
+from t5jax.data import ul2
 
 # Sources up to this size build on first use; larger ones need `t5jax cache`.
 AUTO_BUILD_ENV = "T5JAX_AUTO_BUILD_BYTES"
@@ -58,6 +59,8 @@ def _identify(step) -> tuple[str, dict] | None:
     kwargs, step = dict(step.keywords), step.func
   if step is span_corruption.span_corruption:
     return example_ops.SPAN_CORRUPTION, kwargs
+  if step is span_corruption.ul2:
+    return example_ops.UL2, kwargs
   if step is seqio.preprocessors.append_eos_after_trim:
     return example_ops.EOS_AFTER_TRIM, kwargs
   if step is seqio.preprocessors.append_eos:
@@ -248,11 +251,11 @@ def recipe(task: seqio.Task, split: str, lengths: dict,
   ops = []
   for i, step in enumerate(post):
     op = _identify(step)
-    if op is None or (op[0] == example_ops.SPAN_CORRUPTION and i):
+    if op is None or (op[0] in (example_ops.SPAN_CORRUPTION, example_ops.UL2) and i):
       name = getattr(step, "__name__", repr(step))
       raise ValueError(
           f"task {task.name!r} runs {name} after its CacheDatasetPlaceholder; the batch pipeline "
-          "runs per example only span_corruption (first) and append_eos[_after_trim]: move "
+          "runs per example only span_corruption or ul2 (first) and append_eos[_after_trim]: move "
           f"{name} before the placeholder if it is deterministic")
     ops.append(op)
   for feature in ("inputs", "targets"):
@@ -266,6 +269,16 @@ def recipe(task: seqio.Task, split: str, lengths: dict,
       raise ValueError(
           f"targets_length={lengths['targets']} is too short for span corruption with "
           f"inputs_length={lengths['inputs']}; use targets_length >= {targets_needed}")
+  if ops and ops[0][0] == example_ops.UL2:
+    # The denoisers at these lengths (checked, one line each), resolved once here with
+    # the vocabulary: workers rebuild them from the recipe's JSON alone.
+    kwargs = dict(ops[0][1])
+    ds, rates = ul2.denoisers(task.output_features["targets"].vocabulary, lengths["inputs"],
+                              lengths["targets"], kwargs.get("denoisers", ul2.DEFAULT_DENOISERS),
+                              kwargs.get("rates", ul2.DEFAULT_RATES))
+    kwargs = {"resolved": [[d.kind, d.mean_span, d.density, d.segment, list(d.mode_ids)]
+                           for d in ds], "resolved_rates": rates.tolist()}
+    ops[0] = (example_ops.UL2, kwargs)
   return example_ops.TaskRecipe(
       name=task.name, store=store_of(task, split, process_index), ops=tuple(ops),
       lengths={"inputs": int(lengths["inputs"]), "targets": int(lengths["targets"])},

@@ -61,6 +61,8 @@ SUPERVISED_TASKS = (
     "dialogsum", "dialogsum_next_turn", "xquad_en",
 )
 PRETRAINING_TASKS = ("text_span_corruption",)
+# UL2's mixture of denoisers over the shipped text (not in multitask_mix).
+UL2_TASKS = ("text_ul2",)
 # C4 as T5 pretrained on it (t5's c4_v220_span_corruption); the user prepares it with TFDS.
 C4_TASKS = ("c4_span_corruption",)
 C4_TFDS_NAME = "c4/en:3.0.1"
@@ -100,6 +102,18 @@ def register() -> None:
            seqio.preprocessors.tokenize,
            seqio.CacheDatasetPlaceholder(),
            span_corruption.span_corruption,
+           seqio.preprocessors.append_eos_after_trim,
+       ],
+       metric_fns=[])
+
+  # UL2's mixture of denoisers over the same text (t5jax.data.ul2, the paper's settings).
+  _add("text_ul2", source=ShippedTfdsSource("t5jax_text"),
+       preprocessors=[
+           preprocessors.text_to_targets,
+           preprocessors.clean_text,
+           seqio.preprocessors.tokenize,
+           seqio.CacheDatasetPlaceholder(),
+           span_corruption.ul2,
            seqio.preprocessors.append_eos_after_trim,
        ],
        metric_fns=[])
