@@ -95,28 +95,20 @@ def register() -> None:
        preprocessors=text_preprocessors(preprocessors.squad),
        postprocess_fn=postprocessors.references("answers"), metric_fns=[metrics.squad])
 
-  _add("text_span_corruption", source=ShippedTfdsSource("t5jax_text"),
-       preprocessors=[
-           preprocessors.text_to_targets,
-           preprocessors.clean_text,
-           seqio.preprocessors.tokenize,
-           seqio.CacheDatasetPlaceholder(),
-           span_corruption.span_corruption,
-           seqio.preprocessors.append_eos_after_trim,
-       ],
-       metric_fns=[])
-
-  # UL2's mixture of denoisers over the same text (t5jax.data.ul2, the paper's settings).
-  _add("text_ul2", source=ShippedTfdsSource("t5jax_text"),
-       preprocessors=[
-           preprocessors.text_to_targets,
-           preprocessors.clean_text,
-           seqio.preprocessors.tokenize,
-           seqio.CacheDatasetPlaceholder(),
-           span_corruption.ul2,
-           seqio.preprocessors.append_eos_after_trim,
-       ],
-       metric_fns=[])
+  # T5's span corruption, and UL2's mixture of denoisers (t5jax.data.ul2, the paper's
+  # settings), over the shipped text.
+  for name, objective in (("text_span_corruption", span_corruption.span_corruption),
+                          ("text_ul2", span_corruption.ul2)):
+    _add(name, source=ShippedTfdsSource("t5jax_text"),
+         preprocessors=[
+             preprocessors.text_to_targets,
+             preprocessors.clean_text,
+             seqio.preprocessors.tokenize,
+             seqio.CacheDatasetPlaceholder(),
+             objective,
+             seqio.preprocessors.append_eos_after_trim,
+         ],
+         metric_fns=[])
 
   # No cleaning: T5 tokenized C4's text as it is. The TFDS data dir (local or gs://) is
   # $T5JAX_C4_DATA_DIR, else TFDS's own default ($TFDS_DATA_DIR, ~/tensorflow_datasets).
