@@ -144,14 +144,23 @@ def register_jsonl_task(name: str, paths: Paths, inputs_key: str, targets_key: s
                    postprocess_fn or _strip)
 
 
-def register_text_span_corruption_task(name: str, paths: Paths) -> seqio.Task:
-  """Registers `name`: T5 span corruption over plain text, one document per line.
+OBJECTIVES = {"span_corruption": span_corruption.span_corruption, "ul2": span_corruption.ul2}
+
+
+def register_text_span_corruption_task(name: str, paths: Paths,
+                                       objective: str = "span_corruption") -> seqio.Task:
+  """Registers `name`: T5 span corruption (or UL2's mixture of denoisers) over plain text,
+  one document per line.
 
   Args:
     name: the task name.
     paths: a file, a glob ("/data/corpus/*.txt") or a gs:// URL or glob (the train split),
       or {split: any of those}. A corpus over a few hundred MB needs `t5jax cache` first.
+    objective: "span_corruption" (T5) or "ul2" (t5jax.data.ul2's defaults; for other
+      rates, register the task with span_corruption.ul2 partially applied yourself).
   """
+  if objective not in OBJECTIVES:
+    raise ValueError(f"objective={objective!r} is not one of {', '.join(OBJECTIVES)}.")
   patterns = _split_patterns(paths)
 
   @seqio.map_over_dataset
@@ -172,7 +181,7 @@ def register_text_span_corruption_task(name: str, paths: Paths) -> seqio.Task:
   return _register(
       name, source,
       [to_targets, seqio.preprocessors.tokenize,
-       span_corruption.span_corruption, seqio.preprocessors.append_eos_after_trim],
+       OBJECTIVES[objective], seqio.preprocessors.append_eos_after_trim],
       (), None)
 
 

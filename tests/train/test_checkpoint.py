@@ -29,9 +29,19 @@ FLAGS = [
 ]
 
 
+# The subprocess runs train on a mixture of UL2 (short denoisers) and English->French, so
+# that exact resume covers the keyed UL2 examples too (tests/ul2_kill_tasks.py).
+MIXTURE = ["--module=ul2_kill_tasks", "--gin.InputSpec.mixture_or_task='ul2_kill_mix'"]
+
+
 def start_training(run_dir, *extra):
-  cmd = [sys.executable, "-m", "t5jax", "train", f"--run_dir={run_dir}", *FLAGS, *extra]
-  return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  cmd = [sys.executable, "-m", "t5jax", "train", f"--run_dir={run_dir}", *FLAGS, *MIXTURE,
+         *extra]
+  tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ,
+         "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
+  return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env)
 
 
 def finish(proc, timeout=600):
@@ -86,6 +96,8 @@ def test_sigkill_then_rerun_reproduces_uninterrupted_losses(reference, tmp_path)
   assert "Resumed from step" in out
   resumed = losses_by_step(run_dir)
   assert sorted(resumed) == list(range(1, 13))
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    assert "tasks/text_ul2_short/loss" in f.readline()  # UL2 examples were in the batches
   for step in range(1, 13):
     assert resumed[step] == reference[step], (step, resumed[step], reference[step])
 
