@@ -152,3 +152,32 @@ def test_adapter_for_another_base_model_is_one_line(base, tmp_path):
   with pytest.raises(ValueError, match="sets use_dora=True; t5jax computes LoRA with "
                                        "use_dora=False only"):
     convert.peft_to_checkpoint(str(tmp_path / "adapter"), str(base / "base"), str(tmp_path / "o"))
+
+
+def test_per_task_lora_exports_each_tasks_own_adapter():
+  """--task NAME of a per-task LoRA writes (and merges) that task's own LoRA."""
+  import flax
+  from t5jax.model import config as model_config
+  cfg = model_config.get_config("t5_1_1_tiny", lora_rank=4, lora_targets=("q", "v", "wo"),
+                                task_slots=("a", "b"), peft_per_task=True)
+  tokens = np.ones((2, 4), np.int32)
+  slots = np.asarray([[0], [1]], np.int32)
+  params = flax.linen.meta.unbox(t5.Transformer(cfg).init(
+      jax.random.key(0), tokens, tokens, encoder_task_slots=slots,
+      decoder_task_slots=slots)["params"])
+  rng = np.random.default_rng(0)
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: rng.normal(0, 0.1, x.shape).astype(np.float32)
+      if str(getattr(path[-1], "key", "")) == "b" else np.asarray(x), params)
+  node = params["encoder"]["layers_1"]["attention"]
+  for slot in (0, 1):
+    state = peft_io.adapter_state_dict(cfg, params, slot)
+    key = "base_model.model.encoder.block.1.layer.0.SelfAttention.q.lora_B.weight"
+    np.testing.assert_array_equal(
+        state[key], np.asarray(node[f"lora_q_task{slot}"]["b"]).reshape(4, -1).T)
+    merged_cfg, merged = peft_io.merged(cfg, params, slot)
+    assert merged_cfg.lora_rank == 0 and not merged_cfg.task_slots
+    want = np.asarray(node["query"]) + 8.0 * np.einsum(
+        "dr,rnh->dnh", node[f"lora_q_task{slot}"]["a"], node[f"lora_q_task{slot}"]["b"])
+    np.testing.assert_allclose(merged["encoder"]["layers_1"]["attention"]["query"], want,
+                               rtol=1e-5, atol=1e-6)
