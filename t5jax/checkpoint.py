@@ -260,10 +260,11 @@ def load_params(path: str, abstract_params, shardings=None, step: int | None = N
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: device, abstract_params)
   target = _abstract(abstract_params, shardings)
-  peft = read_meta(directory, step).get("peft")
+  manager = _manager(directory, read_only=True)
+  peft = manager.restore(step, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))["meta"].get("peft")
   if peft:
     target, frozen = trainable.parts(target, peft["trainable"])
-  manager = _manager(directory, read_only=True)
   restored = manager.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(target)))
   manager.close()
@@ -287,10 +288,8 @@ def _load_base(peft: dict, abstract_frozen):
         f"This PEFT checkpoint keeps only its trained parameters; the frozen ones are in base "
         f"checkpoint {base} step {step}, which is missing: restore it there (or merge the "
         "adapter while both exist: t5jax convert --to-hf RUN --merge).")
-  target = jax.tree.map(lambda x: x, abstract_frozen)
-  return load_params(base, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                        target),
-                     jax.tree.map(lambda x: x.sharding, target), step=step)
+  return load_params(base, abstract_frozen, jax.tree.map(lambda x: x.sharding, abstract_frozen),
+                     step=step)
 
 
 def save_params(path: str, params, meta: dict, step: int = 0) -> str:

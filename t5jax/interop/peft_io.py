@@ -22,11 +22,12 @@ import pathlib
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
+import jax
 import numpy as np
 from safetensors.numpy import save_file
 
 from t5jax.interop import hf_weights
-from t5jax.model import peft, slot_blocks
+from t5jax.model import peft, slot_blocks, trainable
 from t5jax.model.config import LORA_ATTENTION_TARGETS, T5Config
 
 CONFIG_NAME = "adapter_config.json"
@@ -213,8 +214,7 @@ def merged(cfg: T5Config, params: Mapping, slot: int | None = None) -> tuple[T5C
     raise ValueError("A prompt-tuned model cannot be merged into plain T5 weights (the prompt "
                      "is extra input positions); export the PEFT adapter instead (no --merge).")
   suffix = "" if slot is None else slot_blocks.copy_name("", slot)
-  out = _copy_tree(params)
-  scale = cfg.lora_alpha / cfg.lora_rank
+  out = jax.tree.map(lambda x: x, params)  # new dicts: the kernels are replaced below
   for e in lora_entries(cfg):
     node = _node(out, e.path[:-1])
     lora = node[e.path[-1] + suffix]
@@ -222,19 +222,8 @@ def merged(cfg: T5Config, params: Mapping, slot: int | None = None) -> tuple[T5C
     w = np.asarray(node[kernel_name], np.float32)
     a = np.asarray(lora["a"], np.float32).reshape(-1, cfg.lora_rank)
     b = np.asarray(lora["b"], np.float32).reshape(cfg.lora_rank, -1)
-    node[kernel_name] = (w + scale * (a @ b).reshape(w.shape)).astype(np.float32)
+    node[kernel_name] = (w + cfg.lora_scale * (a @ b).reshape(w.shape)).astype(np.float32)
   plain = cfg.replace(lora_rank=0, prompt_length=0, peft_per_task=False,
                       task_slots=() if not (cfg.task_specific or cfg.adapter_dim)
                       else cfg.task_slots)
-  return plain, _without_peft(out)
-
-
-def _copy_tree(tree):
-  return {k: _copy_tree(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree
-
-
-def _without_peft(tree):
-  if not isinstance(tree, Mapping):
-    return tree
-  return {k: _without_peft(v) for k, v in tree.items()
-          if not (k.startswith(peft.LORA_PREFIX) or k.startswith(peft.PROMPT))}
+  return plain, trainable.parts(out, peft.trainable_pattern(cfg))[1]  # without the LoRA

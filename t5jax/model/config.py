@@ -188,8 +188,9 @@ class T5Config:
     if self.adapter_dim < 0:
       raise ValueError(f"adapter_dim must be >= 0, got {self.adapter_dim}.")
     if self.has_task_parameters and not self.task_slots:
-      raise ValueError("task_specific, adapter_dim and peft_per_task need task_slots (one per task or task "
-                       "group), e.g. model_overrides={'task_slots': ('glue_.*', 'scitldr')}.")
+      raise ValueError("task_specific, adapter_dim and peft_per_task need task_slots (one per "
+                       "task or task group), e.g. model_overrides={'task_slots': ('glue_.*', "
+                       "'scitldr')}.")
     for slot in self.task_slots:
       try:
         re.compile(slot)
@@ -225,11 +226,11 @@ class T5Config:
     if self.lora_rank and routed:
       raise ValueError(f"LoRA and task_specific {routed} both change the projections; choose "
                        "one (for a LoRA per task: peft_per_task=True without task_specific).")
-    if self.peft_per_task:
-      if not self.task_slots or not (self.lora_rank or self.prompt_length):
-        raise ValueError("peft_per_task needs task_slots and LoRA (lora_rank) or a prompt "
-                         "(prompt_length), e.g. model_overrides={'task_slots': ('glue_.*', "
-                         "'scitldr'), 'lora_rank': 8, 'peft_per_task': True}.")
+    if self.peft_per_task and not (self.lora_rank or self.prompt_length):
+      # (Its task_slots are checked with the other per-task parameters'.)
+      raise ValueError("peft_per_task needs LoRA (lora_rank) or a prompt (prompt_length), e.g. "
+                       "model_overrides={'task_slots': ('glue_.*', 'scitldr'), 'lora_rank': 8, "
+                       "'peft_per_task': True}.")
   def lora_fans(self, target: str) -> tuple[int, int]:
     """(inputs, outputs) of the projection a LoRA target adapts."""
     inner = self.num_heads * self.d_kv
@@ -242,6 +243,11 @@ class T5Config:
   def peft(self) -> bool:
     """Whether the model has LoRA or a prompt (parameter-efficient fine-tuning)."""
     return bool(self.lora_rank or self.prompt_length)
+
+  @property
+  def lora_scale(self) -> float:
+    """The LoRA branch's factor, alpha / r (as PEFT scales it)."""
+    return self.lora_alpha / self.lora_rank
 
   def has_lora(self, target: str) -> bool:
     return bool(self.lora_rank) and target in self.lora_targets

@@ -69,8 +69,7 @@ class LoRA(nn.Module):
 
 def _branch(cfg: T5Config, x_bti, a_ir, b_ro):
   h_btr = jnp.einsum("BTI,IR->BTR", x_bti, a_ir.astype(cfg.dtype))
-  return jnp.einsum("BTR,RO->BTO", h_btr, b_ro.astype(cfg.dtype)) * (cfg.lora_alpha
-                                                                       / cfg.lora_rank)
+  return jnp.einsum("BTR,RO->BTO", h_btr, b_ro.astype(cfg.dtype)) * cfg.lora_scale
 
 
 def lora_delta(parent: nn.Module, target: str, x_bt_, in_axes, out_shape, out_axes,
@@ -101,18 +100,15 @@ def lora_delta(parent: nn.Module, target: str, x_bt_, in_axes, out_shape, out_ax
 
 def _routed_branch(parent: nn.Module, cfg: T5Config, name: str, x_bti, slots_bt):
   """Each token's branch with its own slot's A and B (see the module docstring)."""
-  num_slots = len(cfg.task_slots)
-  blocks = slot_blocks.plan_blocks(jnp.broadcast_to(slots_bt, x_bti.shape[:2]), num_slots)
-  params = nn.meta.unbox(parent.variables["params"])
-  copies = [params[slot_blocks.copy_name(name, k)] for k in range(num_slots)]
-  stack = lambda key, width: jnp.take(
-      jnp.stack([c[key].reshape(width) for c in copies]).astype(cfg.dtype),
-      blocks.owner_j, axis=0)
-  a_jir = stack("a", (-1, cfg.lora_rank))
-  b_jro = stack("b", (cfg.lora_rank, -1))
+  blocks = slot_blocks.plan_blocks(jnp.broadcast_to(slots_bt, x_bti.shape[:2]),
+                                   len(cfg.task_slots))
+  w = slot_blocks.copies_by_block(parent, name, blocks.owner_j, cfg.dtype)
+  num_blocks = blocks.owner_j.shape[0]
+  a_jir = w["a"].reshape(num_blocks, -1, cfg.lora_rank)
+  b_jro = w["b"].reshape(num_blocks, cfg.lora_rank, -1)
   x_jci = slot_blocks.dispatch(blocks, x_bti)
   h_jcr = jnp.einsum("JCI,JIR->JCR", x_jci, a_jir)
-  y_jco = jnp.einsum("JCR,JRO->JCO", h_jcr, b_jro) * (cfg.lora_alpha / cfg.lora_rank)
+  y_jco = jnp.einsum("JCR,JRO->JCO", h_jcr, b_jro) * cfg.lora_scale
   return slot_blocks.combine(blocks, y_jco, x_bti.shape[:2])
 
 

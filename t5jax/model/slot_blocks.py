@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -68,3 +69,14 @@ def combine(blocks: Blocks, y_jc_, batch_shape):
   """[J, C, ...] -> [B, T, ...]: each token's output back in its place."""
   y_flat = y_jc_.reshape((-1,) + y_jc_.shape[2:])
   return y_flat[blocks.place_n].reshape(tuple(batch_shape) + y_jc_.shape[2:])
+
+
+def copies_by_block(parent: nn.Module, name: str, owner_j, dtype=None):
+  """`parent`'s per-slot copies NAME_task{k} stacked per block: leaves [J, ...] (block j:
+  its owner's)."""
+  params = nn.meta.unbox(parent.variables["params"])  # boxed when applied to init's output
+  copies = [params[copy_name(name, k)] for k in range(len(parent.config.task_slots))]
+  def take(*leaves):
+    stacked = jnp.stack(leaves)
+    return jnp.take(stacked if dtype is None else stacked.astype(dtype), owner_j, axis=0)
+  return jax.tree.map(take, *copies)

@@ -215,7 +215,8 @@ class Decoder(nn.Module):
 
     encoder_slots_bs = None
     routed_keys = cfg.peft_per_task and (cfg.has_lora("k") or cfg.has_lora("v"))
-    if (cfg.is_task_specific("decoder", "encoder_decoder_attention") or routed_keys) and not decode:
+    routed_cross = cfg.is_task_specific("decoder", "encoder_decoder_attention") or routed_keys
+    if routed_cross and not decode:
       encoder_slots_bs = task_routing.encoder_token_slots(cross_mask_bts, slots_bt)
     y_btd = nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)
     y_btd = run_layers(self, DecoderLayer, cfg.num_decoder_layers, y_btd,

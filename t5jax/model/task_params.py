@@ -18,7 +18,6 @@ from t5jax.model.config import T5Config
 from t5jax.model.task_routing import COPY_SUFFIX
 
 _COPY = re.compile(rf"^(.*){COPY_SUFFIX}(\d+)$")
-ADAPTER = "adapter"
 
 
 def _copies(node: dict) -> list[tuple[str, str, int]]:

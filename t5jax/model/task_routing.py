@@ -38,27 +38,17 @@ from t5jax.model import layers
 from t5jax.model.config import T5Config
 # The block plumbing lives in slot_blocks (LoRA routes with it too); re-exported here.
 from t5jax.model.slot_blocks import (  # noqa: F401
-    COPY_SUFFIX, PADDING_SHARE, Blocks, block_size, combine, copy_name, dispatch, plan_blocks,
-    select_by_slot)
+    COPY_SUFFIX, PADDING_SHARE, Blocks, block_size, combine, copies_by_block, copy_name,
+    dispatch, plan_blocks, select_by_slot)
 
 constrain = nn.with_logical_constraint
-
-
-def _copies_by_block(parent: nn.Module, name: str, owner_j, dtype=None):
-  """The copies' parameters stacked per block: leaves [J, ...] (block j: its owner's)."""
-  params = nn.meta.unbox(parent.variables["params"])  # boxed when applied to init's output
-  copies = [params[copy_name(name, k)] for k in range(len(parent.config.task_slots))]
-  def take(*leaves):
-    stacked = jnp.stack(leaves)
-    return jnp.take(stacked if dtype is None else stacked.astype(dtype), owner_j, axis=0)
-  return jax.tree.map(take, *copies)
 
 
 def _routed(parent: nn.Module, make: Callable[..., nn.Module], name: str, slots_bt,
             x_btd, *args):
   """A position-wise sub-module (norm, MLP, adapter) through each token's own copy."""
   blocks = plan_blocks(slots_bt, len(parent.config.task_slots))
-  params_j = _copies_by_block(parent, name, blocks.owner_j)
+  params_j = copies_by_block(parent, name, blocks.owner_j)
   module = make(parent=None)
   num_blocks = blocks.owner_j.shape[0]
   rngs_j = (jax.random.split(parent.make_rng("dropout"), num_blocks)
@@ -119,13 +109,13 @@ def _routed_attention(parent: nn.Module, name: str, slots_bt, kv_slots_bs, x_btd
   num_slots = len(cfg.task_slots)
   q_blocks = plan_blocks(slots_bt, num_slots)
   kv_blocks = q_blocks if kv_bsd is x_btd else plan_blocks(kv_slots_bs, num_slots)
-  w = _copies_by_block(parent, name, q_blocks.owner_j, cfg.dtype)
+  w = copies_by_block(parent, name, q_blocks.owner_j, cfg.dtype)
   x_jcd = dispatch(q_blocks, x_btd)
   if kv_blocks is q_blocks:
     kv_jcd, w_kv = x_jcd, w
   else:
     kv_jcd = dispatch(kv_blocks, kv_bsd)
-    w_kv = _copies_by_block(parent, name, kv_blocks.owner_j, cfg.dtype)
+    w_kv = copies_by_block(parent, name, kv_blocks.owner_j, cfg.dtype)
   axes = ("batch", "length", "heads", "kv")
 
   def project(blocks, x_jcd, w_jdnh, length_shape):

@@ -41,20 +41,6 @@ def mask(params, pattern: str):
   return out
 
 
-def split(params, pattern: str):
-  """(trained, frozen): `params` with None where the other holds the leaf."""
-  m = mask(params, pattern)
-  trained = jax.tree.map(lambda p, t: p if t else None, params, m)
-  frozen = jax.tree.map(lambda p, t: None if t else p, params, m)
-  return trained, frozen
-
-
-def merge(trained, frozen):
-  """The inverse of split."""
-  return jax.tree.map(lambda t, f: f if t is None else t, trained, frozen,
-                      is_leaf=lambda x: x is None)
-
-
 def prune(tree):
   """A nested dict without its None leaves (and the dicts they leave empty)."""
   if not isinstance(tree, dict):
@@ -64,7 +50,7 @@ def prune(tree):
 
 
 def union(a: dict, b: dict) -> dict:
-  """Two nested dicts with disjoint leaves as one."""
+  """Two nested dicts with disjoint leaves as one (the inverse of parts)."""
   out = dict(a)
   for k, v in b.items():
     out[k] = union(out[k], v) if k in out and isinstance(v, dict) else v
@@ -72,6 +58,8 @@ def union(a: dict, b: dict) -> dict:
 
 
 def parts(params, pattern: str) -> tuple[dict, dict]:
-  """(trained, frozen) as two pruned nested dicts whose union is `params`."""
-  trained, frozen = split(params, pattern)
-  return prune(trained), prune(frozen)
+  """(trained, frozen): two nested dicts, each with only its own leaves, whose union is
+  `params` (what the step differentiates, and what a PEFT checkpoint saves)."""
+  m = mask(params, pattern)
+  pick = lambda trains: prune(jax.tree.map(lambda p, t: p if t == trains else None, params, m))
+  return pick(True), pick(False)

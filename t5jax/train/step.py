@@ -123,14 +123,12 @@ def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
     (loss, stats, grads): stats are per-task sums `*_k` [num_tasks].
   """
   if trainable_pattern:
-    trained, frozen = trainable.split(params, trainable_pattern)
+    trained, frozen = trainable.parts(params, trainable_pattern)
     loss, stats, grads = loss_and_grads(
         trained, batch, key, model=_WithFrozen(model, frozen), loss_cfg=loss_cfg,
         task_weights_k=task_weights_k, microbatches=microbatches,
         slot_of_task_k=slot_of_task_k)
-    grads = jax.tree.map(lambda g, p: jnp.zeros_like(p) if g is None else g, grads, params,
-                         is_leaf=lambda x: x is None)
-    return loss, stats, grads
+    return loss, stats, trainable.union(grads, jax.tree.map(jnp.zeros_like, frozen))
   num_tasks = task_weights_k.shape[0]
   scale_bt = losses.token_scales(batch["decoder_loss_weights"], batch["decoder_task_ids"],
                                  task_weights_k, loss_cfg.normalization)
@@ -175,7 +173,7 @@ class _WithFrozen:
     self.model, self.frozen, self.config = model, frozen, model.config
 
   def apply(self, variables, *args, **kwargs):
-    params = trainable.merge(variables["params"], self.frozen)
+    params = trainable.union(variables["params"], self.frozen)
     return self.model.apply({**variables, "params": params}, *args, **kwargs)
 
 

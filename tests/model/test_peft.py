@@ -120,10 +120,10 @@ def _step_flops(cfg, slots_b):
   if cfg.task_slots:
     kw = dict(encoder_task_slots=_slots(slots_b, 32), decoder_task_slots=_slots(slots_b, 16))
   params = _init(cfg, enc, dec, **kw)
-  trained, frozen = trainable.split(params, peft.trainable_pattern(cfg))
+  trained, frozen = trainable.parts(params, peft.trainable_pattern(cfg))
 
   def loss(trained):
-    logits = t5.Transformer(cfg).apply({"params": trainable.merge(trained, frozen)}, enc, dec,
+    logits = t5.Transformer(cfg).apply({"params": trainable.union(trained, frozen)}, enc, dec,
                                        **kw)
     return jnp.mean(jax.nn.log_softmax(logits)[..., 5])
   cost = jax.jit(jax.grad(loss)).lower(trained).compile().cost_analysis()
