@@ -81,10 +81,11 @@ class TaskView:
     self._span = self._ul2 = None
     if ops and ops[0][0] == UL2:
       kwargs = ops.pop(0)[1]
-      self._ul2 = ([ul2.Denoiser(kind, span, density, segment, tuple(mode))
-                    for kind, span, density, segment, mode in kwargs["resolved"]],
-                   np.asarray(kwargs["resolved_rates"], np.float64))
-      self._segment = max(d.segment for d in self._ul2[0])
+      self._ul2 = ul2.Mixture.of(
+          [ul2.Denoiser(kind, span, density, segment, tuple(mode))
+           for kind, span, density, segment, mode in kwargs["resolved"]],
+          kwargs["resolved_rates"])
+      self._segment = self._ul2.window
       self._num_tokens = self._store.num_tokens("targets")
       self.num_examples = -(-self._num_tokens // self._segment)
     elif ops and ops[0][0] == SPAN_CORRUPTION:
@@ -104,7 +105,7 @@ class TaskView:
       ids = np.asarray(ids, np.int64)
       windows = self._store.stream("targets", ids * self._segment, (ids + 1) * self._segment)
       lengths = (self.recipe.lengths["inputs"], self.recipe.lengths["targets"])
-      pairs = [ul2.ul2_example(w, int(k), *self._ul2, self.recipe.vocab_size, lengths)[:2]
+      pairs = [ul2.ul2_example(w, int(k), self._ul2, self.recipe.vocab_size, lengths)[:2]
                for w, k in zip(windows, keys)]
     elif self._span is None:
       pairs = list(zip(self._store.examples("inputs", ids), self._store.examples("targets", ids)))

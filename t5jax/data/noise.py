@@ -8,6 +8,8 @@ non-empty spans, interleaved non-noise first; each noise span becomes one sentin
 inputs and the targets list the spans after their sentinels.
 """
 
+import math
+
 import numpy as np
 
 from t5jax.data import index_random
@@ -65,7 +67,8 @@ def _random_segment_lengths_np(num_items: int, num_segments: int, keys) -> np.nd
   return np.diff(np.concatenate([[0], starts, [num_items]]))
 
 
-def _replace_spans_np(tokens: np.ndarray, noise_mask: np.ndarray, vocab_size: int) -> np.ndarray:
+def replace_spans(tokens: np.ndarray, noise_mask: np.ndarray, vocab_size: int) -> np.ndarray:
+  """Each noise span replaced by one sentinel (counting down from the vocabulary's top)."""
   prev = np.concatenate([[False], noise_mask[:-1]])
   first = noise_mask & ~prev
   sentinels = vocab_size - np.cumsum(first)
@@ -73,12 +76,23 @@ def _replace_spans_np(tokens: np.ndarray, noise_mask: np.ndarray, vocab_size: in
 
 
 def noise_mask(length: int, keys: tuple, noise_density: float = NOISE_DENSITY,
-               mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> np.ndarray:
-  """bool [length]: noise spans, the first token never noise, randomness keyed by `keys`."""
+               mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+               span_count_keys: tuple | None = None) -> np.ndarray:
+  """bool [length]: noise spans, the first token never noise, randomness keyed by `keys`.
+
+  The number of spans is T5's, noise / mean span rounded; with `span_count_keys` it is
+  rounded stochastically instead (the ceiling with the fraction's probability, keyed), so
+  that the mean span is `mean_noise_span_length` on average (UL2's long spans).
+  """
   orig_length = length
   length = max(length, 2)  # At least one noise and one non-noise token.
   num_noise = min(max(int(round(length * noise_density)), 1), length - 1)
-  num_spans = max(int(round(num_noise / mean_noise_span_length)), 1)
+  if span_count_keys is None:
+    num_spans = max(int(round(num_noise / mean_noise_span_length)), 1)
+  else:
+    x = num_noise / mean_noise_span_length
+    num_spans = int(math.floor(x)) + int(index_random.uniform(*span_count_keys) < x - math.floor(x))
+    num_spans = max(1, min(num_spans, num_noise, length - num_noise))
   noise_lengths = _random_segment_lengths_np(num_noise, num_spans, (*keys, 0))
   nonnoise_lengths = _random_segment_lengths_np(length - num_noise, num_spans, (*keys, 1))
   num_spans = min(len(noise_lengths), len(nonnoise_lengths))
@@ -100,8 +114,8 @@ def corrupt(tokens: np.ndarray, keys: tuple, vocab_size: int,
   """
   tokens = np.asarray(tokens)
   mask = noise_mask(len(tokens), keys, noise_density, mean_noise_span_length)
-  return (_replace_spans_np(tokens, mask, vocab_size),
-          _replace_spans_np(tokens, ~mask, vocab_size))
+  return (replace_spans(tokens, mask, vocab_size),
+          replace_spans(tokens, ~mask, vocab_size))
 
 
 def corrupt_batch(tokens_nl: np.ndarray, keys_n: np.ndarray, salt: int, vocab_size: int,

@@ -118,17 +118,16 @@ def ul2(dataset: tf.data.Dataset,
   """
   vocab = output_features["targets"].vocabulary
   lengths = (sequence_length["inputs"], sequence_length["targets"])
-  ds, normalized = ul2_lib.denoisers(vocab, *lengths, denoisers, rates)
-  window = max(d.segment for d in ds)
-  dataset = _split_tokens(_concat_tokens(dataset), window)
+  mixture = ul2_lib.mixture(vocab, *lengths, denoisers, rates)
+  dataset = _split_tokens(_concat_tokens(dataset), mixture.window)
 
   @seqio.map_over_dataset(num_seeds=1)
   def denoise(ex, seed):
     key = tf.cast(seed[0], tf.int64) + _token_hash(ex["targets"])
 
     def run(tokens, k):
-      inputs, targets, _ = ul2_lib.ul2_example(tokens, int(k), ds, normalized,
-                                               vocab.vocab_size, lengths)
+      inputs, targets, _ = ul2_lib.ul2_example(tokens, int(k), mixture, vocab.vocab_size,
+                                               lengths)
       return inputs, targets
     inputs, targets = tf.numpy_function(run, [ex["targets"], key], [tf.int32, tf.int32],
                                         stateful=False)

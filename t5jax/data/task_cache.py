@@ -273,11 +273,12 @@ def recipe(task: seqio.Task, split: str, lengths: dict,
     # The denoisers at these lengths (checked, one line each), resolved once here with
     # the vocabulary: workers rebuild them from the recipe's JSON alone.
     kwargs = dict(ops[0][1])
-    ds, rates = ul2.denoisers(task.output_features["targets"].vocabulary, lengths["inputs"],
-                              lengths["targets"], kwargs.get("denoisers", ul2.DEFAULT_DENOISERS),
-                              kwargs.get("rates", ul2.DEFAULT_RATES))
+    mixture = ul2.mixture(task.output_features["targets"].vocabulary, lengths["inputs"],
+                          lengths["targets"], kwargs.get("denoisers", ul2.DEFAULT_DENOISERS),
+                          kwargs.get("rates", ul2.DEFAULT_RATES))
     kwargs = {"resolved": [[d.kind, d.mean_span, d.density, d.segment, list(d.mode_ids)]
-                           for d in ds], "resolved_rates": rates.tolist()}
+                           for d in mixture.denoisers],
+              "resolved_rates": mixture.rates.tolist()}
     ops[0] = (example_ops.UL2, kwargs)
   return example_ops.TaskRecipe(
       name=task.name, store=store_of(task, split, process_index), ops=tuple(ops),

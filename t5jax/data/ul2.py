@@ -59,6 +59,20 @@ class Denoiser:
     return f"{self.kind}(mean span {self.mean_span:g}, density {self.density:g})"
 
 
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+  """The denoisers at one pair of lengths, their normalized rates, and the stream window
+  every example reads (the longest denoiser's segment)."""
+  denoisers: tuple[Denoiser, ...]
+  rates: np.ndarray
+  window: int
+
+  @classmethod
+  def of(cls, denoisers: Sequence[Denoiser], rates) -> "Mixture":
+    rates = np.asarray(rates, np.float64)
+    return cls(tuple(denoisers), rates / rates.sum(), max(d.segment for d in denoisers))
+
+
 def _check(denoisers: Sequence, rates: Sequence[float]) -> None:
   if len(denoisers) != len(rates) or not denoisers:
     raise ValueError(f"UL2 needs one rate per denoiser: {len(denoisers)} denoisers, "
@@ -113,10 +127,10 @@ def span_segment(inputs_length: int, targets_length: int, density: float, mean_s
   return best
 
 
-def denoisers(vocab, inputs_length: int, targets_length: int,
+def mixture(vocab, inputs_length: int, targets_length: int,
               specs: Sequence = DEFAULT_DENOISERS,
-              rates: Sequence[float] = DEFAULT_RATES) -> tuple[list[Denoiser], np.ndarray]:
-  """The denoisers at these lengths, and their normalized rates.
+              rates: Sequence[float] = DEFAULT_RATES) -> Mixture:
+  """The denoisers at these lengths, with their normalized rates.
 
   Raises:
     ValueError: a bad setting, in one line naming the denoiser.
@@ -138,8 +152,7 @@ def denoisers(vocab, inputs_length: int, targets_length: int,
       segment = span_segment(inputs_length, targets_length, density, span, m, label,
                              max_spans=int(vocab.extra_ids) or noise.MAX_SENTINELS)
     out.append(Denoiser(kind, float(span), float(density), segment, mode_ids))
-  rates = np.asarray(rates, np.float64)
-  return out, rates / rates.sum()
+  return Mixture.of(out, rates)
 
 
 def choose(keys: np.ndarray, rates: np.ndarray) -> np.ndarray:
@@ -151,28 +164,6 @@ def choose(keys: np.ndarray, rates: np.ndarray) -> np.ndarray:
 def offset(key: int, window: int, segment: int) -> int:
   """Where in its window an example's segment starts (keyed, so epochs differ)."""
   return int(index_random.uniform(int(key), _OFFSET) * (window - segment + 1))
-
-
-def _noise_mask(length: int, key: int, density: float, mean_span: float) -> np.ndarray:
-  """bool [length]: noise spans (non-noise first), the number of spans stochastically
-  rounded so that the mean span is `mean_span` on average."""
-  if length < 2:
-    return np.zeros(length, bool)
-  num_noise = min(max(int(round(length * density)), 1), length - 1)
-  x = num_noise / mean_span
-  spans = int(math.floor(x)) + int(index_random.uniform(int(key), _SPANS) < x - math.floor(x))
-  spans = max(1, min(spans, num_noise, length - num_noise))
-  noise_lengths = noise._random_segment_lengths_np(num_noise, spans, (int(key), _NOISE, 0))  # pylint: disable=protected-access
-  kept_lengths = noise._random_segment_lengths_np(length - num_noise, spans,  # pylint: disable=protected-access
-                                                  (int(key), _NOISE, 1))
-  interleaved = np.stack([kept_lengths, noise_lengths], 1).ravel()
-  return np.repeat(np.arange(2 * spans) % 2 == 1, interleaved)
-
-
-def _replace_spans(tokens: np.ndarray, mask: np.ndarray, vocab_size: int) -> np.ndarray:
-  prev = np.concatenate([[False], mask[:-1]])
-  first = mask & ~prev
-  return np.where(first, vocab_size - np.cumsum(first), tokens)[~(mask & prev)].astype(np.int32)
 
 
 def make_example(tokens: np.ndarray, key: int, d: Denoiser, vocab_size: int,
@@ -189,19 +180,19 @@ def make_example(tokens: np.ndarray, key: int, d: Denoiser, vocab_size: int,
     low, high = max(1, n - (lengths[1] - 1)), max(1, min(prefix_room, n - 1))
     split = low + int(index_random.uniform(int(key), _SPLIT) * (high - low + 1)) if n > 1 else n
     return np.concatenate([mode, tokens[:split]]), tokens[split:]
-  mask = _noise_mask(len(tokens), key, d.density, d.mean_span)
-  return (np.concatenate([mode, _replace_spans(tokens, mask, vocab_size)]),
-          _replace_spans(tokens, ~mask, vocab_size))
+  mask = noise.noise_mask(len(tokens), (int(key), _NOISE), d.density, d.mean_span,
+                          span_count_keys=(int(key), _SPANS))
+  return (np.concatenate([mode, noise.replace_spans(tokens, mask, vocab_size)]),
+          noise.replace_spans(tokens, ~mask, vocab_size))
 
 
-def ul2_example(window: np.ndarray, key: int, ds: list[Denoiser], rates: np.ndarray,
-                vocab_size: int, lengths: tuple[int, int]
-               ) -> tuple[np.ndarray, np.ndarray, int]:
-  """(inputs, targets, denoiser index) of the example made from one stream window."""
-  i = int(choose(np.asarray([key]), rates)[0])
-  d = ds[i]
-  window_length = max(x.segment for x in ds)
-  start = min(offset(key, window_length, d.segment), max(0, len(window) - d.segment))
+def ul2_example(window: np.ndarray, key: int, mixture: Mixture, vocab_size: int,
+                lengths: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
+  """(inputs, targets, denoiser index) of the example made from one stream window (the
+  stream's last may be shorter than mixture.window)."""
+  i = int(choose(np.asarray([key]), mixture.rates)[0])
+  d = mixture.denoisers[i]
+  start = min(offset(key, mixture.window, d.segment), max(0, len(window) - d.segment))
   inputs, targets = make_example(window[start:start + d.segment], key, d, vocab_size,
                                  lengths)
   return inputs, targets, i

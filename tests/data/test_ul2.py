@@ -13,13 +13,13 @@ STREAM = np.random.default_rng(0).integers(3, SENTINEL_FLOOR, 3_000_000).astype(
 
 
 def _examples(lengths, n, rates=ul2.DEFAULT_RATES, specs=ul2.DEFAULT_DENOISERS):
-  ds, normalized = ul2.denoisers(VOCAB, *lengths, specs, rates)
-  window = max(d.segment for d in ds)
+  mixture = ul2.mixture(VOCAB, *lengths, specs, rates)
+  ds, normalized, window = mixture.denoisers, mixture.rates, mixture.window
   windows = len(STREAM) // window
   out = []
   for k in range(n):
     w = STREAM[(k % windows) * window:(k % windows + 1) * window]
-    inputs, targets, i = ul2.ul2_example(w, 7919 * k + 3, ds, normalized, VOCAB.vocab_size,
+    inputs, targets, i = ul2.ul2_example(w, 7919 * k + 3, mixture, VOCAB.vocab_size,
                                          lengths)
     out.append((inputs, targets, i, w))
   return ds, normalized, out
@@ -104,7 +104,7 @@ def test_mode_tokens_decode_back_unchanged():
 ])
 def test_bad_settings_are_one_line_errors(specs, rates, message):
   with pytest.raises(ValueError, match=message) as e:
-    ul2.denoisers(VOCAB, 128, 128, specs, rates)
+    ul2.mixture(VOCAB, 128, 128, specs, rates)
   assert "\n" not in str(e.value)
 
 
