@@ -30,11 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from experiment_runs import (  # benchmarks/experiment_runs.py, beside this script
+    final_eval, records, train_once, wall_seconds, write_table)
 
 TASKS = ("dialogsum", "dialogsum_next_turn", "glue_cola", "glue_rte", "glue_sst2",
          "multi30k_en_de", "multi30k_en_fr", "scitldr", "xquad_en")
@@ -68,37 +70,8 @@ VARIANTS = {
 def _train(run_dir: str, bindings: list[str], fresh: bool) -> float:
   """Trains one run (skipped when it already has its final evaluation); returns
   the wall time in seconds (0 when skipped)."""
-  if not fresh and _eval(run_dir):
-    return 0.0
-  if os.path.isdir(run_dir):
-    subprocess.run(["rm", "-rf", run_dir], check=True)
-  cmd = [sys.executable, "-m", "t5jax", "train", f"--gin_file={BASE_GIN}",
-         f"--run_dir={run_dir}"] + [f"--gin.{b.replace(' = ', '=', 1)}" for b in bindings]
-  print("$ " + " ".join(cmd), flush=True)
-  start = time.time()
-  subprocess.run(cmd, check=True)
-  seconds = time.time() - start
-  with open(os.path.join(run_dir, "wall_seconds.json"), "w") as f:
-    json.dump({"seconds": seconds, "command": cmd[1:]}, f)
-  return seconds
-
-
-def _records(run_dir: str) -> list[dict]:
-  path = os.path.join(run_dir, "metrics.jsonl")
-  if not os.path.isfile(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _eval(run_dir: str) -> dict:
-  evals = [r for r in _records(run_dir) if r["split"] == "eval"]
-  return evals[-1] if evals else {}
-
-
-def _seconds(run_dir: str) -> float:
-  with open(os.path.join(run_dir, "wall_seconds.json")) as f:
-    return json.load(f)["seconds"]
+  flags = [f"--gin.{b.replace(' = ', '=', 1)}" for b in bindings]
+  return train_once(run_dir, [f"--gin_file={BASE_GIN}", *flags], fresh)
 
 
 def _task_steps(steps: int, min_steps: int) -> dict[str, int]:
@@ -124,9 +97,9 @@ def run(args) -> dict:
   for name, (_, bindings) in VARIANTS.items():
     run_dir = os.path.join(args.out, name)
     _train(run_dir, common + bindings, args.fresh)
-    train = [r for r in _records(run_dir) if r["split"] == "train"]
+    train = [r for r in records(run_dir) if r["split"] == "train"]
     results[name] = {
-        "eval": _eval(run_dir), "seconds": _seconds(run_dir), "steps": args.steps,
+        "eval": final_eval(run_dir), "seconds": wall_seconds(run_dir), "steps": args.steps,
         "curves": {t: [(r["step"], r[f"tasks/{t}/loss"]) for r in train
                        if f"tasks/{t}/loss" in r] for t in TASKS}}
   per_task = {"eval": {}, "seconds": 0.0, "steps": 0, "curves": {}, "task_steps": {}}
@@ -135,15 +108,16 @@ def run(args) -> dict:
     _train(run_dir, _schedule(steps, args.steps) + [
         f"InputSpec.mixture_or_task = '{task}'",
         f"EvalConfig.max_examples = {args.eval_examples}"], args.fresh)
-    per_task["eval"].update({k: v for k, v in _eval(run_dir).items() if k.startswith(task + "/")})
-    per_task["seconds"] += _seconds(run_dir)
+    per_task["eval"].update({k: v for k, v in final_eval(run_dir).items()
+                             if k.startswith(task + "/")})
+    per_task["seconds"] += wall_seconds(run_dir)
     per_task["steps"] += steps
     per_task["task_steps"][task] = steps
     # On the budget axis: step s of a task's own run is where the multi-task runs
     # have seen as many of its examples.
     scale = args.steps / steps
     per_task["curves"][task] = [(r["step"] * scale, r[f"tasks/{task}/loss"])
-                                for r in _records(run_dir)
+                                for r in records(run_dir)
                                 if r["split"] == "train" and f"tasks/{task}/loss" in r]
   results["per_task"] = per_task
   return results
@@ -154,19 +128,24 @@ LABELS = {"per_task": "one model per task", "hard": "hard", "soft": "soft",
           "adapters": "adapters", "uncertainty": "uncertainty", "dwa": "DWA"}
 
 
-def table(results: dict) -> str:
-  head = "| task (metric) | " + " | ".join(LABELS[c] for c in COLUMNS) + " |"
-  lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+def task_rows(labels: list[str], evals: list[dict]) -> list[str]:
+  """A markdown table's head and one row per task (its metric, its validation loss in
+  brackets) and the mean validation loss, a column per final evaluation in `evals`."""
+  lines = ["| task (metric) | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
   for task in TASKS:
     metric = PRIMARY_METRIC[task]
     cells = []
-    for c in COLUMNS:
-      ev = results[c]["eval"]
+    for ev in evals:
       value, loss = ev.get(f"{task}/{metric}"), ev.get(f"{task}/loss")
       cells.append("n/a" if value is None else f"{value:.1f} ({loss:.2f})")
     lines.append(f"| {task} ({metric}) | " + " | ".join(cells) + " |")
-  mean_loss = [np.mean([results[c]["eval"][f"{t}/loss"] for t in TASKS]) for c in COLUMNS]
+  mean_loss = [np.mean([ev[f"{t}/loss"] for t in TASKS]) for ev in evals]
   lines.append("| mean eval loss | " + " | ".join(f"{x:.3f}" for x in mean_loss) + " |")
+  return lines
+
+
+def table(results: dict) -> str:
+  lines = task_rows([LABELS[c] for c in COLUMNS], [results[c]["eval"] for c in COLUMNS])
   lines.append("| training steps (all runs) | " + " | ".join(
       str(results[c]["steps"]) for c in COLUMNS) + " |")
   lines.append("| wall time on this machine | " + " | ".join(
@@ -273,17 +252,6 @@ START, END = "<!-- table:start -->", "<!-- table:end -->"
 COST_START, COST_END = "<!-- cost:start -->", "<!-- cost:end -->"
 
 
-def write_table(path: str, text: str, command: str, start=START, end=END) -> None:
-  """Puts the table between the markers of `path` (created when missing)."""
-  block = f"{start}\n<!-- written by: {command} -->\n{text}\n{end}"
-  doc = open(path, encoding="utf-8").read() if os.path.isfile(path) else f"{start}\n{end}\n"
-  if start not in doc or end not in doc:
-    doc += f"\n{start}\n{end}\n"
-  head, rest = doc.split(start, 1)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(head + block + rest.split(end, 1)[1])
-
-
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=600)
@@ -302,8 +270,8 @@ def main(argv=None) -> None:
   if args.step_cost:
     cost = step_cost(args.rounds, args.timed_steps)
     text = cost_table(cost)
-    write_table(os.path.join(args.docs, "experiments.md"), text, command.strip(),
-                COST_START, COST_END)
+    write_table(os.path.join(args.docs, "experiments.md"), text,
+                                command.strip(), COST_START, COST_END)
     print(json.dumps(cost))
     print(text)
     return
@@ -313,7 +281,8 @@ def main(argv=None) -> None:
   with open(os.path.join(args.out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   text = table(results)
-  write_table(os.path.join(args.docs, "experiments.md"), text, command.strip())
+  write_table(os.path.join(args.docs, "experiments.md"), text,
+                              command.strip(), START, END)
   print(text)
 
 

@@ -23,15 +23,12 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
-import sys
-import time
 
-import numpy as np
+# Beside this script in benchmarks/.
+from experiment_runs import final_eval, run_t5jax, train_once, wall_seconds, write_table
+from multitask_experiment import TASKS, task_rows
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-from multitask_experiment import PRIMARY_METRIC, TASKS  # noqa: E402
 
 FINETUNE = ["InputSpec.mixture_or_task='supervised_mix'", "InputSpec.inputs_length=128",
             "InputSpec.targets_length=32", "TrainConfig.batch_size=32",
@@ -50,22 +47,13 @@ VARIANTS = {
 MARKERS = ("<!-- peft:start -->", "<!-- peft:end -->")
 
 
-def _t5jax(args: list[str]) -> None:
-  print("$ t5jax " + " ".join(args), flush=True)
-  subprocess.run([sys.executable, "-m", "t5jax", *args], check=True, cwd=REPO)
-
-
-def _records(run_dir: str) -> list[dict]:
-  path = os.path.join(run_dir, "metrics.jsonl")
-  if not os.path.isfile(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _eval(run_dir: str) -> dict:
-  evals = [r for r in _records(run_dir) if r["split"] == "eval"]
-  return evals[-1] if evals else {}
+def finetune_flags(steps: int, eval_examples: int) -> list[str]:
+  """The fine-tuning run's flags beside its gin files: the supervised mixture, `steps`
+  steps, one evaluation of `eval_examples` examples a task at the end."""
+  return [f"--gin.{b}" for b in FINETUNE + [
+      f"TrainConfig.num_steps={steps}", f"EvalConfig.every_steps={steps}",
+      f"EvalConfig.max_examples={eval_examples}", "EvalConfig.inputs_length=128",
+      "EvalConfig.targets_length=32", f"CheckpointConfig.every_steps={steps}"]]
 
 
 def _trainable(run_dir: str) -> tuple[int, int]:
@@ -85,57 +73,31 @@ def _trainable(run_dir: str) -> tuple[int, int]:
 def run(args) -> dict:
   base = os.path.join(args.out, "base")
   if not os.path.isdir(os.path.join(base, "checkpoints")) or args.fresh:
-    _t5jax(["train", "--gin_file=runs/demo.gin", f"--run_dir={base}",
-            "--gin.TrainConfig.num_sample_predictions=0"])
+    run_t5jax(["train", "--gin_file=runs/demo.gin", f"--run_dir={base}",
+               "--gin.TrainConfig.num_sample_predictions=0"])
   results = {}
   for name, (_, gin_files, bindings) in VARIANTS.items():
     run_dir = os.path.join(args.out, name)
-    if args.fresh or not _eval(run_dir):
-      subprocess.run(["rm", "-rf", run_dir], check=True)
-      start = time.time()
-      _t5jax(["train", *[f"--gin_file={g}" for g in gin_files], f"--init_from={base}",
-              f"--run_dir={run_dir}",
-              *[f"--gin.{b}" for b in FINETUNE + bindings + [
-                  f"TrainConfig.num_steps={args.steps}", f"EvalConfig.every_steps={args.steps}",
-                  f"EvalConfig.max_examples={args.eval_examples}",
-                  "EvalConfig.inputs_length=128", "EvalConfig.targets_length=32",
-                  f"CheckpointConfig.every_steps={args.steps}"]]])
-      with open(os.path.join(run_dir, "wall_seconds.json"), "w") as f:
-        json.dump({"seconds": time.time() - start}, f)
-    with open(os.path.join(run_dir, "wall_seconds.json")) as f:
-      seconds = json.load(f)["seconds"]
+    train_once(run_dir, [*[f"--gin_file={g}" for g in gin_files], f"--init_from={base}",
+                         *finetune_flags(args.steps, args.eval_examples),
+                         *[f"--gin.{b}" for b in bindings]], args.fresh)
     ckpt_bytes = sum(os.path.getsize(os.path.join(d, x))
                      for d, _, xs in os.walk(os.path.join(run_dir, "checkpoints")) for x in xs)
-    results[name] = {"eval": _eval(run_dir), "seconds": seconds,
+    results[name] = {"eval": final_eval(run_dir), "seconds": wall_seconds(run_dir),
                      "trainable": _trainable(run_dir), "checkpoint_bytes": ckpt_bytes}
   return results
 
 
-def table(results: dict, steps: int, examples: int) -> str:
+def table(results: dict) -> str:
   names = list(VARIANTS)
-  lines = [MARKERS[0],
-           f"<!-- written by: python benchmarks/peft_experiment.py --steps {steps} "
-           f"--eval_examples {examples} --out benchmarks/results/peft -->",
-           "| task (metric) | " + " | ".join(VARIANTS[n][0] for n in names) + " |",
-           "|" + "---|" * (len(names) + 1)]
-  for task in TASKS:
-    metric = PRIMARY_METRIC[task]
-    cells = []
-    for n in names:
-      ev = results[n]["eval"]
-      value, loss = ev.get(f"{task}/{metric}"), ev.get(f"{task}/loss")
-      cells.append("n/a" if value is None else f"{value:.1f} ({loss:.2f})")
-    lines.append(f"| {task} ({metric}) | " + " | ".join(cells) + " |")
-  mean_loss = [np.mean([results[n]["eval"][f"{t}/loss"] for t in TASKS]) for n in names]
-  lines.append("| mean eval loss | " + " | ".join(f"{x:.3f}" for x in mean_loss) + " |")
+  lines = task_rows([VARIANTS[n][0] for n in names], [results[n]["eval"] for n in names])
   lines.append("| trainable parameters | " + " | ".join(
-      f"{results[n]['trainable'][0]:,} ({results[n]['trainable'][0] / results[n]['trainable'][1]:.2%})"
-      for n in names) + " |")
+      f"{trained:,} ({trained / total:.2%})"
+      for trained, total in (results[n]["trainable"] for n in names)) + " |")
   lines.append("| checkpoints on disk | " + " | ".join(
       f"{results[n]['checkpoint_bytes'] / 2**20:.1f} MiB" for n in names) + " |")
   lines.append("| wall time on this machine | " + " | ".join(
       f"{results[n]['seconds'] / 60:.1f} min" for n in names) + " |")
-  lines.append(MARKERS[1])
   return "\n".join(lines)
 
 
@@ -150,13 +112,11 @@ def main() -> None:
   results = run(args)
   with open(os.path.join(args.out, "summary.json"), "w") as f:
     json.dump(results, f, indent=1)
-  text = table(results, args.steps, args.eval_examples)
+  text = table(results)
   print(text)
-  doc = pathlib.Path(args.doc).read_text()
-  if MARKERS[0] in doc:
-    head, rest = doc.split(MARKERS[0], 1)
-    doc = head + text + rest.split(MARKERS[1], 1)[1]
-    pathlib.Path(args.doc).write_text(doc)
+  command = (f"python benchmarks/peft_experiment.py --steps {args.steps} --eval_examples "
+             f"{args.eval_examples} --out {args.out}")
+  write_table(args.doc, text, command, *MARKERS)
 
 
 if __name__ == "__main__":

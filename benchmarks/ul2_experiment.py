@@ -22,101 +22,64 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 
 import numpy as np
 
+# Beside this script in benchmarks/.
+from experiment_runs import final_eval, run_t5jax, train_once, write_table
+from multitask_experiment import PRIMARY_METRIC, TASKS
+from peft_experiment import finetune_flags
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-from multitask_experiment import PRIMARY_METRIC, TASKS  # noqa: E402
 
 OBJECTIVES = {"span_corruption": "text_span_corruption", "ul2": "text_ul2"}
 MARKERS = ("<!-- ul2:start -->", "<!-- ul2:end -->")
-
-
-def _t5jax(args: list[str]) -> None:
-  print("$ t5jax " + " ".join(args), flush=True)
-  subprocess.run([sys.executable, "-m", "t5jax", *args], check=True, cwd=REPO)
-
-
-def _records(run_dir: str) -> list[dict]:
-  path = os.path.join(run_dir, "metrics.jsonl")
-  if not os.path.isfile(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _eval(run_dir: str) -> dict:
-  evals = [r for r in _records(run_dir) if r["split"] == "eval"]
-  return evals[-1] if evals else {}
 
 
 def pretrain(args, name: str, task: str) -> str:
   run_dir = os.path.join(args.out, f"pretrain_{name}")
   if args.fresh or not os.path.isdir(os.path.join(run_dir, "checkpoints")):
     subprocess.run(["rm", "-rf", run_dir], check=True)
-    _t5jax(["train", "--gin_file=runs/pretrain.gin", "--gin_file=models/t5_1_0_mini.gin",
-            f"--run_dir={run_dir}", f"--gin.InputSpec.mixture_or_task='{task}'",
-            "--gin.InputSpec.inputs_length=512", "--gin.InputSpec.targets_length=512",
-            f"--gin.TrainConfig.batch_size={args.batch}",
-            f"--gin.TrainConfig.num_steps={args.steps}", "--gin.TrainConfig.log_every=10",
-            "--gin.TrainConfig.num_sample_predictions=0",
-            "--gin.TrainConfig.model_overrides={'dtype': 'float32', 'dropout_rate': 0.0}",
-            "--gin.OptimizerConfig.decay_start=100", "--gin.OptimizerConfig.warmup_steps=10",
-            f"--gin.CheckpointConfig.every_steps={args.steps}"])
+    run_t5jax(["train", "--gin_file=runs/pretrain.gin", "--gin_file=models/t5_1_0_mini.gin",
+               f"--run_dir={run_dir}", f"--gin.InputSpec.mixture_or_task='{task}'",
+               "--gin.InputSpec.inputs_length=512", "--gin.InputSpec.targets_length=512",
+               f"--gin.TrainConfig.batch_size={args.batch}",
+               f"--gin.TrainConfig.num_steps={args.steps}", "--gin.TrainConfig.log_every=10",
+               "--gin.TrainConfig.num_sample_predictions=0",
+               "--gin.TrainConfig.model_overrides={'dtype': 'float32', 'dropout_rate': 0.0}",
+               "--gin.OptimizerConfig.decay_start=100", "--gin.OptimizerConfig.warmup_steps=10",
+               f"--gin.CheckpointConfig.every_steps={args.steps}"])
   return run_dir
 
 
 def denoising_loss(run_dir: str, task: str, rows: int) -> float:
   """Mean teacher-forced loss per target token over `rows` validation rows of `task`."""
-  import jax
-  import jax.numpy as jnp
-  from t5jax import checkpoint
   from t5jax.data import pipeline
-  from t5jax.model import param_tree, t5
-  cfg = checkpoint.model_config_from_meta(checkpoint.read_meta(run_dir))
-  model = t5.Transformer(cfg)
-  params = checkpoint.load_params(run_dir, param_tree.abstract_params(model))
+  from t5jax.decode.predictor import Predictor
+  predictor = Predictor.from_checkpoint(run_dir)
   spec = pipeline.InputSpec(mixture_or_task=task, split="validation", inputs_length=512,
                             targets_length=512, pack=False, shuffle=False)
   batches = pipeline.make_batches(spec, 8, 0, 1)
-  apply = jax.jit(lambda p, b: model.apply({"params": p}, b["encoder_input_tokens"],
-                                           b["decoder_input_tokens"]))
-  total = count = 0.0
+  loglik = tokens = 0.0
   for _ in range(rows // 8):
     b = next(batches)
-    logits = apply(params, {k: jnp.asarray(v) for k, v in b.items()})
-    logp = jax.nn.log_softmax(logits)
-    nll = -jnp.take_along_axis(logp, jnp.asarray(b["decoder_target_tokens"])[..., None], -1)[..., 0]
-    w = jnp.asarray(b["decoder_loss_weights"])
-    total += float(jnp.sum(nll * w))
-    count += float(jnp.sum(w))
-  return total / count
+    targets = b["decoder_target_tokens"]
+    loglik += float(np.sum(predictor.log_likelihood_tokens(b["encoder_input_tokens"], targets)))
+    tokens += float(np.sum(targets > 0))
+  return -loglik / tokens
 
 
 def finetune(args, name: str, base: str) -> str:
+  """`base` fine-tuned as benchmarks/peft_experiment.py's full variant."""
   run_dir = os.path.join(args.out, f"finetune_{name}")
-  if args.fresh or not _eval(run_dir):
-    subprocess.run(["rm", "-rf", run_dir], check=True)
-    _t5jax(["train", "--gin_file=runs/finetune.gin", f"--init_from={base}",
-            f"--run_dir={run_dir}", "--gin.InputSpec.mixture_or_task='supervised_mix'",
-            "--gin.InputSpec.inputs_length=128", "--gin.InputSpec.targets_length=32",
-            "--gin.TrainConfig.batch_size=32", "--gin.TrainConfig.num_sample_predictions=0",
-            f"--gin.TrainConfig.num_steps={args.finetune_steps}",
-            f"--gin.EvalConfig.every_steps={args.finetune_steps}",
-            f"--gin.EvalConfig.max_examples={args.eval_examples}",
-            "--gin.EvalConfig.inputs_length=128", "--gin.EvalConfig.targets_length=32",
-            f"--gin.CheckpointConfig.every_steps={args.finetune_steps}"])
+  train_once(run_dir, ["--gin_file=runs/finetune.gin", f"--init_from={base}",
+                       *finetune_flags(args.finetune_steps, args.eval_examples)], args.fresh)
   return run_dir
 
 
-def table(results: dict, args) -> str:
+def table(results: dict) -> str:
   names = list(OBJECTIVES)
-  lines = [MARKERS[0],
-           f"<!-- written by: python benchmarks/ul2_experiment.py --steps {args.steps} --batch "
-           f"{args.batch} --finetune_steps {args.finetune_steps} --out {args.out} -->",
-           "| | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+  lines = ["| | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
   for task in OBJECTIVES.values():
     lines.append(f"| held-out {task} loss | " + " | ".join(
         f"{results[n]['denoising'][task]:.3f}" for n in names) + " |")
@@ -128,7 +91,6 @@ def table(results: dict, args) -> str:
   lines.append("| fine-tuned mean eval loss | " + " | ".join(
       f"{np.mean([results[n]['finetuned'][f'{t}/loss'] for t in TASKS]):.3f}" for n in names)
       + " |")
-  lines.append(MARKERS[1])
   return "\n".join(lines)
 
 
@@ -149,15 +111,14 @@ def main() -> None:
     results[name] = {
         "denoising": {t: denoising_loss(base, t, args.denoising_rows)
                       for t in OBJECTIVES.values()},
-        "finetuned": _eval(finetune(args, name, base))}
+        "finetuned": final_eval(finetune(args, name, base))}
   with open(os.path.join(args.out, "summary.json"), "w") as f:
     json.dump(results, f, indent=1)
-  text = table(results, args)
+  text = table(results)
   print(text)
-  doc = pathlib.Path(args.doc).read_text()
-  if MARKERS[0] in doc:
-    head, rest = doc.split(MARKERS[0], 1)
-    pathlib.Path(args.doc).write_text(head + text + rest.split(MARKERS[1], 1)[1])
+  command = (f"python benchmarks/ul2_experiment.py --steps {args.steps} --batch {args.batch} "
+             f"--finetune_steps {args.finetune_steps} --out {args.out}")
+  write_table(args.doc, text, command, *MARKERS)
 
 
 if __name__ == "__main__":
