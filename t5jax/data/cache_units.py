@@ -15,6 +15,8 @@ whatever the number of workers: the store does not depend on how it was built.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 from typing import Iterator
 
@@ -151,28 +153,83 @@ def raw_dataset(task: seqio.Task, split: str, unit: dict) -> tf.data.Dataset:
   raise ValueError(f"unknown unit kind {kind!r}")
 
 
-def examples(task: seqio.Task, split: str, unit: dict, pre: list,
-             threads: int = 0) -> tuple[list[str], Iterator[tuple[dict, dict]]]:
+def examples(task: seqio.Task, split: str, unit: dict, pre: list, threads: int = 0,
+             python_tokenize: bool = True) -> tuple[list[str], Iterator[tuple[dict, dict]]]:
   """(feature names, batches of the unit's examples after `pre`): each batch is
   ({feature: the examples' tokens concatenated}, {feature: their lengths}).
+
+  When `pre` ends with SeqIO's `tokenize` into SentencePiece vocabularies (T5's tasks and
+  users' text tasks do), the steps before it run in tf.data and the tokenizing runs here,
+  a batch of texts per SentencePiece call: the same ids as tf_text's op (the same model),
+  at close to SentencePiece's own rate, in one thread (N workers use N cores).
 
   Args:
     threads: tf.data's threads for this unit (0: its default, every core), so that N worker
       processes on one machine share its cores instead of each using all of them.
+    python_tokenize: False runs `tokenize` in tf.data too (the reference in tests).
   """
   ds = raw_dataset(task, split, unit)
-  # SeqIO's own step runner: it passes each preprocessor the arguments it asks for.
+  tokenize = _trailing_tokenize(pre) if python_tokenize else None
+  if tokenize is not None:
+    # SeqIO's own step runner: it passes each preprocessor the arguments it asks for.
+    ds = task._preprocess_dataset(ds, pre[:-1])  # pylint: disable=protected-access
+    names = feature_names(task, ds)
+    features = {k: task.output_features[k] for k in names}
+    if all(_encodable(ds.element_spec[k], f) for k, f in features.items()):
+      ds = _with_threads(ds.map(lambda ex: {k: ex[k] for k in names}).batch(BATCH), threads)
+      return names, _encoded(ds, features, tokenize.get("with_eos", False), threads)
+    ds = raw_dataset(task, split, unit)
   ds = task._preprocess_dataset(ds, pre)  # pylint: disable=protected-access
   names = feature_names(task, ds)
   ds = ds.map(lambda ex: {**{k: ex[k] for k in names},
                           **{f"{k}/length": tf.size(ex[k]) for k in names}})
-  ds = ds.padded_batch(BATCH)
-  if threads:
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = threads
-    options.threading.max_intra_op_parallelism = 1
-    ds = ds.with_options(options)
-  return names, _batches(ds, names)
+  return names, _batches(_with_threads(ds.padded_batch(BATCH), threads), names)
+
+
+def _trailing_tokenize(pre: list) -> dict | None:
+  """The keyword arguments of `pre`'s last step if it is `seqio.preprocessors.tokenize`."""
+  if not pre:
+    return None
+  step, keywords = pre[-1], {}
+  while isinstance(step, functools.partial):
+    step, keywords = step.func, {**step.keywords, **keywords}
+  if step is not seqio.preprocessors.tokenize or set(keywords) - {"copy_pretokenized",
+                                                                     "with_eos"}:
+    return None
+  return keywords  # copy_pretokenized's copies are not output features: not stored.
+
+
+def _encodable(spec, feature: seqio.Feature) -> bool:
+  """Whether a feature is one text that SentencePiece tokenizes (else tf.data does it all)."""
+  return (isinstance(spec, tf.TensorSpec) and spec.dtype == tf.string and spec.shape.rank == 0
+          and isinstance(feature.vocabulary, seqio.SentencePieceVocabulary))
+
+
+def _with_threads(ds: tf.data.Dataset, threads: int) -> tf.data.Dataset:
+  if not threads:
+    return ds
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = threads
+  options.threading.max_intra_op_parallelism = 1
+  return ds.with_options(options)
+
+
+def _encoded(ds: tf.data.Dataset, features: dict, with_eos: bool,
+             threads: int) -> Iterator[tuple[dict, dict]]:
+  """Batches of texts from tf.data, tokenized by SentencePiece (bytes in: invalid UTF-8 is
+  read as tf_text reads it)."""
+  processors = {k: f.vocabulary.tokenizer for k, f in features.items()}
+  for batch in ds.as_numpy_iterator():
+    flat, lengths = {}, {}
+    for k, feature in features.items():
+      ids = processors[k].encode(list(batch[k]), num_threads=threads or -1)
+      if with_eos and feature.add_eos:
+        eos = feature.vocabulary.eos_id
+        ids = [x + [eos] for x in ids]
+      lengths[k] = np.fromiter(map(len, ids), np.int64, len(ids))
+      flat[k] = np.fromiter(itertools.chain.from_iterable(ids), np.int32,
+                            int(lengths[k].sum()))
+    yield flat, lengths
 
 
 def _batches(ds: tf.data.Dataset, names: list[str]) -> Iterator[tuple[dict, dict]]:

@@ -1,6 +1,7 @@
 """The example store: built in shards (in process or on Beam), read locally or from a real GCS
 API server on localhost, resumed after a kill, and refusing bad stores in one line."""
 
+import functools
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 
 import gcs_server
 from t5jax.data import cache_build
@@ -56,7 +58,7 @@ def _reference(task, split="train", units=None):
   pre, _ = task_cache.split_preprocessors(task)
   out = {}
   for unit in units or [{"kind": "all"}]:
-    names, batches = cache_units.examples(task, split, unit, pre)
+    names, batches = cache_units.examples(task, split, unit, pre, python_tokenize=False)
     for flat, lengths in batches:
       for k in names:
         out.setdefault(k, []).extend(np.split(flat[k], np.cumsum(lengths[k])[:-1]))
@@ -195,6 +197,49 @@ def test_tfds_source_is_cut_at_its_files(t5jax_data_dir, tmp_path):
   assert store.num_examples == len(ref) == 1014
   got = store.examples("inputs", np.arange(len(ref)))
   assert all(np.array_equal(a, b) for a, b in zip(got, ref))
+
+
+def _split_examples(task, split, monkeypatch=None, **kwargs):
+  """The split's examples as lists; with `monkeypatch`, asserts SentencePiece was called."""
+  calls = []
+  if monkeypatch is not None:
+    real = cache_units._encoded  # pylint: disable=protected-access
+    monkeypatch.setattr(cache_units, "_encoded", lambda *a: calls.append(1) or real(*a))
+  pre, _ = task_cache.split_preprocessors(task)
+  names, batches = cache_units.examples(task, split, {"kind": "all"}, pre, **kwargs)
+  out = {k: [] for k in names}
+  for flat, lengths in batches:
+    for k in names:
+      out[k] += [x.tolist() for x in np.split(flat[k], np.cumsum(lengths[k])[:-1])]
+  assert monkeypatch is None or calls
+  return out
+
+
+@pytest.mark.parametrize("name,split", [("multi30k_en_fr", "validation"),
+                                        ("text_span_corruption", "validation"),
+                                        ("glue_rte", "validation")])
+def test_tokenizing_in_python_gives_seqios_ids(t5jax_data_dir, name, split, monkeypatch):
+  task = seqio.get_mixture_or_task(name)
+  fast = _split_examples(task, split, monkeypatch)
+  ref = _split_examples(task, split, python_tokenize=False)
+  assert fast.keys() == ref.keys() and fast == ref
+  assert sum(len(x) for v in fast.values() for x in v) > 10_000
+
+
+def test_tokenizing_in_python_gives_seqios_ids_for_odd_texts(monkeypatch):
+  texts = ["", "  lead and trail  ", "Ünïcödé ﬁ ① ｆｕｌｌ", "日本語", "tab\there x\r\ny",
+           "emoji 😀👍🏽", "a" * 3000]
+  raw = [t.encode() for t in texts] + [b"\xff\xfe bad utf8 \xc3"]
+  task = seqio.Task(
+      "store_odd_texts",
+      source=seqio.FunctionDataSource(
+          lambda split, shuffle_files: tf.data.Dataset.from_tensor_slices({"targets": raw}),
+          splits=["train"]),
+      preprocessors=[functools.partial(seqio.preprocessors.tokenize, with_eos=True)],
+      output_features=tasks.output_features())
+  fast = _split_examples(task, "train", monkeypatch)["targets"]
+  ref = _split_examples(task, "train", python_tokenize=False)["targets"]
+  assert fast == ref and len(fast) == len(raw) and all(x[-1] == 1 for x in fast)  # EOS.
 
 
 def test_c4_task_is_t5s_and_says_how_to_prepare_c4(tmp_path, monkeypatch):
