@@ -14,7 +14,8 @@ the largest process and of the whole tree, store bytes per token. In the same ru
   resumed store's shards (counts and sha256) equal the uninterrupted build's;
 * reads: batches of 256 rows of span corruption (512/114 tokens) from the store of the
   smallest size on a real GCS API server on localhost against the same store on local disk
-  (first batch, then sustained examples/s).
+  (first batch, then sustained examples/s), with the server sharing the reader's cores and
+  with the server on a core of its own.
 
 Each result is one JSON line; a summary table ends the run.
 """
@@ -213,34 +214,51 @@ def kill_and_resume(work: pathlib.Path, workers: int) -> dict:
 
 
 def read_rates(work: pathlib.Path, local_dir: str, batches: int) -> list[dict]:
-  """Span-corruption batches of 256 rows from the local store and the same store on GCS."""
+  """Span-corruption batches of 256 rows from the local store and the same store on GCS.
+
+  Measured twice: with the server and the reader sharing every core, and with the server
+  on a core of its own and the reader on the others (GCS runs on Google's machines, not on
+  the host that reads; both stores are read with the same cores)."""
   sys.path.insert(0, str(REPO / "tests"))
   import gcs_server  # pylint: disable=g-import-not-at-top
   url = gcs_server.start()
   gcs_dir = f"gs://{gcs_server.BUCKET}/bench"
   # The same store on the GCS server: built there by the same command.
   _cache(work, gcs_dir, 2)
+  cores = sorted(os.sched_getaffinity(0))
   rows = []
-  for name, data_dir in (("local", local_dir), ("gcs", gcs_dir)):
-    env = {**os.environ, "T5JAX_DATA_DIR": data_dir, "PYTHONPATH": str(REPO),
-           "STORAGE_EMULATOR_HOST": url}
-    code = (
-        "import sys, time, json, itertools\n"
-        f"sys.path.insert(0, {str(work)!r})\n"
-        "import bench_corpus\n"
-        "from t5jax.data import pipeline\n"
-        "spec = pipeline.InputSpec('bench_corpus', inputs_length=512, targets_length=114,"
-        " pack=False, num_workers=0)\n"
-        "start = time.time(); it = pipeline.make_batches(spec, 256); next(it)\n"
-        "first = time.time() - start; start = time.time()\n"
-        f"for _ in range({batches}): next(it)\n"
-        f"print(json.dumps({{'first_batch_s': first, 'examples_per_s': {batches} * 256 / "
-        "(time.time() - start)}))\n")
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(work),
-                         capture_output=True, text=True, check=True).stdout
-    rows.append({"kind": "read", "store": name, "rows": 256, "batches": batches,
-                 **json.loads(out.strip().splitlines()[-1])})
+  for layout in ("shared", "server_own_core"):
+    reader_cores = cores if layout == "shared" else cores[:-1]
+    os.sched_setaffinity(gcs_server.pid(), cores if layout == "shared" else cores[-1:])
+    for name, data_dir in (("local", local_dir), ("gcs", gcs_dir)):
+      rows.append({"kind": "read", "store": name, "cores": layout,
+                   "reader_cores": len(reader_cores), "rows": 256, "batches": batches,
+                   **_read_rate(work, data_dir, url, batches, reader_cores)})
+  os.sched_setaffinity(gcs_server.pid(), cores)
   return rows
+
+
+def _read_rate(work: pathlib.Path, data_dir: str, url: str, batches: int,
+               cores: list[int]) -> dict:
+  """First batch seconds and sustained examples/s of a fresh reader process on `cores`."""
+  env = {**os.environ, "T5JAX_DATA_DIR": data_dir, "PYTHONPATH": str(REPO),
+         "STORAGE_EMULATOR_HOST": url}
+  code = (
+      "import sys, time, json, itertools\n"
+      f"sys.path.insert(0, {str(work)!r})\n"
+      "import bench_corpus\n"
+      "from t5jax.data import pipeline\n"
+      "spec = pipeline.InputSpec('bench_corpus', inputs_length=512, targets_length=114,"
+      " pack=False, num_workers=0)\n"
+      "start = time.time(); it = pipeline.make_batches(spec, 256); next(it)\n"
+      "first = time.time() - start; start = time.time()\n"
+      f"for _ in range({batches}): next(it)\n"
+      f"print(json.dumps({{'first_batch_s': first, 'examples_per_s': {batches} * 256 / "
+      "(time.time() - start)}))\n")
+  out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(work),
+                       capture_output=True, text=True, check=True,
+                       preexec_fn=lambda: os.sched_setaffinity(0, cores)).stdout
+  return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -249,7 +267,7 @@ def main() -> None:
   parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
   parser.add_argument("--one_worker_up_to_gb", type=float, default=1e9,
                       help="skip the 1-worker build of larger corpora (time)")
-  parser.add_argument("--read_batches", type=int, default=20)
+  parser.add_argument("--read_batches", type=int, default=60)
   parser.add_argument("--work", default=None, help="scratch dir (default: a temp dir)")
   parser.add_argument("--out", default=None, help="append JSON lines here")
   args = parser.parse_args()
@@ -284,6 +302,9 @@ def main() -> None:
         emit(row)
       shutil.rmtree(local)
     shutil.rmtree(corpus)
+  for r in results:
+    if r["kind"] == "read":
+      print(f"read {r['store']:5s} cores {r['cores']:15s} {r['examples_per_s']:8.0f} examples/s")
   print("\nkind          size  workers  seconds  M tok/s  peak RSS largest/tree MB  B/token")
   for r in results:
     if r["kind"] == "build":

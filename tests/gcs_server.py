@@ -19,6 +19,7 @@ import urllib.request
 
 BUCKET = "t5jax-test"
 _server: list[str] = []
+_pid: list[int] = []
 
 
 def _binary() -> str:
@@ -63,4 +64,10 @@ def start() -> str:
   urllib.request.urlopen(request, timeout=10).read()
   os.environ["STORAGE_EMULATOR_HOST"] = url
   _server.append(url)
+  _pid.append(process.pid)
   return url
+
+
+def pid() -> int:
+  """The running server's process id (`start()` first)."""
+  return _pid[0]
