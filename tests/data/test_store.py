@@ -367,3 +367,22 @@ def test_full_disk_during_a_build_is_one_line_and_keeps_committed_shards(corpus_
     assert all(r["num_examples"] > 0 for r in records)
   finally:
     subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("block", [7, 64, 4 << 20])
+def test_text_units_hold_each_line_once_whatever_the_cuts(tmp_path, monkeypatch, block):
+  monkeypatch.setattr(cache_units, "_READ_BYTES", block)
+  rng = np.random.default_rng(block)
+  lines = [" ".join(WORDS[i] for i in rng.integers(0, len(WORDS), rng.integers(0, 9)))
+           for _ in range(300)]
+  text = "header\n" + "".join(l + ("\r\n" if i % 7 == 0 else "\n")
+                              for i, l in enumerate(lines))[:-1]  # No final line end.
+  path = tmp_path / "doc.txt"
+  path.write_bytes(text.encode())
+  size = path.stat().st_size
+  cuts = sorted({0, size, *rng.integers(0, size, 12).tolist(), text.index("\n") + 1})
+  got = []
+  for a, b in zip(cuts[:-1], cuts[1:]):
+    unit = {"kind": "lines", "file": str(path), "start": a, "stop": b, "skip": int(a == 0)}
+    got += [x.decode() for batch in cache_units._lines(unit) for x in batch]  # pylint: disable=protected-access
+  assert got == lines
