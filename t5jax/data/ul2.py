@@ -39,7 +39,13 @@ MODES = {"R": "[NLU]", "X": "[NLG]", "S": "[S2S]"}
 # (kind, mean noise span, noise density) of the paper's seven denoisers; S has neither.
 DEFAULT_DENOISERS = (("R", 3.0, 0.15), ("R", 8.0, 0.15), ("X", 3.0, 0.5), ("X", 8.0, 0.5),
                      ("X", 64.0, 0.15), ("X", 64.0, 0.5), ("S", 0.0, 0.0))
-DEFAULT_RATES = (1.0,) * len(DEFAULT_DENOISERS)  # uniform over the seven
+# Uniform over the seven: the paper gives no other rates, and its appendix's reference
+# implementation (`ul2_objective`, rates=None) samples its denoisers uniformly.
+DEFAULT_RATES = (1.0,) * len(DEFAULT_DENOISERS)
+# UL2R (Tay et al. 2022b, "Transcending Scaling Laws with 0.1% Extra Compute"): continued
+# pretraining of a span-corruption model, half prefix LM; the settings of Levanter's ul2r.
+UL2R_DENOISERS = (("R", 3.0, 0.15), ("X", 32.0, 0.15), ("X", 3.0, 0.5), ("S", 0.0, 0.0))
+UL2R_RATES = (1.0, 1.0, 1.0, 3.0)
 # Keeps the denoiser's keyed draws apart from each other and from the task's others.
 _CHOICE, _OFFSET, _SPLIT, _SPANS, _NOISE = 0x0C, 0x0F, 0x5B, 0x5A, 0x1E
 

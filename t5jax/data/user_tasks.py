@@ -9,6 +9,7 @@ Put such calls in a module of your own and import it (e.g. with the CLI's module
 naming the task. The task uses t5jax's text cleaning, the T5 vocabulary and EOS, like ours.
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -20,6 +21,7 @@ import tensorflow as tf
 from t5jax.data import preprocessors
 from t5jax.data import span_corruption
 from t5jax.data import tasks
+from t5jax.data import ul2
 
 Paths = Union[str, pathlib.Path, Mapping[str, Union[str, pathlib.Path]]]
 
@@ -144,7 +146,9 @@ def register_jsonl_task(name: str, paths: Paths, inputs_key: str, targets_key: s
                    postprocess_fn or _strip)
 
 
-OBJECTIVES = {"span_corruption": span_corruption.span_corruption, "ul2": span_corruption.ul2}
+OBJECTIVES = {"span_corruption": span_corruption.span_corruption, "ul2": span_corruption.ul2,
+              "ul2r": functools.partial(span_corruption.ul2, denoisers=ul2.UL2R_DENOISERS,
+                                        rates=ul2.UL2R_RATES)}
 
 
 def register_text_span_corruption_task(name: str, paths: Paths,
@@ -156,8 +160,9 @@ def register_text_span_corruption_task(name: str, paths: Paths,
     name: the task name.
     paths: a file, a glob ("/data/corpus/*.txt") or a gs:// URL or glob (the train split),
       or {split: any of those}. A corpus over a few hundred MB needs `t5jax cache` first.
-    objective: "span_corruption" (T5) or "ul2" (t5jax.data.ul2's defaults; for other
-      rates, register the task with span_corruption.ul2 partially applied yourself).
+    objective: "span_corruption" (T5), "ul2" (the paper's seven denoisers, uniform) or
+      "ul2r" (UL2R's continued pretraining: half prefix LM; `t5jax.data.ul2`); for other
+      rates, register the task with span_corruption.ul2 partially applied yourself.
   """
   if objective not in OBJECTIVES:
     raise ValueError(f"objective={objective!r} is not one of {', '.join(OBJECTIVES)}.")

@@ -123,3 +123,18 @@ def test_shipped_task_through_the_batch_pipeline_is_keyed_by_position(t5jax_data
                                 next(first)["decoder_target_tokens"])
   modes = {VOCAB.decode(list(row[:4])) for b in batches for row in b["encoder_input_tokens"]}
   assert modes & {"[NLU]", "[NLG]"} and all(m[:1] == "[" for m in modes)
+
+
+def test_ul2r_preset_is_half_prefix_lm_with_its_denoisers_settings():
+  ds, normalized, examples = _examples((512, 512), 4_000, ul2.UL2R_RATES, ul2.UL2R_DENOISERS)
+  assert [d.kind for d in ds] == ["R", "X", "X", "S"] and normalized[-1] == 0.5
+  counts = np.bincount([i for _, _, i, _ in examples], minlength=len(ds)) / len(examples)
+  sigma = np.sqrt(normalized * (1 - normalized) / len(examples))
+  assert np.all(np.abs(counts - normalized) < 4 * sigma), (counts, normalized)
+  long = ds.index(next(d for d in ds if d.mean_span == 32))
+  noise = spans = 0
+  for _, targets, j, _ in examples:
+    if j == long:
+      sentinels = int(np.sum(targets >= SENTINEL_FLOOR))
+      spans, noise = spans + sentinels, noise + len(targets) - sentinels
+  assert abs(noise / spans / 32 - 1) < 0.05, noise / spans

@@ -81,3 +81,18 @@ def test_missing_file_names_the_path(tmp_path):
   missing = tmp_path / "nope.tsv"
   with pytest.raises(FileNotFoundError, match=f"split 'train' not found: {missing}"):
     user_tasks.register_tsv_task("my_missing", missing)
+
+
+def test_text_task_with_the_ul2r_objective(tmp_path, registered):
+  path = tmp_path / "docs.txt"
+  path.write_text("".join(f"Document number {i} talks about the weather in town {i}.\n"
+                          for i in range(400)))
+  user_tasks.register_text_span_corruption_task("my_ul2r", path, objective="ul2r")
+  registered.append("my_ul2r")
+  spec = InputSpec("my_ul2r", inputs_length=256, targets_length=256, pack=False)
+  rows = [row for b in itertools.islice(pipeline.make_batches(spec, 16), 10)
+          for row in b["encoder_input_tokens"]]
+  modes = [vocab.get_vocabulary().decode(r[:8].tolist())[:5] for r in rows]
+  assert set(modes) == {"[NLU]", "[NLG]", "[S2S]"}
+  # Half prefix LM: 160 draws at p = 0.5 lie within 4 sigma (0.158) of it.
+  assert abs(modes.count("[S2S]") / len(modes) - 0.5) < 0.16, modes.count("[S2S]")
