@@ -114,15 +114,48 @@ def parameter_count(cfg) -> int:
           + cfg.num_decoder_layers * (8 * cfg.d_model * nh + ffn))
 
 
-def _state_bytes_per_param(config) -> float:
-  # fp32 parameters + optimizer state (Adafactor's factored moments are near nothing;
-  # Adam's are two fp32 copies) + the fp32 gradient while it is applied.
-  return 4.0 + (8.0 if config.optimizer.name.startswith("adam") else 0.1) + 4.0
+@dataclasses.dataclass(frozen=True)
+class Counts:
+  """A run's parameters: all of them, and those it trains."""
+  total: float
+  trained: float
 
 
-def estimate_bytes(config, setting: Setting, chips: int) -> tuple[float, float]:
+def parameter_counts(config) -> Counts:
+  """All parameters and the trained ones: a PEFT run (LoRA, prompts; its base frozen) or
+  an `OptimizerConfig.trainable` pattern trains only the parameters it matches, which alone
+  get optimizer state, gradients and their reduction."""
+  from t5jax.train import loop  # pylint: disable=g-import-not-at-top
+  model = loop.build_model(config)
+  pattern = loop.optimizer_config(config, model).trainable
+  if not pattern:
+    n = parameter_count(model.config)
+    return Counts(n, n)
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from t5jax.model import param_tree, trainable  # pylint: disable=g-import-not-at-top
+  shapes = param_tree.abstract_params(model)
+  sizes = jax.tree.leaves(jax.tree.map(lambda x: int(np.prod(x.shape)), shapes))
+  trains = jax.tree.leaves(trainable.mask(shapes, pattern))
+  return Counts(sum(sizes), sum(n for n, t in zip(sizes, trains) if t))
+
+
+def _state_bytes(config, counts: Counts) -> float:
+  # fp32 parameters; for the trained ones, optimizer state (Adafactor's factored moments are
+  # near nothing; Adam's are two fp32 copies) + the fp32 gradient while it is applied.
+  optimizer = 8.0 if config.optimizer.name.startswith("adam") else 0.1
+  return 4.0 * counts.total + (optimizer + 4.0) * counts.trained
+
+
+def estimate_bytes(config, setting: Setting, chips: int,
+                   counts: Counts | None = None) -> tuple[float, float]:
   """(state bytes, activation bytes) per chip, analytic: what each layer keeps for the
-  backward in bf16 under the remat policy, for one microbatch's share of the batch."""
+  backward in bf16 under the remat policy, for one microbatch's share of the batch.
+
+  Args:
+    counts: `parameter_counts(config)`, when the caller has it.
+  """
+  counts = counts or parameter_counts(config)
   cfg = model_config.get_config(config.model, **setting.model_overrides(config))
   t = setting.tensor
   rows = config.batch_size / setting.microbatches / (chips / t)
@@ -148,27 +181,31 @@ def estimate_bytes(config, setting: Setting, chips: int) -> tuple[float, float]:
   if cfg.remat_policy == "full":  # one layer's activations live while it is recomputed
     kept += max(rows * li * (6 * d + (3 * nh + 2 * f) / t) * 2 + enc_scores * 6,
                 rows * lt * (9 * d + (6 * nh + 2 * f) / t) * 2 + dec_scores * 6)
-  state = parameter_count(cfg) * _state_bytes_per_param(config)
+  state = _state_bytes(config, counts)
   return state / (1 if setting.replicated else chips), kept
 
 
-def estimate_seconds(config, setting: Setting, chip: topology.Chip, chips: int) -> float:
+def estimate_seconds(config, setting: Setting, chip: topology.Chip, chips: int,
+                     counts: Counts | None = None) -> float:
   """Step time at the chip's bf16 peak, the remat's recomputation and the collectives: the
   FSDP gathers and gradient scatters (once per microbatch), tensor parallelism's
-  activation all-reduces (per layer)."""
+  activation all-reduces (per layer). A frozen parameter costs no weight gradient: the
+  backward of a run that trains a fraction p of them is (1 + p) forwards, not 2."""
+  counts = counts or parameter_counts(config)
   cfg = model_config.get_config(config.model, **setting.model_overrides(config))
   li, lt = config.data.inputs_length, config.data.targets_length
   flops = model_flops_per_step(cfg, config.batch_size, li, lt)["total"] / chips
+  flops *= (2.0 + counts.trained / counts.total) / 3.0
   factor = REMAT_TIME[cfg.remat_policy] * (SCAN_TIME if cfg.scan_layers else 1.0)
   if setting.attention_query_block:
     factor *= QUERY_BLOCK_TIME
   compute = flops * factor / chip.bf16_flops
   fsdp = chips // setting.tensor
-  params = parameter_count(cfg) / setting.tensor
-  if setting.replicated:  # one all-reduce of the fp32 gradients a step
-    gathers = params * 4 * 2 * (chips - 1) / chips
+  params, trained = counts.total / setting.tensor, counts.trained / setting.tensor
+  if setting.replicated:  # one all-reduce of the trained fp32 gradients a step
+    gathers = trained * 4 * 2 * (chips - 1) / chips
   else:  # bf16 gathers forward and backward, an fp32 reduce-scatter, per microbatch
-    gathers = setting.microbatches * params * (2 * 2 + 4) * (fsdp - 1) / fsdp
+    gathers = setting.microbatches * (params * 2 * 2 + trained * 4) * (fsdp - 1) / fsdp
   tokens = config.batch_size * (li + lt) / fsdp
   t = setting.tensor
   reduces = (4 * (cfg.num_encoder_layers + cfg.num_decoder_layers) * tokens * cfg.d_model * 2
@@ -271,9 +308,11 @@ def search(config, accelerator_type: str, slices: int = 1, headroom: float = HEA
   chip, chips = tpu_slice.chip, tpu_slice.chips * slices
   budget = chip.hbm_bytes * (1.0 - headroom)
   pending = []
+  counts = parameter_counts(config)
   for s in candidates(config, chips):
-    state, act = estimate_bytes(config, s, chips)
-    pending.append(Trial(s, estimate_seconds(config, s, chip, chips), state + act, state, act))
+    state, act = estimate_bytes(config, s, chips, counts)
+    pending.append(Trial(s, estimate_seconds(config, s, chip, chips, counts), state + act,
+                         state, act))
   if not pending:
     raise ValueError(
         f"No setting of batch {config.batch_size} splits over {chips} chips; use a batch that "

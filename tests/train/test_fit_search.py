@@ -69,6 +69,25 @@ def test_estimates_trade_memory_for_time_the_right_way(base_pretrain):
   assert replicated_state == pytest.approx(state * chips)
 
 
+def test_a_lora_run_is_estimated_with_its_base_frozen(base_pretrain):
+  lora = _train_config(["runs/pretrain.gin", "models/t5_1_1_base.gin", "mesh/fsdp.gin",
+                        "runs/lora.gin"])
+  full, counts = fit_search.parameter_counts(base_pretrain), fit_search.parameter_counts(lora)
+  assert full.trained == full.total
+  # LoRA r=8 on q and v of every attention: 884,736 trained (docs/performance.md).
+  assert counts.trained == 884_736  # (the analytic count leaves out norms and biases: 0.02%)
+  assert counts.total - counts.trained == pytest.approx(full.total, rel=1e-3)
+  chip, chips, plain = topology.CHIPS["v5p"], 4, fit_search.Setting()
+  state, act = fit_search.estimate_bytes(lora, plain, chips, counts)
+  # fp32 parameters; AdamW's two moments and the gradient for the trained ones only.
+  assert state == pytest.approx((4 * counts.total + 12 * counts.trained) / chips)
+  full_state, full_act = fit_search.estimate_bytes(base_pretrain, plain, chips, full)
+  assert state < full_state / 1.9 and act == pytest.approx(full_act)
+  seconds = fit_search.estimate_seconds(lora, plain, chip, chips, counts)
+  full_seconds = fit_search.estimate_seconds(base_pretrain, plain, chip, chips, full)
+  assert 0.6 < seconds / full_seconds < 0.75  # No weight gradients for the frozen base.
+
+
 def test_fit_needs_a_topology_one_line():
   result = subprocess.run([sys.executable, "-m", "t5jax", "compile", "--devices", "4", "--fit"],
                           env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
