@@ -152,7 +152,10 @@ class ExampleStore:
         for kind, dtype, into, length in (
             ("offsets", "int64", offsets, record["num_examples"] + 1),
             ("tokens", self.manifest["dtype"], tokens, record["num_tokens"][f])):
-          arr = ts.open(array_spec(self.location, s, f, kind, dtype),
+          # A committed shard never changes: what was cached since this open is not
+          # revalidated (on GCS, a request saved per cached chunk and shard index).
+          arr = ts.open({**array_spec(self.location, s, f, kind, dtype),
+                         "recheck_cached_data": "open", "recheck_cached_metadata": "open"},
                         context=store_io.context(), open=True).result()
           if arr.shape != (length,):
             raise ValueError(f"{f}.{kind} has shape {arr.shape}, the manifest says ({length},):"
