@@ -182,14 +182,15 @@ def examples(task: seqio.Task, split: str, unit: dict, pre: list, threads: int =
   ds = raw_dataset(task, split, unit)
   tokenize = _trailing_tokenize(pre) if python_tokenize else None
   if tokenize is not None:
-    # SeqIO's own step runner: it passes each preprocessor the arguments it asks for.
+    # SeqIO's own step runner (it passes each preprocessor the arguments it asks for),
+    # which applies the steps one after another: the last one may follow separately.
     ds = task._preprocess_dataset(ds, pre[:-1])  # pylint: disable=protected-access
     names = feature_names(task, ds)
     features = {k: task.output_features[k] for k in names}
     if all(_encodable(ds.element_spec[k], f) for k, f in features.items()):
       ds = _with_threads(ds.map(lambda ex: {k: ex[k] for k in names}).batch(BATCH), threads)
       return names, _encoded(ds, features, tokenize.get("with_eos", False), threads)
-    ds = raw_dataset(task, split, unit)
+    pre = pre[-1:]  # Not SentencePiece's to do: tf.data tokenizes what it has.
   ds = task._preprocess_dataset(ds, pre)  # pylint: disable=protected-access
   names = feature_names(task, ds)
   ds = ds.map(lambda ex: {**{k: ex[k] for k in names},

@@ -242,6 +242,19 @@ def test_tokenizing_in_python_gives_seqios_ids_for_odd_texts(monkeypatch):
   assert fast == ref and len(fast) == len(raw) and all(x[-1] == 1 for x in fast)  # EOS.
 
 
+def test_a_vocabulary_other_than_sentencepiece_is_tokenized_by_seqio(monkeypatch):
+  monkeypatch.setattr(cache_units, "_encoded", lambda *a: pytest.fail("not SentencePiece's"))
+  task = seqio.Task(
+      "store_bytes_vocab",
+      source=seqio.FunctionDataSource(
+          lambda split, shuffle_files: tf.data.Dataset.from_tensor_slices(
+              {"targets": ["héllo", "", "world"]}), splits=["train"]),
+      preprocessors=[seqio.preprocessors.tokenize],
+      output_features={"targets": seqio.Feature(seqio.ByteVocabulary())})
+  assert _split_examples(task, "train")["targets"] == [
+      [b + 3 for b in "héllo".encode()], [], [b + 3 for b in b"world"]]  # 3 special ids
+
+
 def test_c4_task_is_t5s_and_says_how_to_prepare_c4(tmp_path, monkeypatch):
   task = seqio.get_mixture_or_task("c4_span_corruption")
   assert task.source.tfds_dataset.name == "c4/en:3.0.1"
