@@ -25,6 +25,23 @@ def _examples(lengths, n, rates=ul2.DEFAULT_RATES, specs=ul2.DEFAULT_DENOISERS):
   return ds, normalized, out
 
 
+def _noise_and_spans(examples, i) -> tuple[int, int]:
+  """Noise tokens and noise spans over the examples of denoiser i (from their targets)."""
+  noise = spans = 0
+  for _, targets, j, _ in examples:
+    if j == i:
+      sentinels = int(np.sum(targets >= SENTINEL_FLOOR))
+      spans += sentinels
+      noise += len(targets) - sentinels
+  return noise, spans
+
+
+def _assert_rates_proportions(examples, normalized) -> None:
+  counts = np.bincount([i for _, _, i, _ in examples], minlength=len(normalized)) / len(examples)
+  sigma = np.sqrt(normalized * (1 - normalized) / len(examples))
+  assert np.all(np.abs(counts - normalized) < 4 * sigma), (counts, normalized)
+
+
 @pytest.fixture(scope="module")
 def made():
   return _examples((512, 512), 10_000)
@@ -35,12 +52,7 @@ def test_each_denoisers_mean_span_and_density_are_its_settings(made):
   for i, d in enumerate(ds):
     if d.kind == "S":
       continue
-    noise = spans = 0
-    for _, targets, j, _ in examples:
-      if j == i:
-        sentinels = int(np.sum(targets >= SENTINEL_FLOOR))
-        spans += sentinels
-        noise += len(targets) - sentinels
+    noise, spans = _noise_and_spans(examples, i)
     assert spans > 100, d.label
     assert abs(noise / spans / d.mean_span - 1) < 0.05, (d.label, noise / spans)
     segment_tokens = sum(d.segment for *_, j, _ in examples if j == i)
@@ -68,10 +80,8 @@ def test_inputs_start_with_the_mode_token_and_span_targets_restore_the_segment(m
 
 def test_modes_come_in_the_rates_proportions():
   rates = (4, 1, 1, 1, 1, 1, 3)
-  ds, normalized, examples = _examples((512, 512), 10_000, rates=rates)
-  counts = np.bincount([i for _, _, i, _ in examples], minlength=len(ds)) / len(examples)
-  sigma = np.sqrt(normalized * (1 - normalized) / len(examples))
-  assert np.all(np.abs(counts - normalized) < 4 * sigma), (counts, normalized)
+  _, normalized, examples = _examples((512, 512), 10_000, rates=rates)
+  _assert_rates_proportions(examples, normalized)
   assert abs(normalized[0] - 4 / 12) < 1e-12
 
 
@@ -128,13 +138,6 @@ def test_shipped_task_through_the_batch_pipeline_is_keyed_by_position(t5jax_data
 def test_ul2r_preset_is_half_prefix_lm_with_its_denoisers_settings():
   ds, normalized, examples = _examples((512, 512), 4_000, ul2.UL2R_RATES, ul2.UL2R_DENOISERS)
   assert [d.kind for d in ds] == ["R", "X", "X", "S"] and normalized[-1] == 0.5
-  counts = np.bincount([i for _, _, i, _ in examples], minlength=len(ds)) / len(examples)
-  sigma = np.sqrt(normalized * (1 - normalized) / len(examples))
-  assert np.all(np.abs(counts - normalized) < 4 * sigma), (counts, normalized)
-  long = ds.index(next(d for d in ds if d.mean_span == 32))
-  noise = spans = 0
-  for _, targets, j, _ in examples:
-    if j == long:
-      sentinels = int(np.sum(targets >= SENTINEL_FLOOR))
-      spans, noise = spans + sentinels, noise + len(targets) - sentinels
+  _assert_rates_proportions(examples, normalized)
+  noise, spans = _noise_and_spans(examples, ds.index(next(d for d in ds if d.mean_span == 32)))
   assert abs(noise / spans / 32 - 1) < 0.05, noise / spans
