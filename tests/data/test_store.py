@@ -52,13 +52,15 @@ def corpus_task(tmp_path, monkeypatch):
   seqio.TaskRegistry.remove("store_corpus")
 
 
-def _reference(task, split="train", units=None):
+def _reference(task, split="train", units=None, python_tokenize=False):
   """The examples as SeqIO gives them: its reader on each whole file (TensorFlow's own
-  line splitting), or on the whole split, through the task's preprocessors."""
+  line splitting), or on the whole split, through the task's preprocessors (tokenized by
+  SeqIO's op, unless `python_tokenize`)."""
   pre, _ = task_cache.split_preprocessors(task)
   out = {}
   for unit in units or [{"kind": "all"}]:
-    names, batches = cache_units.examples(task, split, unit, pre, python_tokenize=False)
+    names, batches = cache_units.examples(task, split, unit, pre,
+                                          python_tokenize=python_tokenize)
     for flat, lengths in batches:
       for k in names:
         out.setdefault(k, []).extend(np.split(flat[k], np.cumsum(lengths[k])[:-1]))
@@ -199,18 +201,14 @@ def test_tfds_source_is_cut_at_its_files(t5jax_data_dir, tmp_path):
   assert all(np.array_equal(a, b) for a, b in zip(got, ref))
 
 
-def _split_examples(task, split, monkeypatch=None, **kwargs):
+def _split_examples(task, split, monkeypatch=None, python_tokenize=True):
   """The split's examples as lists; with `monkeypatch`, asserts SentencePiece was called."""
   calls = []
   if monkeypatch is not None:
     real = cache_units._encoded  # pylint: disable=protected-access
     monkeypatch.setattr(cache_units, "_encoded", lambda *a: calls.append(1) or real(*a))
-  pre, _ = task_cache.split_preprocessors(task)
-  names, batches = cache_units.examples(task, split, {"kind": "all"}, pre, **kwargs)
-  out = {k: [] for k in names}
-  for flat, lengths in batches:
-    for k in names:
-      out[k] += [x.tolist() for x in np.split(flat[k], np.cumsum(lengths[k])[:-1])]
+  out = {k: [x.tolist() for x in v]
+         for k, v in _reference(task, split, python_tokenize=python_tokenize).items()}
   assert monkeypatch is None or calls
   return out
 
