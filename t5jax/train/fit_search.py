@@ -106,14 +106,6 @@ def candidates(config, chips: int) -> list[Setting]:
   return out
 
 
-def parameter_count(cfg) -> int:
-  nh = cfg.num_heads * cfg.d_kv
-  ffn = (3 if cfg.gated_mlp else 2) * cfg.d_model * cfg.d_ff
-  embed = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_word_embeddings else 2)
-  return (embed + cfg.num_encoder_layers * (4 * cfg.d_model * nh + ffn)
-          + cfg.num_decoder_layers * (8 * cfg.d_model * nh + ffn))
-
-
 @dataclasses.dataclass(frozen=True)
 class Counts:
   """A run's parameters: all of them, and those it trains."""
@@ -125,17 +117,16 @@ def parameter_counts(config) -> Counts:
   """All parameters and the trained ones: a PEFT run (LoRA, prompts; its base frozen) or
   an `OptimizerConfig.trainable` pattern trains only the parameters it matches, which alone
   get optimizer state, gradients and their reduction."""
-  from t5jax.train import loop  # pylint: disable=g-import-not-at-top
-  model = loop.build_model(config)
-  pattern = loop.optimizer_config(config, model).trainable
-  if not pattern:
-    n = parameter_count(model.config)
-    return Counts(n, n)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from t5jax.model import param_tree, trainable  # pylint: disable=g-import-not-at-top
-  shapes = param_tree.abstract_params(model)
+  from t5jax.train import loop  # pylint: disable=g-import-not-at-top
+  model = loop.build_model(config)
+  pattern = loop.optimizer_config(config, model).trainable
+  shapes = param_tree.abstract_params(model)  # traced, not allocated: every norm and bias
   sizes = jax.tree.leaves(jax.tree.map(lambda x: int(np.prod(x.shape)), shapes))
+  if not pattern:
+    return Counts(sum(sizes), sum(sizes))
   trains = jax.tree.leaves(trainable.mask(shapes, pattern))
   return Counts(sum(sizes), sum(n for n, t in zip(sizes, trains) if t))
 
