@@ -76,7 +76,8 @@ def table(rows: list[dict]) -> str:
     cpu = r.get("cpu", {})
     cpu_gib = f"{cpu['peak_bytes_per_device'] / gib:.2f}" if "peak_bytes_per_device" in cpu else "-"
     scanned = rep["counted_once"]  # XLA counted a loop's body once: no roofline
-    roofline = "-" if scanned else f"{rep['roofline_step_s'] * 1e3:.1f}"
+    twin = "*" if rep.get("roofline_from") else ""  # microbatches x the one-microbatch twin
+    roofline = "-" if scanned else f"{rep['roofline_step_s'] * 1e3:.1f}{twin}"
     mfu = "-" if scanned else f"{rep['roofline_mfu']:.0%}"
     lines.append(
         f"| {r['model']} | {r['run']} | {r['accelerator_type']} | {label} | "

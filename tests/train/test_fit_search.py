@@ -164,13 +164,26 @@ def test_among_close_estimates_the_compilers_roofline_picks(base_pretrain, tmp_p
     report = {"peak_bytes_per_device": peak, "argument_size_in_bytes": 2**30,
               "headroom": 1 - peak / chip.hbm_bytes, "fits": fits, "compiled": True,
               "compile_seconds": 1.0, "scan_layers": s.scan_layers, "traffic_known": True,
-              "counted_once": s.scan_layers,
+              "counted_once": s.scan_layers or s.microbatches > 1,
+              "model_flops_per_device": 1e12 * s.microbatches,
               "roofline_step_s": 0.040 if s.attention_query_block else 0.050}
     key = fit_search.cache_key(s.apply(base_pretrain), "v5p-8", 1)
     (tmp_path / f"{key}.json").write_text(json.dumps(report))
+    if s.microbatches > 1:  # its one-microbatch twin, for the whole step's roofline
+      twin = fit_search.microbatch_twin(base_pretrain, s)
+      key = fit_search.cache_key(twin, "v5p-8", 1)
+      (tmp_path / f"{key}.json").write_text(json.dumps(
+          {**report, "model_flops_per_device": 1e12, "xla_flops_per_device": 1e12,
+           "xla_bytes_accessed_per_device": 0.03 * chip.hbm_bandwidth}))  # 30 ms a microbatch
   lines = []
   winner, tried = fit_search.search(base_pretrain, "v5p-8", max_compiles=12, log=lines.append)
-  assert all(t.cached for t in tried) and len(lines) == len(tried)
+  assert all(t.cached for t in tried)
+  # A microbatched, unscanned setting that fits is priced over all its microbatches.
+  twinned = [t for t in tried if t.setting.microbatches > 1 and not t.setting.scan_layers
+             and t.report["fits"]]
+  assert twinned and len(lines) == len(tried) + len(twinned)
+  for t in twinned:
+    assert t.report["roofline_step_s"] == pytest.approx(0.03 * t.setting.microbatches)
   first_fit = next(i for i, t in enumerate(tried) if t.report["fits"])
   assert all(t.verdict == "over HBM" for t in tried[:first_fit])
   assert winner.setting.remat_policy != "none" and winner.verdict == "fastest that fits"
@@ -183,3 +196,19 @@ def test_among_close_estimates_the_compilers_roofline_picks(base_pretrain, tmp_p
   assert all(t.verdict in ("fits; slower", "over HBM") for t in tried if t is not winner)
   table = fit_search.format_table(winner, tried, base_pretrain, fit_search.HEADROOM)
   assert "--gin.TrainConfig.model_overrides" in table and winner.setting.label in table
+
+
+def test_a_microbatched_step_gets_the_roofline_of_all_its_microbatches():
+  # XLA counts the microbatch loop's body once; the whole step is m x its one-microbatch
+  # twin's FLOPs and traffic (the update counted m times: high by a little, never low).
+  chip = topology.CHIPS["v5p"]
+  report = {"peak_bytes_per_device": 2**34, "model_flops_per_device": 4e14,
+            "xla_flops_per_device": 1.1e14, "xla_bytes_accessed_per_device": 1e11,
+            "counted_once": True}
+  twin = {"xla_flops_per_device": 1.05e14, "xla_bytes_accessed_per_device": 0.6e12}
+  whole = fit_search.microbatch_roofline(report, twin, 4, chip)
+  assert whole["xla_flops_per_device"] == 4.2e14 and whole["xla_bytes_accessed_per_device"] == 2.4e12
+  assert not whole["counted_once"] and whole["roofline_from"] == "4 x its one-microbatch twin"
+  assert whole["roofline_step_s"] == pytest.approx(max(4.2e14 / chip.bf16_flops,
+                                                       2.4e12 / chip.hbm_bandwidth))
+  assert whole["roofline_mfu"] == pytest.approx(4e14 / (whole["roofline_step_s"] * chip.bf16_flops))
