@@ -423,6 +423,8 @@ def microbatch_roofline(report: dict, twin: dict, m: int, chip: topology.Chip) -
 def _miss(report: dict, headroom: float) -> str:
   """Why a compiled setting cannot be the answer."""
   if report.get("crashed"):
+    if report["exit_code"] == -9:  # SIGKILL: on a compile host, the kernel's OOM killer
+      return "compiler killed (SIGKILL: out of host memory?)"
     return f"compiler crashed (exit {report['exit_code']})"
   if not report["fits"]:
     return "over HBM"

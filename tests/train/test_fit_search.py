@@ -212,3 +212,9 @@ def test_a_microbatched_step_gets_the_roofline_of_all_its_microbatches():
   assert whole["roofline_step_s"] == pytest.approx(max(4.2e14 / chip.bf16_flops,
                                                        2.4e12 / chip.hbm_bandwidth))
   assert whole["roofline_mfu"] == pytest.approx(4e14 / (whole["roofline_step_s"] * chip.bf16_flops))
+
+
+def test_a_compile_that_dies_is_named_by_how():
+  killed = {"crashed": True, "exit_code": -9}  # what the OOM killer leaves: XXL on a 24 GB host
+  assert fit_search._miss(killed, 0.1) == "compiler killed (SIGKILL: out of host memory?)"
+  assert fit_search._miss({**killed, "exit_code": -6}, 0.1) == "compiler crashed (exit -6)"
