@@ -110,6 +110,10 @@ def _compile(sub) -> None:
                    "$T5JAX_COMPILE_CACHE)")
   aot.add_argument("--fit_compiles", type=int, default=6,
                    help="with --fit: compile at most this many settings")
+  aot.add_argument("--fit_recipe", default=None, metavar="FILE",
+                   help="with --fit: also write the chosen setting as a gin file (with the "
+                   "command's own bindings and libtpu's figures) to give `t5jax train` as "
+                   "--gin_file=FILE")
 
 
 def _model_flags(parser, what: str) -> None:

@@ -197,6 +197,13 @@ def _run(args, bindings: list[str]) -> None:
                                         max_compiles=args.fit_compiles,
                                         log=lambda line: print(line, flush=True))
       print(fit_search.format_table(winner, tried, train_config, fit_search.HEADROOM))
+      if args.fit_recipe and winner:
+        with open(args.fit_recipe, "w", encoding="utf-8") as f:
+          f.write(fit_search.recipe(winner, train_config, args.topology, args.slices,
+                                    args.gin_file or ["runs/demo.gin"],
+                                    [b.replace("=", " = ", 1) for b in bindings]))
+        print(f"Wrote {args.fit_recipe}: give it to t5jax train after the same gin files, "
+              f"as --gin_file={args.fit_recipe}")
       print(json.dumps(fit_search.summary(winner, tried, train_config)))
       return
     if args.topology:
@@ -225,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
   args = cli_args.parser().parse_args(rest)
   try:
     _check_paths(args)
+    if args.command == "compile" and args.fit_recipe:
+      if not args.fit:
+        raise ValueError("--fit_recipe writes the setting --fit chooses: add --fit.")
+      files.check_output_file("--fit_recipe", args.fit_recipe)
     if args.command == "compile" and args.topology:
       from t5jax.parallel import topology
       topology.slice_of(args.topology)  # An unknown type fails before anything loads.

@@ -79,10 +79,19 @@ class Setting:
     return dataclasses.replace(config, model_overrides=self.model_overrides(config),
                                microbatches=self.microbatches, mesh=mesh)
 
+  def bindings(self, config) -> list[str]:
+    """The setting as gin bindings (`Configurable.field = value`)."""
+    return [f"TrainConfig.model_overrides = {self.model_overrides(config)!r}",
+            f"TrainConfig.microbatches = {self.microbatches}"] + [
+                f"MeshConfig.{axis} = {size}" for axis, size in self.mesh(config).items()]
+
   def gin_bindings(self, config) -> list[str]:
-    return [f"--gin.TrainConfig.model_overrides=\"{self.model_overrides(config)!r}\"",
-            f"--gin.TrainConfig.microbatches={self.microbatches}"] + [
-                f"--gin.MeshConfig.{axis}={size}" for axis, size in self.mesh(config).items()]
+    """The bindings as command-line flags a user pastes."""
+    flags = []
+    for binding in self.bindings(config):
+      name, value = binding.split(" = ", 1)
+      flags.append(f'--gin.{name}="{value}"' if " " in value else f"--gin.{name}={value}")
+    return flags
 
 
 def candidates(config, chips: int) -> list[Setting]:
@@ -459,6 +468,25 @@ def format_table(winner: Trial | None, tried: list[Trial], config, headroom: flo
                  f"({winner.setting.label}); add to your command:")
     lines.append("  " + " ".join(winner.setting.gin_bindings(config)))
   return "\n".join(lines)
+
+
+def recipe(winner: Trial, config, accelerator_type: str, slices: int,
+           gin_files: list[str], extra: list[str] = ()) -> str:
+  """A gin file of the winning setting (after `gin_files` and the `extra` bindings, which it
+  repeats so that the file alone names the step that was compiled), with libtpu's figures."""
+  r, gib = winner.report, 2**30
+  where = accelerator_type + (f" x {slices} slices" if slices > 1 else "")
+  lines = [
+      f"# {config.model} on {where}: the setting `t5jax compile --fit` chose with libtpu's",
+      f"# compiler: peak {r['peak_bytes_per_device'] / gib:.2f} GiB of "
+      f"{r['hbm_bytes_per_chip'] / gib:.0f} GiB HBM a chip ({r['headroom']:.0%} free)"
+      + ("" if r["counted_once"] else
+         f", roofline {r['roofline_step_s'] * 1e3:.1f} ms a step, MFU at most "
+         f"{r['roofline_mfu']:.0%}") + ".",
+      "# After: " + " ".join(f"--gin_file={f}" for f in gin_files)]
+  lines += [f"{b}" for b in extra]
+  lines += winner.setting.bindings(config)
+  return "\n".join(lines) + "\n"
 
 
 def summary(winner: Trial | None, tried: list[Trial], config) -> dict:

@@ -88,14 +88,18 @@ def test_a_lora_run_is_estimated_with_its_base_frozen(base_pretrain):
   assert 0.6 < seconds / full_seconds < 0.75  # No weight gradients for the frozen base.
 
 
-def test_fit_needs_a_topology_one_line():
-  result = subprocess.run([sys.executable, "-m", "t5jax", "compile", "--devices", "4", "--fit"],
+@pytest.mark.parametrize("flags, message", [
+    (["--devices", "4", "--fit"], "--fit searches settings with libtpu's compiler: give the "
+     "slice with --topology TYPE (e.g. --topology v5p-8)."),
+    (["--topology", "v5p-8", "--fit_recipe=r.gin"],
+     "--fit_recipe writes the setting --fit chooses: add --fit."),
+])
+def test_fit_flags_misused_one_line(flags, message):
+  result = subprocess.run([sys.executable, "-m", "t5jax", "compile", *flags],
                           env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
                           text=True, timeout=300, cwd=REPO)
   assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1] == (
-      "error: --fit searches settings with libtpu's compiler: give the slice with --topology "
-      "TYPE (e.g. --topology v5p-8).")
+  assert result.stderr.strip().splitlines()[-1] == f"error: {message}"
 
 
 def _t5jax(args, cache):
@@ -113,7 +117,9 @@ def test_fit_finds_a_setting_that_fits_and_its_bindings_reproduce_it(tmp_path):
   bindings = ["TrainConfig.model='t5_1_1_tiny'", "TrainConfig.batch_size=64",
               "InputSpec.inputs_length=128", "InputSpec.targets_length=128"]
   model = ["--gin_file=runs/demo.gin", "--fit_compiles=2", *(f"--gin.{b}" for b in bindings)]
-  first = _t5jax(["--topology", "v5litepod-4", "--fit", *model], tmp_path)
+  recipe = tmp_path / "recipe.gin"
+  first = _t5jax(["--topology", "v5litepod-4", "--fit", *model, f"--fit_recipe={recipe}"],
+                 tmp_path)
   assert first.returncode == 0, first.stderr[-3000:]
   assert first.stderr == "", first.stderr  # libtpu's start-up lines are filtered out
   summary = json.loads(first.stdout.strip().splitlines()[-1])
@@ -148,6 +154,10 @@ def test_fit_finds_a_setting_that_fits_and_its_bindings_reproduce_it(tmp_path):
   pasted = [b.replace('"', "").removeprefix("--gin.") for b in summary["gin_bindings"]]
   config = _train_config(["runs/demo.gin"], bindings + pasted)
   key = fit_search.cache_key(config, "v5litepod-4", 1)
+  # So does the recipe file alone after the same gin file: it repeats the command's bindings.
+  assert f"Wrote {recipe}" in first.stdout
+  assert fit_search.cache_key(_train_config(["runs/demo.gin", str(recipe)]), "v5litepod-4",
+                              1) == key
   cached = json.loads((tmp_path / f"{key}.json").read_text())
   assert cached["peak_bytes_per_device"] == winner["report"]["peak_bytes_per_device"]
   assert cached["fits"] and cached["headroom"] >= 0.10
