@@ -9,6 +9,8 @@ task (greedy decoding, each task's SeqIO metric):
 - full: runs/finetune.gin (Adafactor 1e-3, dropout 0.1), every parameter trained;
 - lora: + runs/lora.gin (rank 8 on q and v, alpha 32, AdamW 1e-3), one LoRA shared;
 - lora_per_task: the same with a LoRA per task (PeftConfig.per_task, 9 task slots);
+- lora_lr3e-3, lora_per_task_lr3e-3: both at AdamW 3e-3 (LoRA is usually trained at a
+  higher rate than full fine-tuning);
 - prompt: + runs/prompt_tuning.gin (20 vectors, AdamW 0.03; rows unpacked).
 
   python benchmarks/peft_experiment.py --steps 300 --out benchmarks/results/peft
@@ -42,6 +44,12 @@ VARIANTS = {
                       ["PeftConfig.per_task=True",
                        "TrainConfig.model_overrides={'dtype': 'float32', 'dropout_rate': 0.1, "
                        f"'task_slots': {SLOTS}}}"]),
+    "lora_lr3e-3": ("LoRA as above, AdamW 3e-3 (one for all tasks)",
+                    ["runs/finetune.gin", "runs/lora.gin"], ["OptimizerConfig.learning_rate=0.003"]),
+    "lora_per_task_lr3e-3": ("LoRA per task, AdamW 3e-3", ["runs/finetune.gin", "runs/lora.gin"],
+                             ["OptimizerConfig.learning_rate=0.003", "PeftConfig.per_task=True",
+                              "TrainConfig.model_overrides={'dtype': 'float32', "
+                              f"'dropout_rate': 0.1, 'task_slots': {SLOTS}}}"]),
     "prompt": ("prompt tuning, 20 vectors", ["runs/finetune.gin", "runs/prompt_tuning.gin"], []),
 }
 MARKERS = ("<!-- peft:start -->", "<!-- peft:end -->")
