@@ -2,7 +2,10 @@
 and fine-tuning at T5's batch, and XLA:CPU's estimate of the same chosen step beside it.
 
     python benchmarks/fit_recipes.py --out benchmarks/results/fit_recipes.jsonl \\
-        --case t5_1_1_small:pretrain:v5p-8 --case t5_1_1_base:finetune:v5p-8 --cpu
+        --case t5_1_1_small:pretrain:v5p-8 --case t5_1_1_base:finetune:v5p-8 --cpu \\
+        --recipes gin_configs/recipes
+
+With --recipes and no --case, it writes the recipes and the table of what --out holds.
 
 Each case is MODEL:RUN:TYPE. RUN `pretrain` is runs/pretrain.gin (batch 128, 512/114,
 bf16, no dropout); `finetune` is runs/finetune.gin at T5's fine-tuning batch (128,
@@ -57,6 +60,42 @@ def run_case(model: str, run: str, accelerator_type: str, compiles: int, cpu: bo
   return row
 
 
+def latest(path: str) -> list[dict]:
+  """The rows of a results file, the last one of each case (model, run, type) only."""
+  rows = {}
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        row = json.loads(line)
+        rows[(row["model"], row["run"], row["accelerator_type"])] = row
+  return list(rows.values())
+
+
+def write_recipe(row: dict, recipes: str) -> pathlib.Path:
+  """The case's run with its winner as a gin file, DIR/TYPE/MODEL_RUN.gin (under
+  gin_configs/recipes: `t5jax train --gin_file=recipes/TYPE/MODEL_RUN.gin`), made by
+  t5jax's own `fit_search.recipe`, as `t5jax compile --fit --fit_recipe` writes it."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from t5jax import config  # pylint: disable=g-import-not-at-top
+  from t5jax.train import fit_search, loop  # pylint: disable=g-import-not-at-top
+  model, run, accelerator_type = row["model"], row["run"], row["accelerator_type"]
+  gin_files = [a.removeprefix("--gin_file=") for a in RUNS[run] if a.startswith("--gin_file=")]
+  gin_files += [f"models/{model}.gin", "mesh/fsdp.gin"]
+  extra = [a.removeprefix("--gin.").replace("=", " = ", 1) for a in RUNS[run]
+           if a.startswith("--gin.")]
+  gin.clear_config()
+  config.parse_gin(gin_files, [b.replace(" = ", "=", 1) for b in extra])
+  train_config = loop.TrainConfig()
+  gin.clear_config()
+  fit = row["fit"]
+  winner = fit_search.Trial(fit_search.Setting(**fit["setting"]), fit["estimated_s"],
+                            fit["estimated_bytes"], 0.0, 0.0, report=fit["report"])
+  path = pathlib.Path(recipes) / accelerator_type / f"{model}_{run}.gin"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(fit_search.recipe(winner, train_config, accelerator_type, 1, gin_files, extra))
+  return path
+
+
 def table(rows: list[dict]) -> str:
   gib = 2**30
   lines = ["| model | run | slice | setting (--fit) | HBM per chip GiB (headroom) | XLA:CPU "
@@ -89,10 +128,13 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--case", action="append", required=True, metavar="MODEL:RUN:TYPE")
+  parser.add_argument("--case", action="append", default=[], metavar="MODEL:RUN:TYPE")
   parser.add_argument("--compiles", type=int, default=4, help="--fit_compiles per search")
   parser.add_argument("--cpu", action="store_true", help="also XLA:CPU's figure of the winner")
   parser.add_argument("--out", default=None)
+  parser.add_argument("--recipes", default=None, metavar="DIR",
+                      help="after the cases, write the winner of every case in --out (the "
+                      "last row of each) as DIR/TYPE/MODEL_RUN.gin, and print their table")
   args = parser.parse_args()
   rows = []
   for case in args.case:
@@ -103,6 +145,11 @@ def main() -> None:
     if args.out:
       with open(args.out, "a") as f:
         f.write(json.dumps(row) + "\n")
+  if args.recipes:
+    rows = latest(args.out)
+    for row in rows:
+      if row["fit"]:
+        print(f"Wrote {write_recipe(row, args.recipes)}")
   print()
   print(table(rows))
 

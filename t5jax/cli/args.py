@@ -111,9 +111,9 @@ def _compile(sub) -> None:
   aot.add_argument("--fit_compiles", type=int, default=6,
                    help="with --fit: compile at most this many settings")
   aot.add_argument("--fit_recipe", default=None, metavar="FILE",
-                   help="with --fit: also write the chosen setting as a gin file (with the "
-                   "command's own bindings and libtpu's figures) to give `t5jax train` as "
-                   "--gin_file=FILE")
+                   help="with --fit: also write the run with the chosen setting as a gin file "
+                   "(it includes this command's gin files and repeats its bindings; libtpu's "
+                   "figures in a comment), for `t5jax train --gin_file=FILE`")
 
 
 def _model_flags(parser, what: str) -> None:

@@ -202,8 +202,8 @@ def _run(args, bindings: list[str]) -> None:
           f.write(fit_search.recipe(winner, train_config, args.topology, args.slices,
                                     args.gin_file or ["runs/demo.gin"],
                                     [b.replace("=", " = ", 1) for b in bindings]))
-        print(f"Wrote {args.fit_recipe}: give it to t5jax train after the same gin files, "
-              f"as --gin_file={args.fit_recipe}")
+        print(f"Wrote {args.fit_recipe}: the run with this setting, for t5jax train "
+              f"--gin_file={args.fit_recipe} (it includes the gin files given here)")
       print(json.dumps(fit_search.summary(winner, tried, train_config)))
       return
     if args.topology:

@@ -472,20 +472,24 @@ def format_table(winner: Trial | None, tried: list[Trial], config, headroom: flo
 
 def recipe(winner: Trial, config, accelerator_type: str, slices: int,
            gin_files: list[str], extra: list[str] = ()) -> str:
-  """A gin file of the winning setting (after `gin_files` and the `extra` bindings, which it
-  repeats so that the file alone names the step that was compiled), with libtpu's figures."""
+  """A gin file of the run with the winning setting: it includes `gin_files`, repeats the
+  command's `extra` bindings and binds the setting, so `--gin_file=RECIPE` alone names the
+  step that was compiled; libtpu's figures are in its header."""
+  import os  # pylint: disable=g-import-not-at-top
   r, gib = winner.report, 2**30
   where = accelerator_type + (f" x {slices} slices" if slices > 1 else "")
-  lines = [
-      f"# {config.model} on {where}: the setting `t5jax compile --fit` chose with libtpu's",
-      f"# compiler: peak {r['peak_bytes_per_device'] / gib:.2f} GiB of "
-      f"{r['hbm_bytes_per_chip'] / gib:.0f} GiB HBM a chip ({r['headroom']:.0%} free)"
-      + ("" if r["counted_once"] else
-         f", roofline {r['roofline_step_s'] * 1e3:.1f} ms a step, MFU at most "
-         f"{r['roofline_mfu']:.0%}") + ".",
-      "# After: " + " ".join(f"--gin_file={f}" for f in gin_files)]
-  lines += [f"{b}" for b in extra]
-  lines += winner.setting.bindings(config)
+  roofline = ("" if r["counted_once"] else f"; roofline {r['roofline_step_s'] * 1e3:.1f} ms a "
+              f"step, MFU at most {r['roofline_mfu']:.0%}")
+  lines = [f"# {config.model} on {where}, as `t5jax compile --fit` chose with libtpu's compiler:",
+           f"# peak {r['peak_bytes_per_device'] / gib:.2f} GiB of "
+           f"{r['hbm_bytes_per_chip'] / gib:.0f} GiB HBM a chip ({r['headroom']:.0%} free)"
+           f"{roofline}."]
+  for name in gin_files:  # a shipped name stays a name; a path of the user's, absolute
+    explicit = os.path.isabs(name) or name.startswith(("./", "../", "~"))
+    lines.append(f"include '{os.path.abspath(os.path.expanduser(name)) if explicit else name}'")
+  setting = winner.setting.bindings(config)
+  bound = {b.split(" = ", 1)[0] for b in setting}
+  lines += [b for b in extra if b.split(" = ", 1)[0] not in bound] + setting
   return "\n".join(lines) + "\n"
 
 

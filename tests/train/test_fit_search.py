@@ -1,6 +1,7 @@
 """`t5jax compile --topology TYPE --fit`: the search's estimates, and the search with libtpu."""
 
 import dataclasses
+import glob
 import importlib.util
 import json
 import os
@@ -154,10 +155,9 @@ def test_fit_finds_a_setting_that_fits_and_its_bindings_reproduce_it(tmp_path):
   pasted = [b.replace('"', "").removeprefix("--gin.") for b in summary["gin_bindings"]]
   config = _train_config(["runs/demo.gin"], bindings + pasted)
   key = fit_search.cache_key(config, "v5litepod-4", 1)
-  # So does the recipe file alone after the same gin file: it repeats the command's bindings.
+  # So does the recipe file alone: it includes the gin file and repeats the bindings.
   assert f"Wrote {recipe}" in first.stdout
-  assert fit_search.cache_key(_train_config(["runs/demo.gin", str(recipe)]), "v5litepod-4",
-                              1) == key
+  assert fit_search.cache_key(_train_config([str(recipe)]), "v5litepod-4", 1) == key
   cached = json.loads((tmp_path / f"{key}.json").read_text())
   assert cached["peak_bytes_per_device"] == winner["report"]["peak_bytes_per_device"]
   assert cached["fits"] and cached["headroom"] >= 0.10
@@ -228,3 +228,33 @@ def test_a_compile_that_dies_is_named_by_how():
   killed = {"crashed": True, "exit_code": -9}  # what the OOM killer leaves: XXL on a 24 GB host
   assert fit_search._miss(killed, 0.1) == "compiler killed (SIGKILL: out of host memory?)"
   assert fit_search._miss({**killed, "exit_code": -6}, 0.1) == "compiler crashed (exit -6)"
+
+
+def _recipe_rows():
+  rows = {}
+  with open(os.path.join(REPO, "benchmarks", "results", "fit_recipes.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      rows[f"{row['accelerator_type']}/{row['model']}_{row['run']}.gin"] = row
+  return rows
+
+
+RECIPES = sorted(glob.glob("recipes/*/*.gin", root_dir=os.path.join(REPO, "gin_configs")))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_each_shipped_recipe_is_the_run_fit_chose(name):
+  # gin_configs/recipes/TYPE/MODEL_RUN.gin, alone, is the run at T5's batch with the setting
+  # `--fit` chose on that slice (benchmarks/results/fit_recipes.jsonl, its last row).
+  row = _recipe_rows()[name.removeprefix("recipes/")]
+  config = _train_config([name])
+  assert (config.model, config.batch_size) == (row["model"], 128)
+  assert (config.data.inputs_length, config.data.targets_length) == (512, 114)
+  assert config.model_overrides.get("dropout_rate", 0.0) == (0.1 if row["run"] == "finetune"
+                                                             else 0.0)
+  setting = fit_search.Setting(**row["fit"]["setting"])
+  assert setting.apply(config) == config  # every field the setting sets, the recipe sets
+
+
+def test_the_recipes_cover_every_case_that_fit():
+  assert {f"recipes/{k}" for k, row in _recipe_rows().items() if row["fit"]} == set(RECIPES)
