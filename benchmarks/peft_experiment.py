@@ -11,6 +11,8 @@ task (greedy decoding, each task's SeqIO metric):
 - lora_per_task: the same with a LoRA per task (PeftConfig.per_task, 9 task slots);
 - lora_lr3e-3, lora_per_task_lr3e-3: both at AdamW 3e-3 (LoRA is usually trained at a
   higher rate than full fine-tuning);
+- lora_all_r2: one shared LoRA of about the same size on every projection (rank 2 on q, k,
+  v, o, wi, wo; QLoRA found adapting every layer is what matches full fine-tuning);
 - prompt: + runs/prompt_tuning.gin (20 vectors, AdamW 0.03; rows unpacked).
 
   python benchmarks/peft_experiment.py --steps 300 --out benchmarks/results/peft
@@ -50,6 +52,10 @@ VARIANTS = {
                              ["OptimizerConfig.learning_rate=0.003", "PeftConfig.per_task=True",
                               "TrainConfig.model_overrides={'dtype': 'float32', "
                               f"'dropout_rate': 0.1, 'task_slots': {SLOTS}}}"]),
+    "lora_all_r2": ("LoRA r=2 on every projection (q, k, v, o, wi, wo), AdamW 3e-3, one "
+                    "for all tasks", ["runs/finetune.gin", "runs/lora.gin"],
+                    ["OptimizerConfig.learning_rate=0.003", "PeftConfig.lora_rank=2",
+                     "PeftConfig.lora_targets=('q', 'k', 'v', 'o', 'wi', 'wo')"]),
     "prompt": ("prompt tuning, 20 vectors", ["runs/finetune.gin", "runs/prompt_tuning.gin"], []),
 }
 MARKERS = ("<!-- peft:start -->", "<!-- peft:end -->")
