@@ -26,14 +26,14 @@ def known_gin_files() -> list[str]:
   return sorted(str(p.relative_to(REPO_GIN_DIR)) for p in REPO_GIN_DIR.rglob("*.gin"))
 
 
-def _explicit_path(name: str) -> bool:
+def explicit_path(name: str) -> bool:
   """`./x.gin`, `../x.gin`, `~/x.gin` and absolute paths name a file, not a shipped config."""
   return os.path.isabs(name) or name.startswith(("./", "../", "~"))
 
 
 def resolve_gin_file(name: str) -> str:
   """Returns the absolute path of gin file `name`, or raises a one-line error with close names."""
-  if _explicit_path(name):
+  if explicit_path(name):
     bases, relative = [Path(os.path.expanduser(name)).resolve().parent], Path(name).name
   else:
     bases, relative = gin_search_paths(), name

@@ -477,7 +477,7 @@ def recipe(winner: Trial, config, accelerator_type: str, slices: int,
   """A gin file of the run with the winning setting: it includes `gin_files`, repeats the
   command's `extra` bindings and binds the setting, so `--gin_file=RECIPE` alone names the
   step that was compiled; libtpu's figures are in its header."""
-  import os  # pylint: disable=g-import-not-at-top
+  from t5jax import config as gin_config  # pylint: disable=g-import-not-at-top
   r, gib = winner.report, 2**30
   where = accelerator_type + (f" x {slices} slices" if slices > 1 else "")
   roofline = ("" if r["counted_once"] else f"; roofline {r['roofline_step_s'] * 1e3:.1f} ms a "
@@ -487,7 +487,7 @@ def recipe(winner: Trial, config, accelerator_type: str, slices: int,
            f"{r['hbm_bytes_per_chip'] / gib:.0f} GiB HBM a chip ({r['headroom']:.0%} free)"
            f"{roofline}."]
   for name in gin_files:  # a shipped name stays a name; a path of the user's, absolute
-    explicit = os.path.isabs(name) or name.startswith(("./", "../", "~"))
+    explicit = gin_config.explicit_path(name)
     lines.append(f"include '{os.path.abspath(os.path.expanduser(name)) if explicit else name}'")
   setting = winner.setting.bindings(config)
   bound = {b.split(" = ", 1)[0] for b in setting}
