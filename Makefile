@@ -17,8 +17,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/t5jax train --gin_file=runs/demo.gin --run_dir=runs/demo
 
+# Test files run in TEST_WORKERS processes, a file's tests in one (module fixtures once).
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -q tests --durations=15
+	$(BIN)/python -m pytest -q tests -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/train_step.py
