@@ -201,7 +201,7 @@ def _run(args, bindings: list[str]) -> None:
         with open(args.fit_recipe, "w", encoding="utf-8") as f:
           f.write(fit_search.recipe(winner, train_config, args.topology, args.slices,
                                     args.gin_file or ["runs/demo.gin"],
-                                    [b.replace("=", " = ", 1) for b in bindings]))
+                                    bindings))
         print(f"Wrote {args.fit_recipe}: the run with this setting, for t5jax train "
               f"--gin_file={args.fit_recipe} (it includes the gin files given here)")
       print(json.dumps(fit_search.summary(winner, tried, train_config)))

@@ -491,6 +491,7 @@ def recipe(winner: Trial, config, accelerator_type: str, slices: int,
     lines.append(f"include '{os.path.abspath(os.path.expanduser(name)) if explicit else name}'")
   setting = winner.setting.bindings(config)
   bound = {b.split(" = ", 1)[0] for b in setting}
+  extra = [" = ".join(part.strip() for part in b.split("=", 1)) for b in extra]  # `X=Y`, `X = Y`
   lines += [b for b in extra if b.split(" = ", 1)[0] not in bound] + setting
   return "\n".join(lines) + "\n"
 

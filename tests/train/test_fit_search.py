@@ -230,6 +230,26 @@ def test_a_compile_that_dies_is_named_by_how():
   assert fit_search._miss({**killed, "exit_code": -6}, 0.1) == "compiler crashed (exit -6)"
 
 
+def test_a_recipe_repeats_the_commands_bindings_and_the_setting_wins(base_pretrain, tmp_path):
+  # The command's bindings come as typed (`X=Y` from --gin.X=Y, or `X = Y`); the recipe writes
+  # each once as gin does, and where the command bound what the setting binds, the setting's.
+  setting = fit_search.Setting("minimal", False, 128, 2, 1, False)
+  report = {"peak_bytes_per_device": 2**34, "hbm_bytes_per_chip": 95 * 2**30, "headroom": 0.8,
+            "counted_once": False, "roofline_step_s": 0.05, "roofline_mfu": 0.5}
+  winner = fit_search.Trial(setting, 0.05, 2**34, 0.0, 0.0, report=report)
+  text = fit_search.recipe(winner, base_pretrain, "v5p-8", 1, ["runs/pretrain.gin"],
+                           ["TrainConfig.num_steps=10", "InputSpec.inputs_length = 256",
+                            "TrainConfig.microbatches =4"])
+  body = [line for line in text.splitlines() if not line.startswith(("#", "include"))]
+  assert body[:2] == ["TrainConfig.num_steps = 10", "InputSpec.inputs_length = 256"]
+  assert body[2:] == setting.bindings(base_pretrain)
+  assert "TrainConfig.microbatches = 2" in body and "TrainConfig.microbatches = 4" not in text
+  path = tmp_path / "recipe.gin"
+  path.write_text(text)
+  config = _train_config([str(path)])
+  assert (config.num_steps, config.data.inputs_length, config.microbatches) == (10, 256, 2)
+
+
 def _recipe_rows():
   rows = {}
   with open(os.path.join(REPO, "benchmarks", "results", "fit_recipes.jsonl")) as f:
