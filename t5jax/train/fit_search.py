@@ -457,7 +457,8 @@ def format_table(winner: Trial | None, tried: list[Trial], config, headroom: flo
   for tr in tried:
     r = tr.report
     roofline = ("-" if r["counted_once"] or not r.get("compiled", True)
-                else f"{r['roofline_step_s'] * 1e3:.1f}")
+                else ("<= " if r.get("roofline_from") else "")  # from the twin: an upper bound
+                + f"{r['roofline_step_s'] * 1e3:.1f}")
     lines.append(
         f"| {tr.setting.label} | {tr.estimated_s * 1e3:.1f} | {tr.estimated_bytes / gib:.2f} | "
         f"{r['peak_bytes_per_device'] / gib:.2f} | {r['headroom']:.0%} | {roofline} | "
@@ -480,8 +481,15 @@ def recipe(winner: Trial, config, accelerator_type: str, slices: int,
   from t5jax import config as gin_config  # pylint: disable=g-import-not-at-top
   r, gib = winner.report, 2**30
   where = accelerator_type + (f" x {slices} slices" if slices > 1 else "")
-  roofline = ("" if r["counted_once"] else f"; roofline {r['roofline_step_s'] * 1e3:.1f} ms a "
-              f"step, MFU at most {r['roofline_mfu']:.0%}")
+  if r["counted_once"]:  # XLA counted a loop's body once: no whole-step figures
+    roofline = ""
+  elif r.get("roofline_from"):  # an upper bound on the time (see microbatch_roofline)
+    roofline = (f"; roofline at most {r['roofline_step_s'] * 1e3:.1f} ms a step "
+                f"({r['roofline_from']}), " + ("compute-bound even so" if r["bound"] == "compute"
+                else f"so MFU may reach {r['roofline_mfu']:.0%} or more"))
+  else:
+    roofline = (f"; roofline {r['roofline_step_s'] * 1e3:.1f} ms a step, MFU at most "
+                f"{r['roofline_mfu']:.0%}")
   lines = [f"# {config.model} on {where}, as `t5jax compile --fit` chose with libtpu's compiler:",
            f"# peak {r['peak_bytes_per_device'] / gib:.2f} GiB of "
            f"{r['hbm_bytes_per_chip'] / gib:.0f} GiB HBM a chip ({r['headroom']:.0%} free)"

@@ -206,6 +206,8 @@ def test_among_close_estimates_the_compilers_roofline_picks(base_pretrain, tmp_p
   assert all(t.verdict in ("fits; slower", "over HBM") for t in tried if t is not winner)
   table = fit_search.format_table(winner, tried, base_pretrain, fit_search.HEADROOM)
   assert "--gin.TrainConfig.model_overrides" in table and winner.setting.label in table
+  for t in twinned:  # priced from the twin: an upper bound on the time, marked so
+    assert f"| <= {t.report['roofline_step_s'] * 1e3:.1f} |" in table
 
 
 def test_a_microbatched_step_gets_the_roofline_of_all_its_microbatches():
@@ -248,6 +250,18 @@ def test_a_recipe_repeats_the_commands_bindings_and_the_setting_wins(base_pretra
   path.write_text(text)
   config = _train_config([str(path)])
   assert (config.num_steps, config.data.inputs_length, config.microbatches) == (10, 256, 2)
+  assert "roofline 50.0 ms a step, MFU at most 50%." in text
+  # A microbatched winner's roofline from its twin is an upper bound on the time: the
+  # header says so, and the MFU bound it implies is a floor on the bound, not a cap.
+  twinned = {**report, "roofline_from": "2 x its one-microbatch twin", "bound": "memory"}
+  text = fit_search.recipe(fit_search.Trial(setting, 0.05, 2**34, 0.0, 0.0, report=twinned),
+                           base_pretrain, "v5p-8", 1, ["runs/pretrain.gin"])
+  assert ("roofline at most 50.0 ms a step (2 x its one-microbatch twin), so MFU may reach "
+          "50% or more." in text)
+  twinned = {**twinned, "bound": "compute", "roofline_mfu": 1.0}
+  text = fit_search.recipe(fit_search.Trial(setting, 0.05, 2**34, 0.0, 0.0, report=twinned),
+                           base_pretrain, "v5p-8", 1, ["runs/pretrain.gin"])
+  assert "(2 x its one-microbatch twin), compute-bound even so." in text
 
 
 def _recipe_rows():
