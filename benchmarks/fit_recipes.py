@@ -71,22 +71,51 @@ def latest(path: str) -> list[dict]:
   return list(rows.values())
 
 
+def case_config(model: str, run: str):
+  """(the case's TrainConfig before the setting, its gin files, its other bindings)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from t5jax import config  # pylint: disable=g-import-not-at-top
+  from t5jax.train import loop  # pylint: disable=g-import-not-at-top
+  gin_files = [a.removeprefix("--gin_file=") for a in RUNS[run] if a.startswith("--gin_file=")]
+  gin_files += [f"models/{model}.gin", "mesh/fsdp.gin"]
+  extra = [a.removeprefix("--gin.") for a in RUNS[run] if a.startswith("--gin.")]
+  gin.clear_config()
+  config.parse_gin(gin_files, extra)
+  train_config = loop.TrainConfig()
+  gin.clear_config()
+  return train_config, gin_files, extra
+
+
+def reprice(row: dict) -> dict:
+  """The row with its microbatched winner's roofline from the step with its microbatch
+  loop unrolled (fit_search.cost_twin, compiled with libtpu, cached), as --fit now
+  computes it: rows searched before that had m x a one-microbatch twin, an upper bound."""
+  from t5jax.parallel import topology  # pylint: disable=g-import-not-at-top
+  from t5jax.train import fit_search  # pylint: disable=g-import-not-at-top
+  fit = row["fit"]
+  setting = fit_search.Setting(**fit["setting"]) if fit else None
+  if not setting or setting.microbatches == 1 or setting.scan_layers:
+    return row
+  config = case_config(row["model"], row["run"])[0]
+  twin, _ = fit_search.cached_compile(fit_search.cost_twin(config, setting),
+                                      row["accelerator_type"], 1)
+  if not twin.get("compiled", True) or twin.get("crashed"):
+    raise RuntimeError(f"{row['model']} {row['run']}: the unrolled step did not compile: {twin}")
+  report = {**fit["report"], **fit_search.microbatch_roofline(
+      fit["report"], twin, topology.CHIPS[fit["report"]["chip"]])}
+  tried = [{**t, "report": report} if t["setting"] == fit["setting"] else t
+           for t in row["tried"]]
+  return {**row, "fit": {**fit, "report": report}, "tried": tried,
+          "repriced_compile_s": twin["compile_seconds"]}
+
+
 def write_recipe(row: dict, recipes: str) -> pathlib.Path:
   """The case's run with its winner as a gin file, DIR/TYPE/MODEL_RUN.gin (under
   gin_configs/recipes: `t5jax train --gin_file=recipes/TYPE/MODEL_RUN.gin`), made by
   t5jax's own `fit_search.recipe`, as `t5jax compile --fit --fit_recipe` writes it."""
-  import gin  # pylint: disable=g-import-not-at-top
-  from t5jax import config  # pylint: disable=g-import-not-at-top
-  from t5jax.train import fit_search, loop  # pylint: disable=g-import-not-at-top
+  from t5jax.train import fit_search  # pylint: disable=g-import-not-at-top
   model, run, accelerator_type = row["model"], row["run"], row["accelerator_type"]
-  gin_files = [a.removeprefix("--gin_file=") for a in RUNS[run] if a.startswith("--gin_file=")]
-  gin_files += [f"models/{model}.gin", "mesh/fsdp.gin"]
-  extra = [a.removeprefix("--gin.").replace("=", " = ", 1) for a in RUNS[run]
-           if a.startswith("--gin.")]
-  gin.clear_config()
-  config.parse_gin(gin_files, [b.replace(" = ", "=", 1) for b in extra])
-  train_config = loop.TrainConfig()
-  gin.clear_config()
+  train_config, gin_files, extra = case_config(model, run)
   fit = row["fit"]
   winner = fit_search.Trial(fit_search.Setting(**fit["setting"]), fit["estimated_s"],
                             fit["estimated_bytes"], 0.0, 0.0, report=fit["report"])
@@ -116,7 +145,7 @@ def table(rows: list[dict]) -> str:
     cpu = r.get("cpu", {})
     cpu_gib = f"{cpu['peak_bytes_per_device'] / gib:.2f}" if "peak_bytes_per_device" in cpu else "-"
     scanned = rep["counted_once"]  # XLA counted a loop's body once: no roofline
-    twin = "*" if rep.get("roofline_from") else ""  # microbatches x the one-microbatch twin
+    twin = "*" if rep.get("roofline_from") else ""  # from the step with its loop unrolled
     roofline = "-" if scanned else f"{rep['roofline_step_s'] * 1e3:.1f}{twin}"
     mfu = "-" if scanned else f"{rep['roofline_mfu']:.0%}"
     lines.append(
@@ -133,6 +162,10 @@ def main() -> None:
   parser.add_argument("--compiles", type=int, default=4, help="--fit_compiles per search")
   parser.add_argument("--cpu", action="store_true", help="also XLA:CPU's figure of the winner")
   parser.add_argument("--out", default=None)
+  parser.add_argument("--reprice", action="store_true",
+                      help="before --recipes: each row of --out whose winner has microbatches "
+                      "gets its roofline from the step with its loop unrolled (one libtpu "
+                      "compile each), appended to --out")
   parser.add_argument("--recipes", default=None, metavar="DIR",
                       help="after the cases, write the winner of every case in --out (the "
                       "last row of each) as DIR/TYPE/MODEL_RUN.gin, and print their table")
@@ -146,6 +179,15 @@ def main() -> None:
     if args.out:
       with open(args.out, "a") as f:
         f.write(json.dumps(row) + "\n")
+  if args.reprice:
+    for row in latest(args.out):
+      repriced = reprice(row)
+      if repriced is not row:
+        print(f"{row['model']} {row['run']} {row['accelerator_type']}: roofline "
+              f"{row['fit']['report']['roofline_step_s'] * 1e3:.1f} -> "
+              f"{repriced['fit']['report']['roofline_step_s'] * 1e3:.1f} ms", flush=True)
+        with open(args.out, "a") as f:
+          f.write(json.dumps(repriced) + "\n")
   if args.recipes:
     rows = latest(args.out)
     for row in rows:

@@ -58,6 +58,7 @@ def compile_train_step(config, num_tasks: int = 1, devices=None) -> dict:
     step = train_step.jit_train_step(
         mesh, shardings, model=model, tx=tx, loss_cfg=config.loss,
         task_weights_k=np.ones(num_tasks, np.float32), microbatches=config.microbatches,
+        unroll_microbatches=config.unroll_microbatches,
         schedule=optim.learning_rate_schedule(config.optimizer), slot_of_task_k=slot_table,
         trainable_pattern=opt_cfg.trainable)
     batch = abstract_batch(config.batch_size, *lengths, mesh)
@@ -89,7 +90,8 @@ def compile_train_step(config, num_tasks: int = 1, devices=None) -> dict:
       "microbatches": config.microbatches,
       # XLA's cost analysis counts a loop's body once: scanned layers, or the microbatch
       # loop, make its FLOPs and traffic a fraction of the step's.
-      "counted_once": bool(model.config.scan_layers) or config.microbatches > 1,
+      "counted_once": bool(model.config.scan_layers) or (config.microbatches > 1
+                                                         and not config.unroll_microbatches),
       "xla_flops_per_device": float(cost.get("flops", float("nan"))) if cost else float("nan"),
       "xla_bytes_accessed_per_device": float(cost.get("bytes accessed", float("nan")))
                                        if cost else float("nan"),
@@ -209,6 +211,9 @@ def format_report(r: dict) -> str:
          "unknown: XLA's GPU compiler gives no cost analysis without a GPU), ")
       + ("no MFU bound: XLA counts a loop's body once (scanned layers, microbatches), so "
          "its FLOPs and traffic are a fraction of the step's"
+         + (" (--gin.TrainConfig.unroll_microbatches=True compiles the loop unrolled, "
+            "counted whole)" if r.get("microbatches", 1) > 1 and not r.get("scan_layers")
+            else "")
          if r.get("counted_once", r.get("scan_layers")) else "no MFU bound without the HBM traffic"
          if not r.get("traffic_known", True) else f"MFU at most {r['roofline_mfu']:.0%}"),
   ] if "accelerator_type" in r else []))

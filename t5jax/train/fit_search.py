@@ -341,18 +341,17 @@ def search(config, accelerator_type: str, slices: int = 1, headroom: float = HEA
 
   def whole_roofline(trial: Trial) -> None:
     """A microbatched step's roofline over all its microbatches (XLA counts the loop's body
-    once): `microbatches` x that of its one-microbatch twin, compiled too (cached)."""
+    once): from its cost twin, the same step with the loop unrolled (compiled and cached)."""
     s = trial.setting
     if s.microbatches == 1 or s.scan_layers or not trial.report.get("compiled", True):
       return
-    twin = microbatch_twin(config, s)
-    twin_report, cached = cached_compile(twin, accelerator_type, slices)
-    log(f"  {s.label}: its one-microbatch twin (batch {twin.batch_size}, micro=1) "
+    twin_report, cached = cached_compile(cost_twin(config, s), accelerator_type, slices)
+    log(f"  {s.label}: its {s.microbatches} microbatches unrolled "
         + ("cached" if cached else f"compiled in {twin_report['compile_seconds']} s")
         + " for the whole step's roofline")
-    if twin_report.get("crashed"):
-      return
-    trial.report.update(microbatch_roofline(trial.report, twin_report, s.microbatches, chip))
+    if not twin_report.get("compiled", True) or twin_report.get("crashed"):
+      return  # no cost analysis (libtpu refused it or died): the step keeps no roofline
+    trial.report.update(microbatch_roofline(trial.report, twin_report, chip))
 
   def faster(a: Trial, b: Trial) -> bool:
     """libtpu's roofline where both have a whole one (no loop counted once, traffic known),
@@ -407,28 +406,24 @@ def search(config, accelerator_type: str, slices: int = 1, headroom: float = HEA
   return winner, tried
 
 
-def microbatch_twin(config, setting: Setting):
-  """`setting` applied to `config` as one microbatch: micro=1, batch / microbatches."""
-  return dataclasses.replace(dataclasses.replace(setting, microbatches=1).apply(config),
-                             batch_size=config.batch_size // setting.microbatches)
+def cost_twin(config, setting: Setting):
+  """`setting` applied to `config` with its microbatch loop unrolled: the same step as
+  straight-line code, whose cost analysis counts every microbatch and the one update."""
+  return dataclasses.replace(setting.apply(config), unroll_microbatches=True)
 
 
-def microbatch_roofline(report: dict, twin: dict, m: int, chip: topology.Chip) -> dict:
-  """The roofline of a step of m microbatches from its twin's (one microbatch, micro=1):
-  m x the twin's FLOPs and HBM traffic. The twin's optimizer update is counted m times,
-  so the time is over by (m - 1) updates' traffic: an upper bound on the roofline time, and
-  the MFU bound it implies low, never high. The excess can be large: Adafactor's update of
-  a data-parallel XL moves ~300 GB a chip (108 ms at v5p's bandwidth, found from the twins
-  of micro=2 and micro=4), a quarter of the micro=2 figure."""
+def microbatch_roofline(report: dict, twin: dict, chip: topology.Chip) -> dict:
+  """The roofline of a microbatched step (`report`, its loop counted once) from its cost
+  twin's FLOPs and HBM traffic (`twin`: the loop unrolled); the memory stays the step's."""
   from t5jax.train import aot  # pylint: disable=g-import-not-at-top
-  whole = {**report, "xla_flops_per_device": m * twin["xla_flops_per_device"],
-           "xla_bytes_accessed_per_device": m * twin["xla_bytes_accessed_per_device"]}
+  whole = {**report, "xla_flops_per_device": twin["xla_flops_per_device"],
+           "xla_bytes_accessed_per_device": twin["xla_bytes_accessed_per_device"]}
   roofline = aot.fit_and_roofline(whole, chip)
   return {**{k: v for k, v in roofline.items() if k.startswith("roofline_")
              or k in ("bound", "traffic_known")},
           "xla_flops_per_device": whole["xla_flops_per_device"],
           "xla_bytes_accessed_per_device": whole["xla_bytes_accessed_per_device"],
-          "counted_once": False, "roofline_from": f"{m} x its one-microbatch twin"}
+          "counted_once": False, "roofline_from": "its microbatch loop unrolled"}
 
 
 def _miss(report: dict, headroom: float) -> str:
@@ -457,8 +452,7 @@ def format_table(winner: Trial | None, tried: list[Trial], config, headroom: flo
   for tr in tried:
     r = tr.report
     roofline = ("-" if r["counted_once"] or not r.get("compiled", True)
-                else ("<= " if r.get("roofline_from") else "")  # from the twin: an upper bound
-                + f"{r['roofline_step_s'] * 1e3:.1f}")
+                else f"{r['roofline_step_s'] * 1e3:.1f}")
     lines.append(
         f"| {tr.setting.label} | {tr.estimated_s * 1e3:.1f} | {tr.estimated_bytes / gib:.2f} | "
         f"{r['peak_bytes_per_device'] / gib:.2f} | {r['headroom']:.0%} | {roofline} | "
@@ -481,14 +475,11 @@ def recipe(winner: Trial, config, accelerator_type: str, slices: int,
   from t5jax import config as gin_config  # pylint: disable=g-import-not-at-top
   r, gib = winner.report, 2**30
   where = accelerator_type + (f" x {slices} slices" if slices > 1 else "")
-  if r["counted_once"]:  # XLA counted a loop's body once: no whole-step figures
+  if r["counted_once"]:  # XLA counted a loop's body once (scanned layers): no roofline
     roofline = ""
-  elif r.get("roofline_from"):  # an upper bound on the time (see microbatch_roofline)
-    roofline = (f"; roofline at most {r['roofline_step_s'] * 1e3:.1f} ms a step "
-                f"({r['roofline_from']}), " + ("compute-bound even so" if r["bound"] == "compute"
-                else f"so MFU may reach {r['roofline_mfu']:.0%} or more"))
-  else:
-    roofline = (f"; roofline {r['roofline_step_s'] * 1e3:.1f} ms a step, MFU at most "
+  else:  # a microbatched step's from its cost twin (its loop unrolled)
+    source = f" ({r['roofline_from']})" if r.get("roofline_from") else ""
+    roofline = (f"; roofline {r['roofline_step_s'] * 1e3:.1f} ms a step{source}, MFU at most "
                 f"{r['roofline_mfu']:.0%}")
   lines = [f"# {config.model} on {where}, as `t5jax compile --fit` chose with libtpu's compiler:",
            f"# peak {r['peak_bytes_per_device'] / gib:.2f} GiB of "

@@ -87,6 +87,9 @@ class TrainConfig:
     batch_size: global batch size in sequences (packed rows).
     num_steps: optimizer steps.
     microbatches: gradient accumulation: the batch runs as this many slices.
+    unroll_microbatches: the microbatches as straight-line code, not a loop: XLA may
+      overlap one microbatch with the next, and its cost analysis counts every one
+      (`t5jax compile --fit` prices a microbatched step so); the program grows m-fold.
     mesh: device mesh shape.
     optimizer: optimiser and learning-rate schedule.
     loss: z-loss, label smoothing, normalisation, per-task weights (fixed or dynamic).
@@ -104,6 +107,7 @@ class TrainConfig:
   batch_size: int = 32
   num_steps: int = 300
   microbatches: int = 1
+  unroll_microbatches: bool = False
   mesh: partitioning.MeshConfig = dataclasses.field(default_factory=MeshConfig)
   optimizer: optim.OptimizerConfig = dataclasses.field(default_factory=optim.OptimizerConfig)
   loss: losses.LossConfig = dataclasses.field(default_factory=losses.LossConfig)
@@ -165,7 +169,7 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
         mesh, shardings, model=model, tx=tx, loss_cfg=config.loss,
         task_weights_k=config.loss.weights_vector(task_names),
         slot_of_task_k=train_step.task_slot_table(model, task_names),
-        microbatches=config.microbatches,
+        microbatches=config.microbatches, unroll_microbatches=config.unroll_microbatches,
         schedule=optim.learning_rate_schedule(config.optimizer),
         trainable_pattern=opt_cfg.trainable)
 

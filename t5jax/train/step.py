@@ -111,7 +111,8 @@ def _task_slots(batch: Batch, slot_of_task_k) -> dict:
 
 def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
                    loss_cfg: losses.LossConfig, task_weights_k: jax.Array, microbatches: int,
-                   slot_of_task_k: jax.Array | None = None, trainable_pattern: str = ""):
+                   slot_of_task_k: jax.Array | None = None, trainable_pattern: str = "",
+                   unroll_microbatches: bool = False):
   """The weighted loss, its per-task sums and the gradients, over microbatches.
 
   Args:
@@ -119,6 +120,7 @@ def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
     trainable_pattern: OptimizerConfig.trainable: only the parameters it matches are
       differentiated (a frozen base's weight gradients are never computed); the
       others' gradients are zeros, which the optimizer discards.
+    unroll_microbatches: accumulate in straight-line code instead of a loop.
   Returns:
     (loss, stats, grads): stats are per-task sums `*_k` [num_tasks].
   """
@@ -127,7 +129,7 @@ def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
     loss, stats, grads = loss_and_grads(
         trained, batch, key, model=_WithFrozen(model, frozen), loss_cfg=loss_cfg,
         task_weights_k=task_weights_k, microbatches=microbatches,
-        slot_of_task_k=slot_of_task_k)
+        slot_of_task_k=slot_of_task_k, unroll_microbatches=unroll_microbatches)
     return loss, stats, trainable.union(grads, jax.tree.map(jnp.zeros_like, frozen))
   num_tasks = task_weights_k.shape[0]
   scale_bt = losses.token_scales(batch["decoder_loss_weights"], batch["decoder_task_ids"],
@@ -162,7 +164,8 @@ def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
   stats_shape = jax.eval_shape(lambda: grad_fn(params, *first, key)[0][1])
   init = (jnp.zeros((), jnp.float32), zeros_like(stats_shape), zeros_like(params))
   (loss, stats, grads), _ = jax.lax.scan(
-      accumulate, init, (micro_batches, micro_scales, jnp.arange(microbatches)))
+      accumulate, init, (micro_batches, micro_scales, jnp.arange(microbatches)),
+      unroll=bool(unroll_microbatches))
   return loss, stats, grads
 
 
@@ -181,7 +184,8 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                tx: optax.GradientTransformation, loss_cfg: losses.LossConfig,
                task_weights_k: jax.Array, microbatches: int,
                schedule: Callable, slot_of_task_k: jax.Array | None = None,
-               trainable_pattern: str = "") -> tuple[TrainState, dict]:
+               trainable_pattern: str = "",
+               unroll_microbatches: bool = False) -> tuple[TrainState, dict]:
   """One optimizer update on a global batch. Pure: jit it with shardings.
 
   Args:
@@ -201,7 +205,7 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
   loss, stats, grads = loss_and_grads(
       state.params, batch, step_key, model=model, loss_cfg=loss_cfg,
       task_weights_k=weights_k, microbatches=microbatches, slot_of_task_k=slot_of_task_k,
-      trainable_pattern=trainable_pattern)
+      trainable_pattern=trainable_pattern, unroll_microbatches=unroll_microbatches)
   sharing_metrics = {}
   if model.config.task_specific:
     distance, distance_grads = jax.value_and_grad(task_params.soft_sharing_penalty)(

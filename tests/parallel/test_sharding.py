@@ -19,7 +19,7 @@ LOSS = losses.LossConfig(task_weights={"b": 0.5})
 TASKS = ["a", "b"]
 
 
-def run_steps(mesh, num_steps=3, microbatches=1, batch_size=8):
+def run_steps(mesh, num_steps=3, microbatches=1, batch_size=8, unroll_microbatches=False):
   """Per-step metrics of a few updates, and the first batch's gradients, on `mesh`."""
   model = t5.Transformer(CFG)
   tx = optim.make_optimizer(OPT)
@@ -28,10 +28,11 @@ def run_steps(mesh, num_steps=3, microbatches=1, batch_size=8):
     step = train_step.jit_train_step(
         mesh, shardings, model=model, tx=tx, loss_cfg=LOSS,
         task_weights_k=LOSS.weights_vector(TASKS), microbatches=microbatches,
-        schedule=optim.learning_rate_schedule(OPT))
+        unroll_microbatches=unroll_microbatches, schedule=optim.learning_rate_schedule(OPT))
     grad_fn = jax.jit(functools.partial(
         train_step.loss_and_grads, model=model, loss_cfg=LOSS,
-        task_weights_k=LOSS.weights_vector(TASKS), microbatches=microbatches))
+        task_weights_k=LOSS.weights_vector(TASKS), microbatches=microbatches,
+        unroll_microbatches=unroll_microbatches))
     first = partitioning.host_batch_to_global(synthetic.packed_batch(batch_size, vocab=500), mesh)
     grads = jax.device_get(grad_fn(state.params, first, jax.random.key(0))[2])
     out = []
@@ -64,10 +65,11 @@ def test_meshes_match_one_device(reference, shape):
   synthetic.assert_grads_close(grads, ref_grads)
 
 
-def test_microbatches_match_one_batch(reference):
+@pytest.mark.parametrize("unroll", [False, True], ids=["loop", "unrolled"])
+def test_microbatches_match_one_batch(reference, unroll):
   ref_metrics, ref_grads = reference
   metrics, grads = run_steps(partitioning.make_mesh(partitioning.MeshConfig(data=2, fsdp=4)),
-                                 microbatches=2)
+                             microbatches=2, unroll_microbatches=unroll)
   for ref, got in zip(ref_metrics, metrics):
     np.testing.assert_allclose(got["loss"], ref["loss"], rtol=2e-5)
     np.testing.assert_allclose(got["grad_norm"], ref["grad_norm"], rtol=2e-5)
