@@ -94,8 +94,9 @@ def reprice(row: dict) -> dict:
   from t5jax.train import fit_search  # pylint: disable=g-import-not-at-top
   fit = row["fit"]
   setting = fit_search.Setting(**fit["setting"]) if fit else None
-  if not setting or setting.microbatches == 1 or setting.scan_layers:
-    return row
+  if (not setting or setting.microbatches == 1 or setting.scan_layers
+      or fit["report"].get("roofline_from") == "its microbatch loop unrolled"):
+    return row  # nothing to price, or priced so already
   config = case_config(row["model"], row["run"])[0]
   twin, _ = fit_search.cached_compile(fit_search.cost_twin(config, setting),
                                       row["accelerator_type"], 1)
