@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -98,12 +99,12 @@ def reprice(row: dict) -> dict:
       or fit["report"].get("roofline_from") == "its microbatch loop unrolled"):
     return row  # nothing to price, or priced so already
   config = case_config(row["model"], row["run"])[0]
-  twin, _ = fit_search.cached_compile(fit_search.cost_twin(config, setting),
-                                      row["accelerator_type"], 1)
-  if not twin.get("compiled", True) or twin.get("crashed"):
+  priced, twin, _ = fit_search.price_microbatches(
+      config, setting, fit["report"], topology.CHIPS[fit["report"]["chip"]],
+      row["accelerator_type"], 1)
+  if priced is None:
     raise RuntimeError(f"{row['model']} {row['run']}: the unrolled step did not compile: {twin}")
-  report = {**fit["report"], **fit_search.microbatch_roofline(
-      fit["report"], twin, topology.CHIPS[fit["report"]["chip"]])}
+  report = {**fit["report"], **priced}
   tried = [{**t, "report": report} if t["setting"] == fit["setting"] else t
            for t in row["tried"]]
   return {**row, "fit": {**fit, "report": report}, "tried": tried,
@@ -142,7 +143,7 @@ def table(rows: list[dict]) -> str:
              + f", micro {s['microbatches']}, "
              + ("data-parallel" if s["replicated"] else f"fsdp, tensor {s['tensor']}"))
     seconds = sum(t["report"]["compile_seconds"] for t in r["tried"]  # cached: when first compiled
-                  if t["report"]["compile_seconds"] == t["report"]["compile_seconds"])
+                  if not math.isnan(t["report"]["compile_seconds"]))  # NaN: a crashed compile
     cpu = r.get("cpu", {})
     cpu_gib = f"{cpu['peak_bytes_per_device'] / gib:.2f}" if "peak_bytes_per_device" in cpu else "-"
     scanned = rep["counted_once"]  # XLA counted a loop's body once: no roofline

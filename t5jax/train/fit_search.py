@@ -345,13 +345,13 @@ def search(config, accelerator_type: str, slices: int = 1, headroom: float = HEA
     s = trial.setting
     if s.microbatches == 1 or s.scan_layers or not trial.report.get("compiled", True):
       return
-    twin_report, cached = cached_compile(cost_twin(config, s), accelerator_type, slices)
+    priced, twin_report, cached = price_microbatches(config, s, trial.report, chip,
+                                                     accelerator_type, slices)
     log(f"  {s.label}: its {s.microbatches} microbatches unrolled "
         + ("cached" if cached else f"compiled in {twin_report['compile_seconds']} s")
         + " for the whole step's roofline")
-    if not twin_report.get("compiled", True) or twin_report.get("crashed"):
-      return  # no cost analysis (libtpu refused it or died): the step keeps no roofline
-    trial.report.update(microbatch_roofline(trial.report, twin_report, chip))
+    if priced:
+      trial.report.update(priced)
 
   def faster(a: Trial, b: Trial) -> bool:
     """libtpu's roofline where both have a whole one (no loop counted once, traffic known),
@@ -410,6 +410,17 @@ def cost_twin(config, setting: Setting):
   """`setting` applied to `config` with its microbatch loop unrolled: the same step as
   straight-line code, whose cost analysis counts every microbatch and the one update."""
   return dataclasses.replace(setting.apply(config), unroll_microbatches=True)
+
+
+def price_microbatches(config, setting: Setting, report: dict, chip: topology.Chip,
+                       accelerator_type: str, slices: int) -> tuple[dict | None, dict, bool]:
+  """Compiles (or reads from the cache) the cost twin of `setting`'s step (`report`, its
+  microbatch loop counted once); (the step's roofline fields from the twin, or None when
+  the twin has no cost analysis: libtpu refused it or died; the twin's report; cached)."""
+  twin, cached = cached_compile(cost_twin(config, setting), accelerator_type, slices)
+  if not twin.get("compiled", True) or twin.get("crashed"):
+    return None, twin, cached
+  return microbatch_roofline(report, twin, chip), twin, cached
 
 
 def microbatch_roofline(report: dict, twin: dict, chip: topology.Chip) -> dict:

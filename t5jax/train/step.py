@@ -165,7 +165,7 @@ def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
   init = (jnp.zeros((), jnp.float32), zeros_like(stats_shape), zeros_like(params))
   (loss, stats, grads), _ = jax.lax.scan(
       accumulate, init, (micro_batches, micro_scales, jnp.arange(microbatches)),
-      unroll=bool(unroll_microbatches))
+      unroll=unroll_microbatches)
   return loss, stats, grads
 
 

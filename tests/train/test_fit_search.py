@@ -242,13 +242,11 @@ def test_the_cost_twin_counts_every_microbatch():
                                              "InputSpec.targets_length=32",
                                              "LossConfig.fused_cross_entropy=False"])
   one_device = jax.devices()[:1]
-  flops = lambda c: aot.compile_train_step(c, devices=one_device)["xla_flops_per_device"]
-  whole = flops(config)
-  looped = aot.compile_train_step(dataclasses.replace(config, microbatches=4),
-                                  devices=one_device)
-  twin = aot.compile_train_step(
-      fit_search.cost_twin(config, fit_search.Setting(microbatches=4, replicated=True)),
-      devices=one_device)
+  compile_one = lambda c: aot.compile_train_step(c, devices=one_device)
+  whole = compile_one(config)["xla_flops_per_device"]
+  looped = compile_one(dataclasses.replace(config, microbatches=4))
+  twin = compile_one(fit_search.cost_twin(config, fit_search.Setting(microbatches=4,
+                                                                      replicated=True)))
   assert looped["counted_once"] and not twin["counted_once"]
   assert looped["xla_flops_per_device"] < 0.5 * whole
   assert twin["xla_flops_per_device"] == pytest.approx(whole, rel=0.03)
