@@ -10,6 +10,7 @@ The package flows in stages; each folder may import the ones below it, never abo
   model/ data/ parallel/   the ground: the Flax T5, SeqIO tasks and batches, the mesh
   checkpoint.py  Orbax checkpoints, used by train/, decode/ and interop/ alike
   config.py      gin files and bindings (read only by cli/ and train/)
+  fs.py          a run's files on local disk or gs://, below everything (imports no t5jax)
 """
 
 import glob as _glob

@@ -6,25 +6,35 @@ A checkpoint directory RUN_DIR/checkpoints/STEP/ holds three items:
              and the task state of dynamic task weighting when there is one;
   meta       JSON: step, the model's T5Config, the data position, the vocabulary
              and the run's resolved gin config.
-Orbax writes each step into a temporary directory and renames it when complete,
-so a save killed half-way is never listed, let alone restored.
+Orbax writes each step into a temporary directory and renames it when complete (on disk),
+or marks it complete with a commit_success.txt written last (in a bucket, where nothing can
+be renamed atomically), so a save killed half-way is never listed, let alone restored.
+
+Every path may be a `gs://BUCKET/PATH` URL (t5jax/fs.py): Orbax writes into the bucket
+straight from every process, each its own shards.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from typing import Any
 
 import gin
 import jax
+
+from t5jax import fs  # before Orbax: it routes epath's gs:// through gcsfs
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+from orbax.checkpoint._src.serialization import tensorstore_utils as _ts_utils
 
 from t5jax.model.config import T5Config
 from t5jax.model import trainable
+
+# TensorStore retries a failed GCS request 32 times, up to 32 s apart (about 15 minutes) by
+# default; Orbax builds its context from this table, which gets the bound gcsfs has.
+_ts_utils._BASE_TS_CONTEXT["gcs_request_retries"] = fs.tensorstore_retries()  # noqa: SLF001
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +75,20 @@ class CheckpointConfig:
 
 def checkpoints_dir(path: str) -> str:
   """Accepts a run directory or its checkpoints/ directory (relative to the working
-  directory, or with ~); returns the latter as an absolute path, which Orbax needs."""
-  path = os.path.abspath(os.path.expanduser(path))
-  sub = os.path.join(path, "checkpoints")
-  return sub if os.path.isdir(sub) else path
+  directory, with ~, or a gs:// URL); returns the latter, absolute, as Orbax needs."""
+  path = fs.absolute(path)
+  sub = fs.join(path, "checkpoints")
+  return sub if fs.isdir(sub) else path
 
 
 def ensure_writable(directory: str) -> None:
-  """Fails before training, not at the first save, if `directory` cannot be written."""
-  try:
-    os.makedirs(directory, exist_ok=True)
-    probe = os.path.join(directory, f".write_probe_{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ValueError(
-        f"Checkpoint directory {directory} is not writable ({e.strerror}); choose another "
-        "--run_dir or fix its permissions.") from None
+  """Fails before training, not at the first save, if `directory` cannot be written
+  (a missing bucket or an unreachable server included).
+
+  Raises:
+    fs.StorageError: one line naming the directory and the fix.
+  """
+  fs.check_writable(directory, "Checkpoint directory")
 
 
 def _manager(directory: str, cfg: CheckpointConfig | None = None, read_only=False):
@@ -112,13 +118,29 @@ class Checkpointer:
   """Saves and restores a run's TrainState with Orbax."""
 
   def __init__(self, directory: str, cfg: CheckpointConfig):
-    self.directory = os.path.abspath(os.path.expanduser(directory))
+    self.directory = fs.absolute(directory)
     self.cfg = cfg
     ensure_writable(self.directory)
     self._manager = _manager(self.directory, cfg)
+    steps = self.steps()
+    # The newest step known to be complete, and one whose asynchronous save may still run.
+    self.complete: int | None = steps[-1] if steps else None
+    self._pending: int | None = None
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
+
+  def last_complete(self) -> str:
+    """The newest complete checkpoint, in words, for a message about a failed save."""
+    if self.complete is None:
+      return f"there is no complete checkpoint in {self.directory}"
+    return f"the last complete checkpoint is step {self.complete} ({fs.join(self.directory, str(self.complete))})"
+
+  def _failed(self, step: int, error: BaseException) -> fs.StorageError:
+    cause = fs.reason(self.directory, error)
+    return fs.StorageError(
+        f"Could not save step {step} in {self.directory} ({cause}); {self.last_complete()}. "
+        "Run the same command again once the storage is back: it resumes from there.")
 
   def save(self, state, meta: dict, metrics: dict | None = None,
            data_position: jax.Array | None = None) -> None:
@@ -135,7 +157,16 @@ class Checkpointer:
         meta=ocp.args.JsonSave({**meta, "step": step}))
     if data_position is not None:
       items["data"] = ocp.args.StandardSave({"position": data_position})
-    self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    try:
+      # Orbax first waits for the previous asynchronous save, and raises its error.
+      self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    except Exception as e:  # noqa: BLE001 - a failed save of any kind stops the run in one line
+      raise self._failed(self._pending or step, e) from None
+    if self._pending is not None:
+      self.complete = self._pending
+    self._pending = step
+    if not self.cfg.async_save:
+      self.complete, self._pending = step, None
 
   def read_meta(self, step: int) -> dict:
     """The JSON metadata of one of this run's checkpoints (nothing else is read)."""
@@ -167,10 +198,10 @@ class Checkpointer:
   def _set_aside(self, step: int) -> str:
     """Renames an unreadable step out of Orbax's sight (so training can save that
     step again) without deleting anything."""
-    source = os.path.join(self.directory, str(step))
+    source = fs.join(self.directory, str(step))
     target = f"{source}.unreadable-{int(time.time())}"
-    if jax.process_index() == 0 and os.path.isdir(source):
-      os.rename(source, target)
+    if jax.process_index() == 0 and fs.isdir(source):
+      fs.rename(source, target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"t5jax_set_aside_{step}")
@@ -204,10 +235,20 @@ class Checkpointer:
     return state, restored["meta"], position
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Blocks until the asynchronous save in flight is complete.
+
+    Raises:
+      fs.StorageError: it failed (one line naming the last complete checkpoint).
+    """
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._failed(self._pending, e) from None
+    if self._pending is not None:
+      self.complete, self._pending = self._pending, None
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
 
 
@@ -224,7 +265,7 @@ def _train_item(state) -> dict:
 def latest_step(path: str) -> int:
   """The newest complete checkpoint step under a run or checkpoints directory."""
   directory = checkpoints_dir(path)
-  if not os.path.isdir(directory):
+  if not fs.isdir(directory):
     raise FileNotFoundError(f"Checkpoint directory {directory} does not exist.")
   manager = _manager(directory, read_only=True)
   step = manager.latest_step()
@@ -283,7 +324,7 @@ def peft_meta(base: str, pattern: str) -> dict:
 def _load_base(peft: dict, abstract_frozen):
   """The frozen parameters of a PEFT checkpoint, from its base checkpoint."""
   base, step = peft["base"], peft["base_step"]
-  if not os.path.isdir(os.path.join(base, str(step))):
+  if not fs.isdir(fs.join(base, str(step))):
     raise FileNotFoundError(
         f"This PEFT checkpoint keeps only its trained parameters; the frozen ones are in base "
         f"checkpoint {base} step {step}, which is missing: restore it there (or merge the "
@@ -294,7 +335,7 @@ def _load_base(peft: dict, abstract_frozen):
 
 def save_params(path: str, params, meta: dict, step: int = 0) -> str:
   """Writes a parameters-only checkpoint (e.g. converted from Hugging Face)."""
-  directory = os.path.join(os.path.abspath(os.path.expanduser(path)), "checkpoints")
+  directory = fs.join(path, "checkpoints")
   ensure_writable(directory)
   manager = _manager(directory, CheckpointConfig(async_save=False))
   manager.save(step, args=ocp.args.Composite(

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import gin
 
+from t5jax import fs
+
 REPO_GIN_DIR = Path(__file__).resolve().parent.parent / "gin_configs"
 
 
@@ -137,9 +139,7 @@ def _check_macros_are_used(bindings: list[str]) -> None:
 
 
 def write_operative_config(run_dir: str) -> str:
-  """Saves the resolved configuration of this run beside its outputs."""
-  os.makedirs(run_dir, exist_ok=True)
-  path = os.path.join(run_dir, "config.gin")
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(gin.config_str())
+  """Saves the resolved configuration of this run beside its outputs (local or gs://)."""
+  path = fs.join(run_dir, "config.gin")
+  fs.write_text(path, gin.config_str())
   return path

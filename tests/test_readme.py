@@ -103,8 +103,15 @@ def _with_sizes(words: list[str]) -> list[str]:
   return [*words, "--max_examples", EXAMPLES]
 
 
+def _in_bucket(words: list[str]) -> bool:
+  return any("gs://my-bucket/" in w for w in words)
+
+
 RUN = [(line, _with_sizes(words), stdin) for line, words, stdin in COMMANDS
-       if words[0] in RUN_COMMANDS and _uses_only_made_runs(words)]
+       if words[0] in RUN_COMMANDS and _uses_only_made_runs(words) and not _in_bucket(words)]
+# The pod section's commands on gs://my-bucket/demo, run in order against a GCS API server.
+POD = [(line, words, stdin) for line, words, stdin in COMMANDS
+       if any("gs://my-bucket/demo" in w for w in words)]
 PARSE = [(line, words) for line, words, _ in COMMANDS if words[0] in ("train", "compile")]
 TRAIN_DEMO = next(words for _, words in PARSE if "--run_dir=runs/demo" in words)
 TRAIN_LORA = next(words for _, words in PARSE if "--run_dir=runs/lora" in words)
@@ -234,3 +241,34 @@ def test_first_readme_command_in_a_real_shell_prints_only_t5jax_lines(workdir, t
   # t5jax's own line only: no library logs (I0000/E0000 ..., CUDA probing, oneDNN).
   assert result.stderr.splitlines() == [l for l in result.stderr.splitlines()
                                         if l.startswith("Loaded runs/demo:")], result.stderr
+
+
+def test_readme_pod_commands_run_against_a_local_bucket(workdir, monkeypatch, capsys):
+  """The pod section as written, against fake-gcs-server: train, the same command again
+  (it resumes from the bucket), infer and plot reading the run from the bucket."""
+  import gcs_server
+  from t5jax import fs
+  gcs_server.start()
+  gcs_server.shared().create_bucket("my-bucket")
+  monkeypatch.chdir(workdir)
+  monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+  trains = [words for _, words, _ in POD if words[0] == "train"]
+  assert len(trains) >= 2 and all(words == trains[0] for words in trains), trains
+  for steps in (STEPS, 2 * STEPS):  # a preempted run, then the same command again
+    assert cli.main([*trains[0], f"--gin.TrainConfig.num_steps={steps}",
+                     "--gin.TrainConfig.num_sample_predictions=0"]) == 0
+  out, err = capsys.readouterr()
+  assert f"Resumed from step {STEPS} in gs://my-bucket/demo/checkpoints" in out, out
+  assert len(fs.read_text("gs://my-bucket/demo/metrics.jsonl").splitlines()) == 2 * STEPS
+  others = [(line, words, stdin) for line, words, stdin in POD if words[0] != "train"]
+  assert {words[0] for _, words, _ in others} == {"infer", "plot"}
+  for line, words, stdin in others:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin or ""))
+    code = cli.main(words)
+    out, err = capsys.readouterr()
+    assert code == 0, f"{line}\n{err}"
+    if words[0] == "infer":
+      assert isinstance(json.loads(out)["prediction"], str), out
+    else:
+      assert fs.isfile("gs://my-bucket/demo/loss_by_task.png"), out
+  assert not [p for p in workdir.rglob("gs:*")]  # no URL became a local folder

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import sys
 from typing import Iterator
+
+from t5jax import fs
 
 
 def _absolute(path: str) -> str:
@@ -32,19 +35,41 @@ def _check_exists(flag: str, path: str, directory: bool) -> None:
                      f"{'directory' if directory else 'file'}.")
 
 
+def _check_url_exists(flag: str, path: str, directory: bool) -> None:
+  if not (fs.isdir(path) if directory else fs.isfile(path)):
+    raise FileNotFoundError(f"{flag} {path} does not exist (or is not a "
+                            f"{'directory' if directory else 'file'}).")
+
+
 def check_input_file(flag: str, path: str) -> None:
-  """Raises FileNotFoundError/ValueError unless `path` is "-" or an existing file."""
-  if path != "-":
+  """Raises FileNotFoundError/ValueError unless `path` is "-" or an existing file (local
+  or gs://)."""
+  if path == "-":
+    return
+  fs.check(path, flag)
+  if fs.is_gcs(path):
+    _check_url_exists(flag, path, directory=False)
+  else:
     _check_exists(flag, path, directory=False)
 
 
 def check_input_dir(flag: str, path: str) -> None:
-  """Raises FileNotFoundError/ValueError unless `path` is an existing directory."""
-  _check_exists(flag, path, directory=True)
+  """Raises FileNotFoundError/ValueError unless `path` is an existing directory (local or
+  gs://)."""
+  fs.check(path, flag)
+  if fs.is_gcs(path):
+    _check_url_exists(flag, path, directory=True)
+  else:
+    _check_exists(flag, path, directory=True)
 
 
 def check_output_dir(flag: str, path: str) -> None:
-  """Raises ValueError if directory `path` cannot be created where it is asked for."""
+  """Raises ValueError if directory `path` cannot be created where it is asked for, and
+  fs.StorageError if a gs:// one cannot be written (no bucket, no server, no access)."""
+  fs.check(path, flag)
+  if fs.is_gcs(path):
+    fs.check_writable(path, flag)
+    return
   if os.path.exists(_absolute(path)) and not os.path.isdir(_absolute(path)):
     raise ValueError(f"{flag} {path} is an existing file; give a directory.")
   above = _file_above(path)
@@ -56,12 +81,20 @@ def check_output_file(flag: str, path: str, not_same_as: str | None = None) -> N
   """Raises ValueError if file `path` cannot be written, or would overwrite the input."""
   if path == "-":
     return
+  fs.check(path, flag)
+  if fs.is_gcs(path):
+    if not_same_as not in (None, "-") and fs.absolute(path) == fs.absolute(not_same_as):
+      raise ValueError(f"{flag} {path} is the input file; writing it would destroy the input. "
+                       "Give another file.")
+    fs.check_writable(fs.parent(path), flag)
+    return
   if os.path.isdir(_absolute(path)):
     raise ValueError(f"{flag} {path} is a directory; give a file name.")
   above = _file_above(path)
   if above:
     raise ValueError(f"{flag} {path} is below {above}, which is a file; give another path.")
-  if not_same_as not in (None, "-") and os.path.exists(_absolute(path)) and os.path.samefile(
+  if not_same_as not in (None, "-") and not fs.is_gcs(not_same_as) and os.path.exists(
+      _absolute(path)) and os.path.samefile(
       _absolute(path), _absolute(not_same_as)):
     raise ValueError(f"{flag} {path} is the input file; writing it would destroy the input. "
                      "Give another file.")
@@ -88,6 +121,11 @@ def open_input(path: str):
       print("Reading from stdin, one input a line; end with Ctrl-D.", file=sys.stderr,
             flush=True)
     f = contextlib.nullcontext(sys.stdin)
+  elif fs.is_gcs(path):
+    try:
+      f = contextlib.nullcontext(io.StringIO(fs.read_text(path)))
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{path} is not UTF-8 text ({e.reason}); save it as UTF-8.") from None
   else:
     try:
       f = open(path, encoding="utf-8")
@@ -103,9 +141,15 @@ def open_input(path: str):
 
 @contextlib.contextmanager
 def open_output(path: str):
-  """A file to write (its folder created if needed), or stdout for "-"."""
+  """A file to write (its folder created if needed), or stdout for "-". A gs:// file is
+  written whole when the block ends (a GCS object appears at once, complete)."""
   if path == "-":
     yield sys.stdout
+    return
+  if fs.is_gcs(path):
+    buffer = io.StringIO()
+    yield buffer
+    fs.write_text(path, buffer.getvalue())
     return
   os.makedirs(os.path.dirname(_absolute(path)), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:

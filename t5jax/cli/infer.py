@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
+from t5jax import fs
 from t5jax.cli import files
 from t5jax.train import metrics
 from t5jax.decode import evaluate as evaluate_lib
@@ -77,7 +77,7 @@ def eval(args, strategy) -> None:  # noqa: A001 - the subcommand's name
       targets_length=args.targets_length, batch_size=args.batch_size, strategy=strategy)
   results = evaluate_lib.evaluate(predictor, cfg, name)
   print(evaluate_lib.format_table(results), flush=True)
-  output_dir = args.output_dir or os.path.join(args.checkpoint, "eval")
+  output_dir = args.output_dir or fs.join(args.checkpoint, "eval")
   writer = metrics.MetricsWriter(output_dir)
   writer.write(0, evaluate_lib.flatten(results), prefix=f"eval_{args.split}")
   writer.close()

@@ -14,6 +14,7 @@ import os
 import sys
 import traceback
 
+from t5jax import fs
 from t5jax.cli import args as cli_args, files, lib_logs
 
 
@@ -97,6 +98,10 @@ def _check_paths(args) -> None:
       files.check_input_dir("--init_from", args.init_from)
   if args.command == "convert":
     source = next(f for f in ("from_hf", "to_hf", "from_peft") if getattr(args, f))
+    if source != "to_hf" and fs.is_gcs(getattr(args, source)):
+      raise ValueError(f"--{source.replace('_', '-')} {getattr(args, source)}: Hugging Face "
+                       "directories are read from local disk; copy it down first (gcloud "
+                       "storage cp -r).")
     files.check_input_dir(f"--{source.replace('_', '-')}", getattr(args, source))
     if args.from_peft and not args.base:
       raise ValueError("--from-peft needs --base CKPT_DIR: the t5jax checkpoint of the "
@@ -105,6 +110,9 @@ def _check_paths(args) -> None:
       files.check_input_dir("--base", args.base)
     if args.merge and not args.to_hf:
       raise ValueError("--merge applies to --to-hf of a LoRA run; drop it.")
+    if args.to_hf and fs.is_gcs(args.out):
+      raise ValueError(f"--out {args.out}: a Hugging Face directory is written on local disk; "
+                       "give a local --out (then gcloud storage cp -r it where you like).")
     files.check_output_dir("--out", args.out)
   if args.command == "plot":
     files.check_input_dir("RUN_DIR", args.run_dir)
@@ -135,12 +143,11 @@ def _check_vocabulary(checkpoint_dir: str) -> None:
     ValueError: naming the file and how to fix it.
   """
   from t5jax import checkpoint
-  spiece = os.path.join(os.path.dirname(checkpoint.checkpoints_dir(checkpoint_dir)),
-                        "spiece.model")
-  if os.path.isfile(spiece):
+  spiece = fs.join(fs.parent(checkpoint.checkpoints_dir(checkpoint_dir)), "spiece.model")
+  if fs.isfile(spiece):
     import sentencepiece
     try:
-      sentencepiece.SentencePieceProcessor(model_file=spiece)
+      sentencepiece.SentencePieceProcessor(model_file=fs.local_copy(spiece))
     except (RuntimeError, OSError) as e:
       raise ValueError(f"{spiece} is not a SentencePiece model ({files.describe_error(e)}); "
                        "replace it with the model's own spiece.model, or remove it to use the "
@@ -157,7 +164,7 @@ def _run(args, bindings: list[str]) -> None:
                            args.distributed, args.heartbeat_timeout_seconds)
     if args.init_from:
       # Absolute, so that config.gin still names it when read from elsewhere.
-      init_from = os.path.abspath(os.path.expanduser(args.init_from))
+      init_from = fs.absolute(args.init_from)
       bindings.append(f"CheckpointConfig.init_from = {init_from!r}")
     config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
     loop.train(args.run_dir, loop.TrainConfig())
@@ -198,10 +205,9 @@ def _run(args, bindings: list[str]) -> None:
                                         log=lambda line: print(line, flush=True))
       print(fit_search.format_table(winner, tried, train_config, fit_search.HEADROOM))
       if args.fit_recipe and winner:
-        with open(args.fit_recipe, "w", encoding="utf-8") as f:
-          f.write(fit_search.recipe(winner, train_config, args.topology, args.slices,
-                                    args.gin_file or ["runs/demo.gin"],
-                                    bindings))
+        fs.write_text(args.fit_recipe, fit_search.recipe(
+            winner, train_config, args.topology, args.slices,
+            args.gin_file or ["runs/demo.gin"], bindings))
         print(f"Wrote {args.fit_recipe}: the run with this setting, for t5jax train "
               f"--gin_file={args.fit_recipe} (it includes the gin files given here)")
       print(json.dumps(fit_search.summary(winner, tried, train_config)))
@@ -254,11 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     _hide_accelerators_from_tensorflow()
     if not lib_logs.shown():
       from absl import logging as absl_logging
-      absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and SeqIO chatter; errors show
+      # Orbax's and SeqIO's chatter, and Orbax's tracebacks of a failed save, which reaches
+      # the user as t5jax's own one-line error (T5JAX_LIB_LOGS=1 shows them all).
+      absl_logging.set_verbosity(absl_logging.FATAL)
     import t5jax.data.tasks  # noqa: F401  (registers the shipped tasks and mixtures)
     _import_user_modules(args.module)
     _run(args, bindings)
   except (ValueError, OSError, FloatingPointError, ImportError) as e:
+    # (fs.StorageError, a failed save or an unreachable bucket included: an OSError.)
     if os.environ.get("T5JAX_TRACEBACK"):
       raise
     # One line: gin appends its call context to errors of configurables it builds.

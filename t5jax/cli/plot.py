@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
+
+from t5jax import fs
 
 
 def read_metrics(run_dir: str) -> list[dict]:
-  """metrics.jsonl records; for a resumed run, the last record of each (split, step)."""
-  path = os.path.join(run_dir, "metrics.jsonl")
-  if not os.path.isfile(path):
+  """metrics.jsonl records (local or gs://); for a resumed run, the last record of each
+  (split, step)."""
+  path = fs.join(run_dir, "metrics.jsonl")
+  if not fs.isfile(path):
     raise FileNotFoundError(f"{path} does not exist; is {run_dir} a t5jax run directory?")
   latest = {}
-  with open(path, encoding="utf-8") as f:
-    for line in f:
+  for line in fs.read_text(path).splitlines():
+    if line.strip():
       record = json.loads(line)
       latest[(record.get("split", "train"), record["step"])] = record
   return [latest[k] for k in sorted(latest, key=lambda k: (k[0], k[1]))]
@@ -50,9 +53,11 @@ def plot_run(run_dir: str, output: str | None = None) -> str:
     ax.set(xlabel="step", ylabel="teacher-forced loss", title="evaluation loss by task")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  fig.suptitle(os.path.basename(os.path.abspath(run_dir)))
+  fig.suptitle(fs.basename(run_dir))
   fig.tight_layout()
-  output = output or os.path.join(run_dir, "loss_by_task.png")
-  fig.savefig(output, dpi=110)
+  output = output or fs.join(run_dir, "loss_by_task.png")
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=110)
   plt.close(fig)
+  fs.write_bytes(output, png.getvalue())
   return output

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Sequence
 
 import jax
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from t5jax import checkpoint
+from t5jax import checkpoint, fs
 from t5jax.decode import decoding, vocab_reduce
 from t5jax.model import param_tree, t5
 from t5jax.model.config import T5Config
@@ -38,9 +37,9 @@ class Generation:
 def vocabulary_for(path: str) -> seqio.SentencePieceVocabulary:
   """The checkpoint's own SentencePiece model (converted checkpoints carry one)
   or else the shipped T5 vocabulary the training tasks use."""
-  own = os.path.join(path, SPIECE_NAME)
-  if os.path.isfile(own):
-    return seqio.SentencePieceVocabulary(own, extra_ids=100)
+  own = fs.join(path, SPIECE_NAME)
+  if fs.isfile(own):
+    return seqio.SentencePieceVocabulary(fs.local_copy(own), extra_ids=100)
   from t5jax.data import vocab
   return vocab.get_vocabulary()
 
@@ -94,7 +93,7 @@ class Predictor:
   def from_checkpoint(cls, path: str, *, dtype: str = "float32",
                       step: int | None = None) -> "Predictor":
     """Loads a run directory, its checkpoints/ directory, or a converted checkpoint."""
-    if not os.path.isdir(path):
+    if not fs.isdir(path):
       raise FileNotFoundError(f"Checkpoint directory {path} does not exist.")
     meta = checkpoint.read_meta(path, step)
     config = checkpoint.model_config_from_meta(meta).replace(dtype=dtype, dropout_rate=0.0)
@@ -102,7 +101,7 @@ class Predictor:
     abstract = param_tree.abstract_params(model)
     params = checkpoint.load_params(path, abstract, step=step)
     # The vocabulary sits beside checkpoints/, in the run or converted directory.
-    root = os.path.dirname(os.path.abspath(checkpoint.checkpoints_dir(path)))
+    root = fs.parent(checkpoint.checkpoints_dir(path))
     return cls(config, params, vocabulary_for(root))
 
   # Tokenization ------------------------------------------------------------

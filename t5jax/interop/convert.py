@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 
 import jax
 import numpy as np
 
-from t5jax import checkpoint
+from t5jax import checkpoint, fs
 from t5jax.interop import hf_io, peft_io
 from t5jax.model import param_tree, peft, scan_params, t5, task_params
 
@@ -25,8 +24,7 @@ SPIECE_NAME = "spiece.model"
 def hf_to_checkpoint(hf_dir: str, out_dir: str) -> str:
   """Converts a Hugging Face T5 directory into a t5jax checkpoint; returns its path."""
   cfg, params = hf_io.load_hf_dir(hf_dir)
-  if os.path.isdir(checkpoint.checkpoints_dir(out_dir)) and os.listdir(
-      checkpoint.checkpoints_dir(out_dir)):
+  if _holds_checkpoints(out_dir):
     raise FileExistsError(
         f"{out_dir} already holds checkpoints; convert into an empty or new directory.")
   spiece = os.path.join(hf_dir, SPIECE_NAME)
@@ -37,8 +35,13 @@ def hf_to_checkpoint(hf_dir: str, out_dir: str) -> str:
   }
   path = checkpoint.save_params(out_dir, params, meta)
   if os.path.isfile(spiece):
-    shutil.copyfile(spiece, os.path.join(out_dir, SPIECE_NAME))
+    fs.copy_file(spiece, fs.join(out_dir, SPIECE_NAME))
   return path
+
+
+def _holds_checkpoints(out_dir: str) -> bool:
+  directory = checkpoint.checkpoints_dir(out_dir)
+  return fs.isdir(directory) and bool(fs.listdir(directory))
 
 
 def read_checkpoint_params(ckpt_dir: str):
@@ -93,8 +96,10 @@ def checkpoint_to_hf(ckpt_dir: str, out_dir: str, max_shard_bytes: int | None = 
           f"{ckpt_dir} holds per-task parameters (task_slots {list(cfg.task_slots)}); choose "
           "whose to export with --task NAME.")
     cfg, params = task_params.for_task(params, cfg, task)
-  spiece = os.path.join(ckpt_dir, SPIECE_NAME)
-  if not os.path.isfile(spiece):
+  spiece = fs.join(ckpt_dir, SPIECE_NAME)
+  if fs.isfile(spiece):
+    spiece = fs.local_copy(spiece)
+  else:
     from t5jax.data import assets
     spiece = str(assets.asset_path("t5_spm/spiece.model"))
   hf_io.save_hf_dir(cfg, params, out_dir, max_shard_bytes=max_shard_bytes,
@@ -118,8 +123,7 @@ def peft_to_checkpoint(adapter_dir: str, base_dir: str, out_dir: str) -> str:
   params = peft_io.params_from_adapter(cfg.replace(scan_layers=False), state, where)
   if cfg.scan_layers:
     params = jax.tree.map(np.asarray, scan_params.stack_layers(params, cfg))
-  if os.path.isdir(checkpoint.checkpoints_dir(out_dir)) and os.listdir(
-      checkpoint.checkpoints_dir(out_dir)):
+  if _holds_checkpoints(out_dir):
     raise FileExistsError(
         f"{out_dir} already holds checkpoints; convert into an empty or new directory.")
   meta = {**{k: v for k, v in base_meta.items() if k in ("vocab", "model")},
@@ -127,7 +131,7 @@ def peft_to_checkpoint(adapter_dir: str, base_dir: str, out_dir: str) -> str:
           "source": {"peft_adapter": os.path.abspath(adapter_dir)},
           "peft": checkpoint.peft_meta(base_dir, peft.trainable_pattern(cfg))}
   path = checkpoint.save_params(out_dir, params, meta)
-  spiece = os.path.join(base_dir, SPIECE_NAME)
-  if os.path.isfile(spiece):
-    shutil.copyfile(spiece, os.path.join(out_dir, SPIECE_NAME))
+  spiece = fs.join(base_dir, SPIECE_NAME)
+  if fs.isfile(spiece):
+    fs.copy_file(spiece, fs.join(out_dir, SPIECE_NAME))
   return path

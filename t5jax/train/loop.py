@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 
 import gin
 import jax
 import numpy as np
 
-from t5jax import checkpoint
+from t5jax import checkpoint, fs
 from t5jax.decode import decoding, evaluate
 from t5jax.train import losses, metrics, optim, preemption, step as train_step, task_weighting
 from t5jax.model import trainable
@@ -160,7 +159,7 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
   _check_prompt_rows(model.config, config.data)
   opt_cfg = optimizer_config(config, model)
   tx = optim.make_optimizer(opt_cfg)
-  ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoint)
+  ckpt = checkpoint.Checkpointer(fs.join(run_dir, "checkpoints"), config.checkpoint)
 
   with partitioning.sharding_context(mesh):
     state, shardings, data_local = _initial_state(config, model, tx, mesh, ckpt,
@@ -192,20 +191,23 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
   summaries, window = [], []
   window_start = run_start = time.time()
   every = config.checkpoint.every_steps
+  failure = None  # this process's failed write, which stops every process at the next step
   with partitioning.sharding_context(mesh), preemption.PreemptionGuard() as guard:
     for step in range(start, config.num_steps):
       batch = partitioning.host_batch_to_global(next(batches), mesh)
       state, step_metrics = step_fn(state, batch)
       window.append(step_metrics)
       done = step + 1
-      stop = guard.requested()
+      stop = guard.requested(failed=failure is not None)
+      if guard.failed_anywhere:
+        raise _stopped(failure, ckpt, run_dir)
       if done % config.log_every == 0 or done == config.num_steps or stop:
         window = jax.device_get(window)
         _check_finite(window, done - len(window) + 1, ckpt)
         now = time.time()
         summary = metrics.summarize(window, task_names, now - window_start)
         eta = (now - run_start) / (done - start) * (config.num_steps - done)
-        writer.write(done, summary)
+        failure = failure or _write(lambda: writer.write(done, summary), ckpt, run_dir)
         metrics.print_line(
             metrics.progress_line(done, config.num_steps, summary, task_names, eta), primary)
         summaries.append({"step": done, **summary})
@@ -213,7 +215,9 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
       eval_metrics = None
       if config.eval.every_steps and (done % config.eval.every_steps == 0
                                       or done == config.num_steps):
-        eval_metrics = _evaluate(config, model, state.params, writer, done, primary)
+        eval_metrics = _evaluate(config, model, state.params, done, primary)
+        failure = failure or _write(lambda: writer.write(done, eval_metrics, prefix="eval"),
+                                    ckpt, run_dir)
       if (stop or done == config.num_steps or (every and done % every == 0)
           or (eval_metrics and config.checkpoint.best_metric)):
         _check_finite(jax.device_get(window), done - len(window) + 1, ckpt)
@@ -221,18 +225,51 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
                   metrics=eval_metrics,
                   data_position=_global_position(batches.state(), config, mesh))
       if stop:
-        ckpt.close()
+        _close(ckpt, guard, failure, run_dir)
         writer.close()
         metrics.print_line(
             f"{guard.signal_name} received: saved step {done} in {ckpt.directory}; run the "
             "same command again to resume.", primary)
         return summaries
+    _close(ckpt, guard, failure, run_dir)
 
-  ckpt.close()
   if config.num_sample_predictions and primary:
     _sample_predictions(run_dir, model, state.params, config)
   writer.close()
   return summaries
+
+
+def _write(write, ckpt: checkpoint.Checkpointer, run_dir: str) -> fs.StorageError | None:
+  """Runs `write` (into the run directory). A failure (after fs's retries) stops the run:
+  at once with one process; with several, it is returned, and every process stops at the
+  next step boundary (PreemptionGuard.requested) rather than the others waiting in a
+  collective for one that is gone."""
+  try:
+    write()
+  except fs.StorageError as e:
+    if jax.process_count() == 1:
+      raise _stopped(e, ckpt, run_dir) from None
+    return e
+  return None
+
+
+def _close(ckpt: checkpoint.Checkpointer, guard: preemption.PreemptionGuard,
+           failure: fs.StorageError | None, run_dir: str) -> None:
+  """Waits for the last save (raising if it failed); then every process learns whether any
+  could not write the run directory, and all stop with an error if one could not."""
+  ckpt.close()
+  guard.requested(failed=failure is not None)
+  if guard.failed_anywhere:
+    raise _stopped(failure, ckpt, run_dir)
+
+
+def _stopped(error: fs.StorageError | None, ckpt: checkpoint.Checkpointer,
+             run_dir: str) -> fs.StorageError:
+  """The one line a run stops with when it cannot write its run directory."""
+  what = (str(error).rstrip(".") if error is not None else
+          "another process could not write the run directory (its output says why)")
+  return fs.StorageError(f"Stopped: {what}; {ckpt.last_complete()}. Run the same command "
+                         f"again once {run_dir} is writable: it resumes from there.")
 
 
 def _saves_trained_only(cfg, ckpt_cfg: checkpoint.CheckpointConfig, pattern: str) -> bool:
@@ -421,14 +458,24 @@ def _checkpoint_meta(config: TrainConfig, model, num_tasks: int) -> dict:
   }
 
 
-def _evaluate(config: TrainConfig, model, params, writer, step: int, primary: bool) -> dict:
-  """Runs the evaluation of `config.eval` on the current parameters."""
+def _evaluate(config: TrainConfig, model, params, step: int, primary: bool) -> dict:
+  """Runs the evaluation of `config.eval` on the current parameters; returns its metrics."""
   from t5jax.decode.predictor import Predictor
+  local_mesh = None
+  if jax.process_count() > 1:
+    # Every process evaluates the whole split on its own devices, with its own copy of the
+    # parameters (a process can read only its own shards of the training state).
+    from jax.experimental import multihost_utils
+    params = multihost_utils.process_allgather(params, tiled=True)
+    local_mesh = partitioning.make_mesh(partitioning.MeshConfig(), jax.local_devices())
   predictor = Predictor(model.config.replace(dropout_rate=0.0), params, vocab.get_vocabulary())
   name = config.eval.mixture_or_task or config.data.mixture_or_task
-  results = evaluate.evaluate(predictor, config.eval, name)
+  if local_mesh is None:
+    results = evaluate.evaluate(predictor, config.eval, name)
+  else:
+    with partitioning.sharding_context(local_mesh):
+      results = evaluate.evaluate(predictor, config.eval, name)
   flat = evaluate.flatten(results)
-  writer.write(step, flat, prefix="eval")
   metrics.print_line(f"eval at step {step}:\n{evaluate.format_table(results)}", primary)
   return flat
 
@@ -463,15 +510,16 @@ def _sample_predictions(run_dir: str, model, params, config: TrainConfig) -> Non
   tokens, scores = decoding.greedy_decode(model, params, batch["encoder_input_tokens"],
                                           config.max_decode_length, slots_b)
   voc = vocab.get_vocabulary()
-  with open(os.path.join(run_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
-    for i in range(n):
-      record = {
-          "task": task_names[int(batch["decoder_task_ids"][i, 0])],
-          "inputs": text_of(voc, batch["encoder_input_tokens"][i]),
-          "targets": text_of(voc, batch["decoder_target_tokens"][i]),
-          "prediction": text_of(voc, np.asarray(tokens[i])),
-          "log_likelihood": float(scores[i]),
-      }
-      f.write(json.dumps(record, ensure_ascii=False) + "\n")
-      print(f"[{record['task']}] {record['inputs']}\n  target:     {record['targets']}\n"
-            f"  prediction: {record['prediction']}", flush=True)
+  lines = []
+  for i in range(n):
+    record = {
+        "task": task_names[int(batch["decoder_task_ids"][i, 0])],
+        "inputs": text_of(voc, batch["encoder_input_tokens"][i]),
+        "targets": text_of(voc, batch["decoder_target_tokens"][i]),
+        "prediction": text_of(voc, np.asarray(tokens[i])),
+        "log_likelihood": float(scores[i]),
+    }
+    lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    print(f"[{record['task']}] {record['inputs']}\n  target:     {record['targets']}\n"
+          f"  prediction: {record['prediction']}", flush=True)
+  fs.write_text(fs.join(run_dir, "predictions.jsonl"), "".join(lines))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 import numpy as np
+
+from t5jax import fs
+from t5jax.train import events
 
 
 def format_duration(seconds: float) -> str:
@@ -59,37 +61,35 @@ def progress_line(step: int, num_steps: int, summary: dict, task_names: list[str
 
 
 class MetricsWriter:
-  """Appends metrics to RUN_DIR/metrics.jsonl and TensorBoard events in RUN_DIR/tb.
+  """Appends metrics to RUN_DIR/metrics.jsonl and TensorBoard events in RUN_DIR/tb, on local
+  disk or in a bucket (gs://).
 
-  Only the primary process writes; on the others every call is a no-op.
+  Each `write` appends its JSON line and its events at once (in a bucket, one composed
+  object each: GCS objects cannot be appended to), so a run killed mid-write loses at most
+  that logging window. Only the primary process writes; on the others every call is a no-op.
   """
 
   def __init__(self, run_dir: str, enabled: bool = True):
     self.enabled = enabled
-    self._jsonl = None
-    self._tb = None
     if not enabled:
       return
-    os.makedirs(run_dir, exist_ok=True)
-    self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
-    from tensorboardX import SummaryWriter  # heavy import, only where we write
-    self._tb = SummaryWriter(os.path.join(run_dir, "tb"))
+    self.path = fs.join(run_dir, "metrics.jsonl")
+    self._events = events.EventsFile(fs.join(run_dir, "tb"))
 
   def write(self, step: int, scalars: dict, prefix: str = "train") -> None:
+    """Appends one record: `{"step", "split": prefix, "time", **scalars}`.
+
+    Raises:
+      fs.StorageError: the run directory cannot be written (after retries).
+    """
     if not self.enabled:
       return
     record = {"step": int(step), "split": prefix, "time": time.time(), **scalars}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
-    for k, v in scalars.items():
-      if isinstance(v, (int, float)) and np.isfinite(v):
-        self._tb.add_scalar(f"{prefix}/{k}", v, step)
-    self._tb.flush()
+    fs.append_text(self.path, json.dumps(record) + "\n")
+    self._events.add_scalars(step, {f"{prefix}/{k}": v for k, v in scalars.items()})
 
   def close(self) -> None:
-    if self.enabled:
-      self._jsonl.close()
-      self._tb.close()
+    """Nothing is buffered: every write is already where it belongs."""
 
 
 def print_line(line: str, enabled: bool = True) -> None:

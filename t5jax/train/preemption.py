@@ -1,4 +1,5 @@
-"""SIGTERM/SIGINT become a request to save at the next step boundary and exit."""
+"""SIGTERM/SIGINT become a request to save at the next step boundary and exit; a process
+that cannot write the run directory stops every process at the next step boundary."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class PreemptionGuard:
     self._flag = False
     self._previous = {}
     self.signal_name = None
+    self.failed_anywhere = False
 
   def _handle(self, signum, frame):
     del frame
@@ -34,10 +36,17 @@ class PreemptionGuard:
       signal.signal(sig, handler)
     return False
 
-  def requested(self) -> bool:
-    """True once any process has been signalled (a collective when multi-process)."""
+  def requested(self, failed: bool = False) -> bool:
+    """True once any process has been signalled (a collective when multi-process).
+
+    `failed`: this process cannot go on (it could not write the run directory); afterwards
+    `self.failed_anywhere` says whether any process said so, so that all of them stop
+    together instead of the others waiting in the next step's collectives."""
     if jax.process_count() == 1:
+      self.failed_anywhere = failed
       return self._flag
     from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(np.asarray(self._flag, np.int32))
-    return bool(np.any(flags))
+    flags = multihost_utils.process_allgather(np.asarray([self._flag, failed], np.int32))
+    flags = np.asarray(flags).reshape(-1, 2)
+    self.failed_anywhere = bool(np.any(flags[:, 1]))
+    return bool(np.any(flags[:, 0]))

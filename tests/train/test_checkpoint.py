@@ -207,7 +207,7 @@ def test_restore_onto_other_meshes_and_dtypes(tmp_path):
 def test_unwritable_checkpoint_directory_is_a_clear_error(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
-  with pytest.raises(ValueError, match="is not writable"):
+  with pytest.raises(OSError, match="is not writable"):
     checkpoint.Checkpointer(str(blocker / "checkpoints"), checkpoint.CheckpointConfig())
 
 

@@ -1,0 +1,97 @@
+"""Processes that share nothing but a bucket, as a pod's hosts do: each `t5jax` process gets
+its own working directory, HOME (so its own TFDS data and caches) and TMPDIR, and reaches
+the run directory only through a GCS API server on localhost."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TESTS = pathlib.Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def host_env(root: pathlib.Path, server_url: str, devices: int) -> tuple[dict, pathlib.Path]:
+  """(environment, working directory) of one host under `root`."""
+  for name in ("work", "home", "tmp"):
+    (root / name).mkdir(parents=True, exist_ok=True)
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("T5JAX_DATA_DIR", "TENSORSTORE_GCS_HTTP_URL", "PWD", "OLDPWD")}
+  env.update(HOME=str(root / "home"), TMPDIR=str(root / "tmp"), STORAGE_EMULATOR_HOST=server_url,
+             JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), str(TESTS),
+                                                      os.environ.get("PYTHONPATH")])))
+  return env, root / "work"
+
+
+def launch(root: pathlib.Path, server_url: str, args: list[str], num_processes: int = 1,
+           devices: int = 2) -> list[subprocess.Popen]:
+  """Starts `t5jax ARGS` as `num_processes` hosts (jax.distributed on 127.0.0.1), host i in
+  ROOT/host{i}; each host has `devices` CPU devices."""
+  port = free_port()
+  procs = []
+  for i in range(num_processes):
+    env, cwd = host_env(root / f"host{i}", server_url, devices)
+    cmd = [sys.executable, "-m", "t5jax", *args]
+    if num_processes > 1:
+      cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
+              f"--process_id={i}"]
+    procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  return procs
+
+
+def wait_all(procs, timeout: float = 600, ok: bool = True) -> list[str]:
+  """Each process's output; asserts exit status 0 unless `ok` is False."""
+  outs = []
+  for p in procs:
+    try:
+      out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+    if ok:
+      assert p.returncode == 0, out[-4000:]
+    outs.append(out)
+  return outs
+
+
+def read_losses(text: str) -> dict[int, float]:
+  """The last logged training loss of each step in a metrics.jsonl's text."""
+  out = {}
+  for line in text.splitlines():
+    record = json.loads(line)
+    if record.get("split", "train") == "train":
+      out[record["step"]] = record["loss"]
+  return out
+
+
+def local_gs_folders(*roots: pathlib.Path) -> list[str]:
+  """Every file or folder named like a mangled URL (gs:) below `roots`."""
+  found = []
+  for root in roots:
+    for dirpath, dirnames, filenames in os.walk(root):
+      found += [os.path.join(dirpath, n) for n in dirnames + filenames if n.startswith("gs:")]
+  return found
+
+
+def wait_until(predicate, procs, timeout: float = 600, poll: float = 0.2) -> None:
+  """Polls `predicate` until true; fails if a process exits first or time runs out."""
+  deadline = time.time() + timeout
+  while not predicate():
+    for p in procs:
+      assert p.poll() is None, p.stdout.read()[-4000:]
+    assert time.time() < deadline, "timed out"
+    time.sleep(poll)

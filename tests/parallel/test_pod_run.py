@@ -1,0 +1,188 @@
+"""A pod run for real: hosts that share nothing but the bucket.
+
+Two processes on jax.distributed (127.0.0.1), each with its own working directory, HOME and
+TMPDIR, train on a `gs://` run directory served by a real GCS API server on localhost. One
+run directory goes through what a preemptible pod meets, in order: a preemption notice
+(SIGTERM), a damaged latest checkpoint, and both hosts killed (SIGKILL); each time the same
+command resumes, and the losses at the end equal those of an uninterrupted run bit for bit.
+The storage going away mid-run (one host: in a multi-host run the hosts waiting on a failed
+one stop at Orbax's 5-minute coordination timeout, docs/design.md), the start-up faults,
+each one line before anything compiles, and no local folder named `gs:` anywhere.
+"""
+
+import json
+import os
+import pathlib
+import signal
+
+import pytest
+
+import gcs_server
+import hosts
+from t5jax.cli import main as cli
+
+STEPS = 10
+FLAGS = [
+    "--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8",
+    "--gin.InputSpec.inputs_length=32", "--gin.InputSpec.targets_length=32",
+    "--gin.TrainConfig.log_every=1", "--gin.TrainConfig.num_sample_predictions=0",
+    "--gin.CheckpointConfig.every_steps=2", "--gin.OptimizerConfig.warmup_steps=0",
+    f"--gin.TrainConfig.num_steps={STEPS}",
+    # Evaluation during training, across the processes (at the last step).
+    f"--gin.EvalConfig.every_steps={STEPS}", "--gin.EvalConfig.max_examples=4",
+    "--gin.EvalConfig.batch_size=4", "--gin.EvalConfig.targets_length=8",
+]
+RUN_PREFIX = "pod"
+
+
+@pytest.fixture(scope="module")
+def server():
+  yield (s := gcs_server.Server())
+  s.stop()
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+  return tmp_path_factory.mktemp("hosts")
+
+
+def _train(server, root, run: str, processes: int, *extra):
+  devices = 4 // processes  # The same (data: 4) mesh on one process or two.
+  return hosts.launch(root, server.url, ["train", f"--run_dir=gs://{gcs_server.BUCKET}/{run}",
+                                         *FLAGS, *extra], processes, devices)
+
+
+def _losses(server, run: str) -> dict[int, float]:
+  return hosts.read_losses(server.read(f"{run}/metrics.jsonl").decode())
+
+
+def _logged(server, run: str, step: int):
+  def done():
+    try:
+      return max(_losses(server, run), default=0) >= step
+    except OSError:  # not written yet
+      return False
+  return done
+
+
+def _complete_steps(server, run: str) -> list[int]:
+  """Steps whose checkpoint Orbax finished: commit_success.txt, written last."""
+  prefix = f"{run}/checkpoints/"
+  names = [n[len(prefix):].split("/") for n in server.list(prefix)]
+  return sorted(int(n[0]) for n in names if n[1:] == ["commit_success.txt"] and n[0].isdigit())
+
+
+@pytest.fixture(scope="module")
+def reference(server, root):
+  """Uninterrupted runs of the same command on one host (4 devices) and on two (2 each)."""
+  one = _train(server, root / "one", f"{RUN_PREFIX}/one", 1)
+  hosts.wait_all(one)
+  procs = _train(server, root / "ref", f"{RUN_PREFIX}/ref", 2)
+  outs = hosts.wait_all(procs)
+  return outs, _losses(server, f"{RUN_PREFIX}/one"), _losses(server, f"{RUN_PREFIX}/ref")
+
+
+def test_two_hosts_match_one_and_write_everything_to_the_bucket(server, reference, root):
+  outs, one, two = reference
+  assert sorted(two) == list(range(1, STEPS + 1)) and sorted(one) == sorted(two)
+  for step in two:  # the same mesh; the processes' all-reduce may round the last bit
+    assert two[step] == pytest.approx(one[step], rel=1e-5), step
+  # Only process 0 logs; both evaluated (the table is process 0's).
+  assert f"step {STEPS}/{STEPS}" in outs[0] and f"step {STEPS}/{STEPS}" not in outs[1]
+  assert f"eval at step {STEPS}:" in outs[0] and "multi30k_en_fr" in outs[0]
+  run = f"{RUN_PREFIX}/ref"
+  names = server.list(f"{run}/")
+  evals = [json.loads(l) for l in server.read(f"{run}/metrics.jsonl").decode().splitlines()
+           if json.loads(l)["split"] == "eval"]
+  assert len(evals) == 1 and evals[0]["multi30k_en_fr/loss"] > 0
+  assert f"{run}/config.gin" in names
+  assert any(n.startswith(f"{run}/tb/events.out.tfevents.") for n in names)
+  # Every checkpoint is complete in the bucket, with both processes' shards in it.
+  assert _complete_steps(server, run) == [6, 8, 10]  # keep=3
+  for item in ("params", "train"):
+    for process in (0, 1):
+      assert any(n.startswith(f"{run}/checkpoints/10/{item}/ocdbt.process_{process}/")
+                 for n in names), (item, process)
+
+
+def test_preemption_damage_and_sigkill_resume_exactly(server, reference, root):
+  """Two hosts through a pod's faults on one run directory: each time the same command
+  resumes, and at the end every step's loss is the uninterrupted run's, bit for bit."""
+  run = f"{RUN_PREFIX}/faults"
+  # 1. A preemption notice (SIGTERM): both hosts save into the bucket and exit 0.
+  procs = _train(server, root / "faults", run, 2)
+  hosts.wait_until(_logged(server, run, 3), procs)
+  for p in procs:
+    p.send_signal(signal.SIGTERM)
+  outs = hosts.wait_all(procs)
+  assert "SIGTERM received: saved step" in outs[0], outs[0][-2000:]
+  saved = int(outs[0].split("SIGTERM received: saved step ")[1].split()[0])
+  assert saved >= 3 and _complete_steps(server, run)[-1] == saved
+
+  # 2. The latest checkpoint is damaged: set aside in the bucket (never deleted) and the
+  #    one before it restored. Then both hosts are killed (SIGKILL) mid-run.
+  *_, before, latest = _complete_steps(server, run)
+  data = [n for n in server.list(f"{run}/checkpoints/{latest}/params/") if "/d/" in n]
+  for name in data:
+    server.write(name, b"\0garbage" * 64)
+  procs = _train(server, root / "faults", run, 2)
+  hosts.wait_until(_logged(server, run, latest + 2), procs)
+  for p in procs:
+    p.send_signal(signal.SIGKILL)
+  outs = hosts.wait_all(procs, ok=False)
+  assert f"checkpoint at step {latest} is unreadable" in outs[0], outs[0][-3000:]
+  assert f"Resumed from step {before}" in outs[0], outs[0][-3000:]
+  assert any(f"/checkpoints/{latest}.unreadable-" in n for n in server.list(f"{run}/"))
+
+  # 3. The same command again finishes the run.
+  outs = hosts.wait_all(_train(server, root / "faults", run, 2))
+  assert "Resumed from step" in outs[0]
+  assert _losses(server, run) == reference[2]
+
+
+def test_storage_outage_stops_in_one_line_and_the_same_command_resumes(server, reference,
+                                                                       root):
+  """The server goes away mid-run (saving every step, so mid-save too): the run stops,
+  non-zero, in one line naming the run directory and its last complete checkpoint; a step
+  being written is never listed; once the server is back the same command resumes exactly."""
+  run = f"{RUN_PREFIX}/outage"
+  every_step = "--gin.CheckpointConfig.every_steps=1"
+  procs = _train(server, root / "outage", run, 1, every_step)
+  hosts.wait_until(_logged(server, run, 4), procs)
+  server.stop()
+  out = hosts.wait_all(procs, timeout=300, ok=False)[0]
+  server.start()
+  assert procs[0].returncode == 2, out[-3000:]
+  error = out.strip().splitlines()[-1]
+  assert "Traceback" not in out and error.startswith("error: "), out[-3000:]
+  assert f"gs://{gcs_server.BUCKET}/{run}" in error and "cannot be reached" in error, error
+  last = int(error.split("the last complete checkpoint is step ")[1].split()[0])
+  complete = _complete_steps(server, run)
+  assert complete and complete[-1] >= last >= 4, (error, complete)
+  # Whatever was being written has no commit_success.txt, and the resume skips it.
+  out = hosts.wait_all(_train(server, root / "outage", run, 1, every_step))[0]
+  assert f"Resumed from step {complete[-1]}" in out, out[-3000:]
+  assert _losses(server, run) == reference[1]
+
+
+def test_start_up_faults_are_one_line_before_anything_compiles(server, tmp_path, capsys,
+                                                               monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  cases = [
+      (f"gs://no-such-bucket-t5jax/run", server.url,
+       "bucket gs://no-such-bucket-t5jax does not exist"),
+      ("s3://bucket/run", server.url, "s3:// is not supported; give a local path or gs://"),
+      (f"gs:/{gcs_server.BUCKET}/run", server.url, "lost a slash"),
+      (f"gs://{gcs_server.BUCKET}/run", "http://127.0.0.1:1", "the GCS server cannot be reached"),
+  ]
+  for run_dir, url, message in cases:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+    code = cli.main(["train", f"--run_dir={run_dir}", *FLAGS])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and message in err, (run_dir, err)
+    assert "Training" not in out  # nothing was built
+  assert not list(pathlib.Path(tmp_path).iterdir())
+
+
+def test_no_argument_became_a_local_folder_named_gs(root, reference):
+  assert hosts.local_gs_folders(root, pathlib.Path.cwd()) == []
