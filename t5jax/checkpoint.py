@@ -23,6 +23,7 @@ from typing import Any
 
 import gin
 import jax
+import numpy as np
 
 from t5jax import fs  # before Orbax: it routes epath's gs:// through gcsfs
 import orbax.checkpoint as ocp
@@ -37,6 +38,10 @@ from t5jax.model import trainable
 _ts_utils._BASE_TS_CONTEXT["gcs_request_retries"] = fs.tensorstore_retries()  # noqa: SLF001
 
 log = logging.getLogger(__name__)
+
+# With several processes, a save still running after this long makes each process probe the
+# storage while they wait together (Checkpointer.wait).
+PROBE_SECONDS = 5.0
 
 
 @gin.configurable
@@ -157,13 +162,11 @@ class Checkpointer:
         meta=ocp.args.JsonSave({**meta, "step": step}))
     if data_position is not None:
       items["data"] = ocp.args.StandardSave({"position": data_position})
+    self.wait()
     try:
-      # Orbax first waits for the previous asynchronous save, and raises its error.
       self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
     except Exception as e:  # noqa: BLE001 - a failed save of any kind stops the run in one line
-      raise self._failed(self._pending or step, e) from None
-    if self._pending is not None:
-      self.complete = self._pending
+      raise self._failed(step, e) from None
     self._pending = step
     if not self.cfg.async_save:
       self.complete, self._pending = step, None
@@ -235,17 +238,55 @@ class Checkpointer:
     return state, restored["meta"], position
 
   def wait(self) -> None:
-    """Blocks until the asynchronous save in flight is complete.
+    """Blocks until the asynchronous save in flight is complete, on every process.
+
+    With several processes, a host whose save failed would leave the others at one of
+    Orbax's barriers for its coordination timeout (5 to 10 minutes), and its own save
+    thread waits there too. So the processes poll together instead: while a save runs
+    longer than PROBE_SECONDS, each probes the storage (a write, retried as every request
+    is); one that finds it unreachable, or whose save raised, says so in the next
+    all-gather, and all stop at once.
 
     Raises:
-      fs.StorageError: it failed (one line naming the last complete checkpoint).
+      fs.StorageError: the save failed here or on another process (one line naming the
+        last complete checkpoint).
     """
-    try:
-      self._manager.wait_until_finished()
-    except Exception as e:  # noqa: BLE001
-      raise self._failed(self._pending, e) from None
-    if self._pending is not None:
-      self.complete, self._pending = self._pending, None
+    if self._pending is None:
+      return
+    if jax.process_count() == 1:
+      try:
+        self._manager.wait_until_finished()
+      except Exception as e:  # noqa: BLE001
+        raise self._failed(self._pending, e) from None
+    else:
+      self._wait_together()
+    self.complete, self._pending = self._pending, None
+
+  def _wait_together(self) -> None:
+    from jax.experimental import multihost_utils
+    started = probed = time.time()
+    while True:
+      busy, error = self._manager.is_saving_in_progress(), None
+      if not busy:
+        try:
+          self._manager.wait_until_finished()  # returns at once, raising what failed
+        except Exception as e:  # noqa: BLE001
+          error = e
+      elif time.time() - probed > PROBE_SECONDS and time.time() - started > PROBE_SECONDS:
+        try:
+          fs.check_writable(self.directory, "Checkpoint directory")
+        except fs.StorageError as e:
+          error = e
+        probed = time.time()
+      flags = multihost_utils.process_allgather(np.asarray([busy, error is not None], np.int32))
+      flags = np.asarray(flags).reshape(-1, 2)
+      if flags[:, 1].any():
+        other = int(np.flatnonzero(flags[:, 1])[0])
+        raise self._failed(self._pending, error if error is not None else fs.StorageError(
+            f"process {other} could not finish it; its output says why")) from None
+      if not flags[:, 0].any():
+        return
+      time.sleep(0.1)
 
   def close(self) -> None:
     self.wait()

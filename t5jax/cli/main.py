@@ -272,8 +272,20 @@ def main(argv: list[str] | None = None) -> int:
       raise
     # One line: gin appends its call context to errors of configurables it builds.
     print(f"error: {files.describe_error(e)}", file=sys.stderr)
+    _exit_if_distributed(2)
     return 2
   return 0
+
+
+def _exit_if_distributed(code: int) -> None:
+  """A process of a multi-process run that stops on an error exits at once: the threads of a
+  failed Orbax save may wait at a barrier for minutes, and jax.distributed's shutdown waits
+  for every process (the others stop on the same error)."""
+  jax = sys.modules.get("jax")
+  if jax is not None and jax.distributed.is_initialized():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # noqa: SLF001
 
 
 if __name__ == "__main__":
