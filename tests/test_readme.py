@@ -259,7 +259,9 @@ def test_readme_pod_commands_run_against_a_local_bucket(workdir, monkeypatch, ca
                      "--gin.TrainConfig.num_sample_predictions=0"]) == 0
   out, err = capsys.readouterr()
   assert f"Resumed from step {STEPS} in gs://my-bucket/demo/checkpoints" in out, out
-  assert len(fs.read_text("gs://my-bucket/demo/metrics.jsonl").splitlines()) == 2 * STEPS
+  logged = [json.loads(l)["step"] for l in fs.read_text("gs://my-bucket/demo/metrics.jsonl")
+            .splitlines()]
+  assert logged == [STEPS, 2 * STEPS], logged  # each run's last step, appended in the bucket
   others = [(line, words, stdin) for line, words, stdin in POD if words[0] != "train"]
   assert {words[0] for _, words, _ in others} == {"infer", "plot"}
   for line, words, stdin in others:
