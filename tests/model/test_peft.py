@@ -78,7 +78,7 @@ def _per_task_case():
   params = _init(cfg, enc, dec, **kw)
   rng = np.random.default_rng(1)
   params = jax.tree_util.tree_map_with_path(
-      lambda path, x: (jnp.asarray(rng.normal(0, 0.3, x.shape), jnp.float32)
+      lambda path, x: (jnp.asarray(rng.normal(0, 0.1, x.shape), jnp.float32)
                        if trainable.path_name(path).endswith("/b") else x), params)
   return cfg, params, enc, dec, slots_b, kw
 
@@ -108,10 +108,13 @@ def test_per_task_lora_and_prompt_give_each_row_its_own_tasks_model():
     want = np.asarray(t5.Transformer(single_cfg).apply({"params": single}, enc, dec))
     rows = [i for i, s in enumerate(slots_b) if s == slot]
     scale = np.abs(want[rows]).max()
-    np.testing.assert_allclose(got[rows], want[rows], atol=1e-5 * scale, rtol=0)
-  # The tasks really differ.
+    # Routed and single-task models sum in other orders; with every projection LoRA'd the
+    # model amplifies float32 rounding (a 1e-7 change of the parameters moves the logits by
+    # up to 2e-5 of their scale), so 1e-4 of the scale, where the tasks differ by their scale.
+    np.testing.assert_allclose(got[rows], want[rows], atol=1e-4 * scale, rtol=0)
+  # The tasks really differ (by about the logits' scale).
   assert np.abs(got[0] - np.asarray(t5.Transformer(_one_task(params, cfg, 0)[0]).apply(
-      {"params": _one_task(params, cfg, 0)[1]}, enc, dec))[0]).max() > 1e-3
+      {"params": _one_task(params, cfg, 0)[1]}, enc, dec))[0]).max() > 1.0
 
 
 def _step_flops(cfg, slots_b):
