@@ -34,8 +34,10 @@ from t5jax.model.config import T5Config
 from t5jax.model import trainable
 
 # TensorStore retries a failed GCS request 32 times, up to 32 s apart (about 15 minutes) by
-# default; Orbax builds its context from this table, which gets the bound gcsfs has.
-_ts_utils._BASE_TS_CONTEXT["gcs_request_retries"] = fs.tensorstore_retries()  # noqa: SLF001
+# default; Orbax builds its contexts from these tables (the OCDBT one, which checkpoints use,
+# is a copy it made of the base one when imported), which get the bound gcsfs has.
+for _table in (_ts_utils._BASE_TS_CONTEXT, _ts_utils._DEFAULT_OCDBT_TS_CONTEXT):  # noqa: SLF001
+  _table["gcs_request_retries"] = fs.tensorstore_retries()
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,9 @@ class CheckpointConfig:
     data_restart: when resuming a run whose data settings changed (mixture, rates,
       lengths, seed, batch size), keep the model and optimizer state and start the new
       data stream from its beginning, instead of refusing to resume.
+    vocabulary_change: fine-tune (init_from) a checkpoint trained on another vocabulary
+      than this run's tasks (vocabulary adaptation: the embedding rows keep their ids),
+      instead of refusing to.
   """
   every_steps: int = 200
   keep: int = 3
@@ -70,6 +75,7 @@ class CheckpointConfig:
   async_save: bool = True
   init_from: str | None = None
   data_restart: bool = False
+  vocabulary_change: bool = False
 
   def __post_init__(self):
     if self.every_steps < 0 or self.keep < 1:

@@ -6,6 +6,7 @@ import sys
 
 from t5jax import fs
 from t5jax.cli import files
+from t5jax.data import registry
 from t5jax.train import metrics
 from t5jax.decode import evaluate as evaluate_lib
 from t5jax.decode.predictor import Predictor
@@ -75,7 +76,9 @@ def eval(args, strategy) -> None:  # noqa: A001 - the subcommand's name
   cfg = evaluate_lib.EvalConfig(
       split=args.split, max_examples=args.max_examples, inputs_length=args.max_input_length,
       targets_length=args.targets_length, batch_size=args.batch_size, strategy=strategy)
-  results = evaluate_lib.evaluate(predictor, cfg, name)
+  # The tasks tokenized as the model was trained: with the checkpoint's vocabulary.
+  with registry.tokenized_with(name, predictor.vocabulary):
+    results = evaluate_lib.evaluate(predictor, cfg, name)
   print(evaluate_lib.format_table(results), flush=True)
   output_dir = args.output_dir or fs.join(args.checkpoint, "eval")
   writer = metrics.MetricsWriter(output_dir)

@@ -136,24 +136,6 @@ def _check_eval_split(name: str, split: str) -> None:
                        f"{', '.join(sorted(task.splits))}.")
 
 
-def _check_vocabulary(checkpoint_dir: str) -> None:
-  """A checkpoint's own spiece.model (beside checkpoints/) must be a SentencePiece model.
-
-  Raises:
-    ValueError: naming the file and how to fix it.
-  """
-  from t5jax import checkpoint
-  spiece = fs.join(fs.parent(checkpoint.checkpoints_dir(checkpoint_dir)), "spiece.model")
-  if fs.isfile(spiece):
-    import sentencepiece
-    try:
-      sentencepiece.SentencePieceProcessor(model_file=fs.local_copy(spiece))
-    except (RuntimeError, OSError) as e:
-      raise ValueError(f"{spiece} is not a SentencePiece model ({files.describe_error(e)}); "
-                       "replace it with the model's own spiece.model, or remove it to use the "
-                       "shipped T5 vocabulary.") from None
-
-
 def _run(args, bindings: list[str]) -> None:
   """Runs one parsed subcommand (user modules already imported)."""
   if args.command == "train":
@@ -185,7 +167,6 @@ def _run(args, bindings: list[str]) -> None:
     from t5jax.decode import evaluate
     from t5jax.cli import infer
     config.parse_gin([], bindings)
-    _check_vocabulary(args.checkpoint)
     if args.command == "eval":
       _check_eval_split(args.task or args.mixture, args.split)
     strategy = _decode_config(args) if args.command != "score" else None

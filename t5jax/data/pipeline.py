@@ -59,6 +59,11 @@ class InputSpec:
     num_workers: worker processes filling this host's rows (0: a thread of this process;
       -1: one per 64 local rows, at most half the host's cores less one). It changes the
       speed, never the batches.
+    vocabulary: None: each task's own (a mixture's must agree). Else every task of the run
+      is tokenized with this one instead: the path of a SentencePiece model (local or
+      gs://; T5's 100 extra ids added), "byte" (ByT5's), "t5", or "init_from": the
+      vocabulary of the checkpoint CheckpointConfig.init_from names (fine-tuning mT5 or
+      ByT5 on the shipped tasks).
   """
   mixture_or_task: str
   split: str = "train"
@@ -68,6 +73,7 @@ class InputSpec:
   shuffle: bool = True
   seed: int = 0
   num_workers: int = -1
+  vocabulary: str | None = None
 
   def __post_init__(self):
     for field in ("inputs_length", "targets_length"):
@@ -125,6 +131,7 @@ def signature(spec: InputSpec, global_batch_size: int) -> dict:
       "targets_length": spec.targets_length, "pack": spec.pack, "shuffle": spec.shuffle,
       "seed": spec.seed, "batch_size": global_batch_size,
       "examples": [t.num_input_examples(spec.split) for t in tasks],
+      **({"vocabulary": spec.vocabulary} if spec.vocabulary else {}),
   }
 
 

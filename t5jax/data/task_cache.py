@@ -43,6 +43,7 @@ from t5jax.data import prepare
 from t5jax.data import span_corruption
 from t5jax.data import store_io
 from t5jax.data import ul2
+from t5jax.data import vocab
 
 # Sources up to this size build on first use; larger ones need `t5jax cache`.
 AUTO_BUILD_ENV = "T5JAX_AUTO_BUILD_BYTES"
@@ -123,9 +124,8 @@ def fingerprint(task: seqio.Task, split: str) -> str | None:
   if source is None:
     return None
   pre, _ = split_preprocessors(task)
-  vocab_ids = sorted(
-      f"{k}:{type(f.vocabulary).__name__}:{getattr(f.vocabulary, 'sentencepiece_model_file', '')}"
-      for k, f in task.output_features.items())
+  vocab_ids = sorted(f"{k}:{json.dumps(vocab.identity(f.vocabulary), sort_keys=True)}"
+                     for k, f in task.output_features.items())
   text = json.dumps([example_store.FORMAT, cache_units.range_bytes(), task.name, split, source,
                      vocab_ids, [_step_name(s) for s in pre]])
   return hashlib.sha256(text.encode()).hexdigest()[:16]

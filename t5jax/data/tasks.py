@@ -1,7 +1,8 @@
 """Registers t5jax's SeqIO tasks over the shipped data (importing this module does it).
 
-Every task uses the T5 vocabulary, features `inputs`/`targets` with EOS, and T5's text format.
-Re-importing (or reloading) replaces the registrations instead of failing.
+Every task uses the T5 vocabulary, features `inputs`/`targets` with EOS, and T5's text format
+(InputSpec.vocabulary tokenizes them with another, e.g. mT5's). Re-importing (or reloading)
+replaces the registrations instead of failing.
 """
 
 import functools
@@ -20,9 +21,10 @@ from t5jax.data.sources import ShippedTfdsSource
 tf_devices.hide_accelerators_from_tf()
 
 
-def output_features() -> dict[str, seqio.Feature]:
-  """`inputs` and `targets`, T5 vocabulary, EOS appended."""
-  v = vocab.get_vocabulary()
+def output_features(vocabulary=None) -> dict[str, seqio.Feature]:
+  """`inputs` and `targets` with EOS appended, tokenized with `vocabulary` (anything
+  `vocab.resolve` takes; default T5's)."""
+  v = vocab.resolve(vocabulary)
   return {
       "inputs": seqio.Feature(vocabulary=v, add_eos=True),
       "targets": seqio.Feature(vocabulary=v, add_eos=True),

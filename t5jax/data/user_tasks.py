@@ -6,7 +6,10 @@
         prefix="question: ", skip_header=True)
 
 Put such calls in a module of your own and import it (e.g. with the CLI's module flag) before
-naming the task. The task uses t5jax's text cleaning, the T5 vocabulary and EOS, like ours.
+naming the task. The task uses t5jax's text cleaning and EOS, like ours, and T5's vocabulary
+unless you give your own (`vocabulary=`: a SentencePiece model's path, local or gs://, "byte",
+or a seqio.Vocabulary); a run trains on its task's vocabulary and records it with its
+checkpoints. `register_mixture` mixes tasks after checking they share one.
 """
 
 import functools
@@ -22,6 +25,7 @@ from t5jax.data import preprocessors
 from t5jax.data import span_corruption
 from t5jax.data import tasks
 from t5jax.data import ul2
+from t5jax.data import vocab
 
 Paths = Union[str, pathlib.Path, Mapping[str, Union[str, pathlib.Path]]]
 
@@ -62,12 +66,27 @@ def _count_lines(path: pathlib.Path, skip_header: bool) -> int:
 
 
 def _register(name: str, source: seqio.DataSource, steps: Sequence, metric_fns: Sequence,
-              postprocess_fn) -> seqio.Task:
+              postprocess_fn, vocabulary) -> seqio.Task:
+  features = tasks.output_features(vocabulary)  # a bad vocabulary fails before registering
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
-      name, source=source, preprocessors=list(steps), output_features=tasks.output_features(),
+      name, source=source, preprocessors=list(steps), output_features=features,
       postprocess_fn=postprocess_fn, metric_fns=list(metric_fns))
+
+
+def register_mixture(name: str, task_names: Sequence[str], rate=1.0) -> seqio.Mixture:
+  """Registers mixture `name` of registered tasks, each sampled at `rate` (a number or a
+  rate function of `t5jax.data.mixtures`), once they are known to share one vocabulary.
+
+  Raises:
+    ValueError: one line naming a task that does not exist, or two whose vocabularies differ.
+  """
+  from t5jax.data import registry  # pylint: disable=g-import-not-at-top
+  vocab.of_tasks([registry.get_task_or_mixture(t) for t in task_names], name)
+  if name in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(name)
+  return seqio.MixtureRegistry.add(name, [(t, rate) for t in task_names])
 
 
 def _prefixed(prefix: str):
@@ -80,7 +99,8 @@ def _prefixed(prefix: str):
 
 def register_tsv_task(name: str, paths: Paths, prefix: str = "", inputs_column: int = 0,
                       targets_column: int = 1, skip_header: bool = False,
-                      metric_fns: Sequence = (), postprocess_fn=None) -> seqio.Task:
+                      metric_fns: Sequence = (), postprocess_fn=None,
+                      vocabulary=None) -> seqio.Task:
   """Registers `name`: one example per TSV line, `prefix + line[inputs_column]` ->
   `line[targets_column]`.
 
@@ -93,9 +113,15 @@ def register_tsv_task(name: str, paths: Paths, prefix: str = "", inputs_column: 
     skip_header: the first line of each file is a header.
     metric_fns: SeqIO metric functions, e.g. `t5jax.data.metrics.bleu`.
     postprocess_fn: SeqIO postprocessor (default: strip the decoded text).
+    vocabulary: the SentencePiece model's path (local or gs://; T5's 100 extra ids are
+      added), "byte" (ByT5's), a seqio.Vocabulary, or None for T5's.
 
   Returns:
     The registered `seqio.Task` (registering again replaces it).
+
+  Raises:
+    FileNotFoundError, ValueError: a missing data file, a vocabulary file that is missing or
+      not a SentencePiece model (one line naming the file).
   """
   files = _split_paths(paths)
   num_columns = max(inputs_column, targets_column) + 1
@@ -112,15 +138,16 @@ def register_tsv_task(name: str, paths: Paths, prefix: str = "", inputs_column: 
       skip_header_lines=int(skip_header),
       num_input_examples={s: _count_lines(p, skip_header) for s, p in files.items()})
   return _register(name, source, [parse, _prefixed(prefix)] + _common_steps(), metric_fns,
-                   postprocess_fn or _strip)
+                   postprocess_fn or _strip, vocabulary)
 
 
 def register_jsonl_task(name: str, paths: Paths, inputs_key: str, targets_key: str,
                         prefix: str = "", metric_fns: Sequence = (),
-                        postprocess_fn=None) -> seqio.Task:
+                        postprocess_fn=None, vocabulary=None) -> seqio.Task:
   """Registers `name`: one JSON object per line, `prefix + obj[inputs_key]` -> obj[targets_key].
 
   The file is read into memory when a dataset is built (fine for files up to a few hundred MB).
+  `vocabulary` is as `register_tsv_task`'s.
   """
   files = _split_paths(paths)
 
@@ -143,7 +170,7 @@ def register_jsonl_task(name: str, paths: Paths, inputs_key: str, targets_key: s
       read, splits=list(files),
       num_input_examples={s: _count_lines(p, False) for s, p in files.items()})
   return _register(name, source, [_prefixed(prefix)] + _common_steps(), metric_fns,
-                   postprocess_fn or _strip)
+                   postprocess_fn or _strip, vocabulary)
 
 
 OBJECTIVES = {"span_corruption": span_corruption.span_corruption, "ul2": span_corruption.ul2,
@@ -152,7 +179,8 @@ OBJECTIVES = {"span_corruption": span_corruption.span_corruption, "ul2": span_co
 
 
 def register_text_span_corruption_task(name: str, paths: Paths,
-                                       objective: str = "span_corruption") -> seqio.Task:
+                                       objective: str = "span_corruption",
+                                       vocabulary=None) -> seqio.Task:
   """Registers `name`: T5 span corruption (or UL2's mixture of denoisers) over plain text,
   one document per line.
 
@@ -163,6 +191,8 @@ def register_text_span_corruption_task(name: str, paths: Paths,
     objective: "span_corruption" (T5), "ul2" (the paper's seven denoisers, uniform) or
       "ul2r" (UL2R's continued pretraining: half prefix LM; `t5jax.data.ul2`); for other
       rates, register the task with span_corruption.ul2 partially applied yourself.
+    vocabulary: as `register_tsv_task`'s; span corruption's sentinels are its extra ids
+      (counting down from the top), so a SentencePiece model needs them (T5's 100 are added).
   """
   if objective not in OBJECTIVES:
     raise ValueError(f"objective={objective!r} is not one of {', '.join(OBJECTIVES)}.")
@@ -187,7 +217,7 @@ def register_text_span_corruption_task(name: str, paths: Paths,
       name, source,
       [to_targets, seqio.preprocessors.tokenize,
        OBJECTIVES[objective], seqio.preprocessors.append_eos_after_trim],
-      (), None)
+      (), None, vocabulary)
 
 
 def _common_steps() -> list:

@@ -18,11 +18,10 @@ import numpy as np
 import seqio
 
 from t5jax import checkpoint, fs
+from t5jax.data import vocab
 from t5jax.decode import decoding, vocab_reduce
 from t5jax.model import param_tree, t5
 from t5jax.model.config import T5Config
-
-SPIECE_NAME = "spiece.model"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,16 +31,6 @@ class Generation:
   tokens: list[int]
   log_likelihood: float
   score: float
-
-
-def vocabulary_for(path: str) -> seqio.SentencePieceVocabulary:
-  """The checkpoint's own SentencePiece model (converted checkpoints carry one)
-  or else the shipped T5 vocabulary the training tasks use."""
-  own = fs.join(path, SPIECE_NAME)
-  if fs.isfile(own):
-    return seqio.SentencePieceVocabulary(fs.local_copy(own), extra_ids=100)
-  from t5jax.data import vocab
-  return vocab.get_vocabulary()
 
 
 def text_of(vocabulary: seqio.Vocabulary, ids) -> str:
@@ -97,12 +86,13 @@ class Predictor:
       raise FileNotFoundError(f"Checkpoint directory {path} does not exist.")
     meta = checkpoint.read_meta(path, step)
     config = checkpoint.model_config_from_meta(meta).replace(dtype=dtype, dropout_rate=0.0)
+    # The vocabulary it was trained with: its metadata says which, and a SentencePiece
+    # model sits beside checkpoints/, in the run or converted directory.
+    vocabulary = vocab.load(fs.parent(checkpoint.checkpoints_dir(path)), meta.get("vocab"))
     model = t5.Transformer(config)
     abstract = param_tree.abstract_params(model)
     params = checkpoint.load_params(path, abstract, step=step)
-    # The vocabulary sits beside checkpoints/, in the run or converted directory.
-    root = fs.parent(checkpoint.checkpoints_dir(path))
-    return cls(config, params, vocabulary_for(root))
+    return cls(config, params, vocabulary)
 
   # Tokenization ------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """`t5jax convert`: Hugging Face directories <-> t5jax (Orbax) checkpoints.
 
 A converted checkpoint is a parameters-only checkpoint (see t5jax/checkpoint.py)
-with the model's T5Config in its metadata and, when the source had one, the
-SentencePiece model beside it as OUT/spiece.model, which inference, scoring and
-evaluation then use instead of the shipped T5 vocabulary.
+with the model's T5Config and its vocabulary in its metadata: the source's SentencePiece
+model copied beside it as OUT/spiece.model (mT5's, UMT5's, T5's), or ByT5's bytes (a
+source whose tokenizer is ByT5Tokenizer). Inference, scoring, evaluation and fine-tuning
+read it from there; `--to-hf` writes it back as the source had it.
 """
 
 from __future__ import annotations
@@ -13,30 +14,50 @@ import os
 
 import jax
 import numpy as np
+import seqio
 
 from t5jax import checkpoint, fs
+from t5jax.data import vocab
 from t5jax.interop import hf_io, peft_io
 from t5jax.model import param_tree, peft, scan_params, t5, task_params
-
-SPIECE_NAME = "spiece.model"
-
 
 def hf_to_checkpoint(hf_dir: str, out_dir: str) -> str:
   """Converts a Hugging Face T5 directory into a t5jax checkpoint; returns its path."""
   cfg, params = hf_io.load_hf_dir(hf_dir)
+  vocabulary = hf_vocabulary(hf_dir, cfg)
   if _holds_checkpoints(out_dir):
     raise FileExistsError(
         f"{out_dir} already holds checkpoints; convert into an empty or new directory.")
-  spiece = os.path.join(hf_dir, SPIECE_NAME)
   meta = {
       "model_config": dataclasses.asdict(cfg),
       "source": {"hugging_face": os.path.abspath(hf_dir)},
-      "vocab": {"sentencepiece": SPIECE_NAME if os.path.isfile(spiece) else "t5jax:t5"},
+      "vocab": vocab.record(vocabulary, None),
   }
   path = checkpoint.save_params(out_dir, params, meta)
-  if os.path.isfile(spiece):
-    fs.copy_file(spiece, fs.join(out_dir, SPIECE_NAME))
+  vocab.record(vocabulary, out_dir)  # spiece.model beside checkpoints/
   return path
+
+
+def hf_vocabulary(hf_dir: str, cfg) -> seqio.Vocabulary:
+  """The vocabulary of a Hugging Face model directory: bytes if its tokenizer is
+  ByT5Tokenizer, else its spiece.model (with the tokenizer config's extra ids).
+
+  Raises:
+    ValueError: it has neither, and its embedding table is not T5's (so T5's vocabulary
+      would decode it into the wrong text).
+  """
+  tokenizer_class, tokenizer = hf_io.read_tokenizer_class(hf_dir)
+  if tokenizer_class == "ByT5Tokenizer":
+    return vocab.byte_vocabulary(int(tokenizer.get("extra_ids", vocab.BYTE_EXTRA_IDS)))
+  spiece = os.path.join(hf_dir, vocab.SPIECE_NAME)
+  if os.path.isfile(spiece):
+    return vocab.sentencepiece(spiece, int(tokenizer.get("extra_ids", vocab.EXTRA_IDS)))
+  if cfg.vocab_size == vocab.EMBEDDING_VOCAB_SIZE:
+    return vocab.get_vocabulary()  # T5's own checkpoints, saved without their tokenizer
+  raise ValueError(
+      f"{hf_dir} has no spiece.model and no ByT5Tokenizer config, and its model has "
+      f"{cfg.vocab_size:,} embedding rows, not T5's {vocab.EMBEDDING_VOCAB_SIZE:,}: copy the "
+      "model's SentencePiece file there as spiece.model, then convert.")
 
 
 def _holds_checkpoints(out_dir: str) -> bool:
@@ -79,6 +100,7 @@ def checkpoint_to_hf(ckpt_dir: str, out_dir: str, max_shard_bytes: int | None = 
   so is a model with a LoRA or prompt per task.
   """
   cfg, params = read_checkpoint_params(ckpt_dir)
+  spiece, tokenizer = _tokenizer(checkpoint_vocabulary(ckpt_dir))
   if merge and not cfg.peft:
     raise ValueError(f"{ckpt_dir} has no LoRA to merge (--merge folds LoRA weights into the "
                      "base); drop --merge.")
@@ -87,6 +109,7 @@ def checkpoint_to_hf(ckpt_dir: str, out_dir: str, max_shard_bytes: int | None = 
     if not merge:
       base = checkpoint.read_meta(ckpt_dir).get("peft", {}).get("base")
       peft_io.save_adapter_dir(cfg, params, out_dir, slot, base_model=base)
+      hf_io.write_tokenizer(out_dir, spiece, tokenizer)
       return "PEFT adapter directory"
     cfg, params = peft_io.merged(cfg, params, slot)
     task = None if slot is not None else task
@@ -96,15 +119,24 @@ def checkpoint_to_hf(ckpt_dir: str, out_dir: str, max_shard_bytes: int | None = 
           f"{ckpt_dir} holds per-task parameters (task_slots {list(cfg.task_slots)}); choose "
           "whose to export with --task NAME.")
     cfg, params = task_params.for_task(params, cfg, task)
-  spiece = fs.join(ckpt_dir, SPIECE_NAME)
-  if fs.isfile(spiece):
-    spiece = fs.local_copy(spiece)
-  else:
-    from t5jax.data import assets
-    spiece = str(assets.asset_path("t5_spm/spiece.model"))
   hf_io.save_hf_dir(cfg, params, out_dir, max_shard_bytes=max_shard_bytes,
-                    spiece_model_path=spiece)
+                    spiece_model_path=spiece, tokenizer_config=tokenizer)
   return "Hugging Face directory"
+
+
+def _tokenizer(vocabulary: seqio.Vocabulary) -> tuple[str | None, dict]:
+  """(the local SentencePiece file or None for bytes, tokenizer_config.json) of a
+  vocabulary, as Hugging Face's T5Tokenizer and ByT5Tokenizer read them."""
+  config = {"tokenizer_class": "T5Tokenizer", "extra_ids": int(vocabulary.extra_ids)}
+  if isinstance(vocabulary, seqio.ByteVocabulary):
+    return None, {**config, "tokenizer_class": "ByT5Tokenizer"}
+  return fs.local_copy(vocabulary.sentencepiece_model_file), config
+
+
+def checkpoint_vocabulary(ckpt_dir: str) -> seqio.Vocabulary:
+  """The vocabulary a t5jax checkpoint (run or converted directory) was trained with."""
+  meta = checkpoint.read_meta(ckpt_dir)
+  return vocab.load(fs.parent(checkpoint.checkpoints_dir(ckpt_dir)), meta.get("vocab"))
 
 
 def peft_to_checkpoint(adapter_dir: str, base_dir: str, out_dir: str) -> str:
@@ -126,12 +158,11 @@ def peft_to_checkpoint(adapter_dir: str, base_dir: str, out_dir: str) -> str:
   if _holds_checkpoints(out_dir):
     raise FileExistsError(
         f"{out_dir} already holds checkpoints; convert into an empty or new directory.")
-  meta = {**{k: v for k, v in base_meta.items() if k in ("vocab", "model")},
+  meta = {**{k: v for k, v in base_meta.items() if k == "model"},
+          "vocab": vocab.record(checkpoint_vocabulary(base_dir), None),
           "model_config": dataclasses.asdict(cfg),
           "source": {"peft_adapter": os.path.abspath(adapter_dir)},
           "peft": checkpoint.peft_meta(base_dir, peft.trainable_pattern(cfg))}
   path = checkpoint.save_params(out_dir, params, meta)
-  spiece = fs.join(base_dir, SPIECE_NAME)
-  if fs.isfile(spiece):
-    fs.copy_file(spiece, fs.join(out_dir, SPIECE_NAME))
+  vocab.record(checkpoint_vocabulary(base_dir), out_dir)
   return path

@@ -1,7 +1,8 @@
 """Hugging Face T5 `config.json` ⇄ T5Config.
 
-Reads the configs of T5 1.0, T5 1.1, Flan-T5 and mT5 as transformers 4.x and 5.x
-write them. transformers 5.x always stores `tie_word_embeddings: true` and keeps
+Reads the configs of T5 1.0, T5 1.1, Flan-T5, mT5, ByT5 (a T5 config whose tokenizer is
+ByT5Tokenizer) and UMT5 (model_type "umt5": a position bias in every layer) as transformers
+4.x and 5.x write them. transformers 5.x always stores `tie_word_embeddings: true` and keeps
 the 1.0-vs-1.1 difference in `scale_decoder_outputs`; 4.x (and the hub's 1.1 and
 mT5 configs) say `tie_word_embeddings: false`. Both mean the same two things to
 us: whether the output projection is the input embedding and whether the decoder
@@ -20,6 +21,8 @@ _DEFAULTS = {
                feed_forward_proj="relu"),
     "mt5": dict(vocab_size=250112, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6,
                 feed_forward_proj="gated-gelu"),
+    "umt5": dict(vocab_size=250112, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6,
+                 feed_forward_proj="gated-gelu"),
 }
 _COMMON_DEFAULTS = dict(relative_attention_num_buckets=32, relative_attention_max_distance=128,
                         dropout_rate=0.1, layer_norm_epsilon=1e-6)
@@ -70,8 +73,8 @@ def t5config_from_hf(hf_config: dict) -> T5Config:
   model_type = hf_config.get("model_type", "t5")
   if model_type not in _DEFAULTS:
     raise ValueError(
-        f"config.json has model_type={model_type!r}; only 't5' and 'mt5' checkpoints can be "
-        "converted (umT5, LongT5 and others have different layers).")
+        f"config.json has model_type={model_type!r}; only 't5' (T5, Flan-T5, ByT5), 'mt5' and "
+        "'umt5' checkpoints can be converted (LongT5 and others have different layers).")
   if not hf_config.get("is_encoder_decoder", True) or hf_config.get("is_decoder", False):
     raise ValueError("config.json describes a single stack (is_encoder_decoder=false or "
                      "is_decoder=true); convert a full T5ForConditionalGeneration checkpoint.")
@@ -89,18 +92,23 @@ def t5config_from_hf(hf_config: dict) -> T5Config:
       relative_attention_num_buckets=hf["relative_attention_num_buckets"],
       relative_attention_max_distance=hf["relative_attention_max_distance"],
       dropout_rate=float(hf["dropout_rate"]), feed_forward=_feed_forward(hf),
-      tie_word_embeddings=bool(scaled), layer_norm_epsilon=float(hf["layer_norm_epsilon"]))
+      tie_word_embeddings=bool(scaled), layer_norm_epsilon=float(hf["layer_norm_epsilon"]),
+      relative_attention_per_layer=model_type == "umt5")
 
 
-def hf_config_from_t5config(cfg: T5Config) -> dict:
-  """Returns a config.json dict that transformers loads as T5ForConditionalGeneration.
+def hf_config_from_t5config(cfg: T5Config, tokenizer_class: str | None = None) -> dict:
+  """Returns a config.json dict that transformers loads as T5ForConditionalGeneration (or
+  UMT5ForConditionalGeneration, for a model with a position bias per layer).
 
   `tie_word_embeddings: false` is how the hub's T5 1.1 configs say "untied and
-  unscaled"; transformers 4.x and 5.x both read it that way.
+  unscaled"; transformers 4.x and 5.x both read it that way. `tokenizer_class` is named
+  as the hub's ByT5 configs name theirs ("ByT5Tokenizer").
   """
+  umt5 = cfg.relative_attention_per_layer
   return {
-      "architectures": ["T5ForConditionalGeneration"],
-      "model_type": "t5",
+      "architectures": ["UMT5ForConditionalGeneration" if umt5 else "T5ForConditionalGeneration"],
+      "model_type": "umt5" if umt5 else "t5",
+      **({"tokenizer_class": tokenizer_class} if tokenizer_class else {}),
       "vocab_size": cfg.vocab_size,
       "d_model": cfg.d_model,
       "d_kv": cfg.d_kv,

@@ -29,6 +29,7 @@ SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_NAME = "pytorch_model.bin"
 TORCH_INDEX_NAME = "pytorch_model.bin.index.json"
 SPIECE_NAME = "spiece.model"
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 _SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 
 
@@ -125,6 +126,16 @@ def read_hf_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                           f"{SAFETENSORS_INDEX_NAME} or {TORCH_NAME}.")
 
 
+def read_tokenizer_class(path: str | os.PathLike) -> tuple[str | None, dict]:
+  """(the tokenizer class a model directory names, its tokenizer_config.json or {})."""
+  path = pathlib.Path(path)
+  tokenizer = {}
+  if (path / TOKENIZER_CONFIG_NAME).is_file():
+    tokenizer = _read_json(path / TOKENIZER_CONFIG_NAME)
+  config = _read_json(path / CONFIG_NAME) if (path / CONFIG_NAME).is_file() else {}
+  return config.get("tokenizer_class") or tokenizer.get("tokenizer_class"), tokenizer
+
+
 def load_hf_dir(path: str | os.PathLike) -> tuple[T5Config, dict]:
   """Loads a Hugging Face T5 / mT5 model directory.
 
@@ -167,8 +178,9 @@ def _shards(state: Mapping[str, np.ndarray], max_bytes: int) -> list[dict[str, n
 
 def save_hf_dir(cfg: T5Config, params: Mapping, path: str | os.PathLike,
                 max_shard_bytes: int | None = None,
-                spiece_model_path: str | os.PathLike | None = None) -> None:
-  """Writes a directory that `T5ForConditionalGeneration.from_pretrained` loads.
+                spiece_model_path: str | os.PathLike | None = None,
+                tokenizer_config: dict | None = None) -> None:
+  """Writes a directory that `T5ForConditionalGeneration.from_pretrained` (or UMT5's) loads.
 
   Args:
     cfg: the model's config.
@@ -176,7 +188,9 @@ def save_hf_dir(cfg: T5Config, params: Mapping, path: str | os.PathLike,
     path: output directory, created if needed; weight files from an earlier save there
       are replaced.
     max_shard_bytes: if the weights are larger, write shards and an index.
-    spiece_model_path: a SentencePiece model to copy in as spiece.model.
+    spiece_model_path: a SentencePiece model to copy in as spiece.model, byte for byte.
+    tokenizer_config: written as tokenizer_config.json (its tokenizer_class, e.g.
+      "ByT5Tokenizer", named in config.json too, as the hub's ByT5 configs do).
   """
   if max_shard_bytes is not None and max_shard_bytes <= 0:
     raise ValueError(f"max_shard_bytes must be positive or None, got {max_shard_bytes}.")
@@ -190,7 +204,10 @@ def save_hf_dir(cfg: T5Config, params: Mapping, path: str | os.PathLike,
   for old in path.iterdir():
     if old.name in (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME) or _SHARD_RE.fullmatch(old.name):
       old.unlink()
-  (path / CONFIG_NAME).write_text(json.dumps(hf_config_from_t5config(cfg), indent=2) + "\n")
+  tokenizer_class = (tokenizer_config or {}).get("tokenizer_class")
+  (path / CONFIG_NAME).write_text(json.dumps(hf_config_from_t5config(
+      cfg, tokenizer_class if tokenizer_class == "ByT5Tokenizer" else None), indent=2) + "\n")
+
   # transformers checks this metadata when it loads safetensors.
   metadata = {"format": "pt"}
   shards = [state] if max_shard_bytes is None else _shards(state, max_shard_bytes)
@@ -205,5 +222,15 @@ def save_hf_dir(cfg: T5Config, params: Mapping, path: str | os.PathLike,
     index = {"metadata": {"total_size": sum(x.nbytes for x in state.values())},
              "weight_map": weight_map}
     (path / SAFETENSORS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+  write_tokenizer(path, spiece_model_path, tokenizer_config)
+
+
+def write_tokenizer(path: str | os.PathLike, spiece_model_path: str | os.PathLike | None,
+                    tokenizer_config: dict | None) -> None:
+  """The tokenizer's files in a model (or adapter) directory: spiece.model, byte for byte,
+  and tokenizer_config.json."""
+  path = pathlib.Path(path)
   if spiece_model_path is not None:
     shutil.copyfile(spiece_model_path, path / SPIECE_NAME)
+  if tokenizer_config is not None:
+    (path / TOKENIZER_CONFIG_NAME).write_text(json.dumps(tokenizer_config, indent=2) + "\n")

@@ -66,9 +66,11 @@ def _entries(cfg: T5Config) -> list[_Entry]:
       for j, (hf_name, name, norm) in enumerate(attentions):
         out += _attention(f"{block}.layer.{j}.{hf_name}", (*path, name), cfg)
         out.append(_norm(f"{block}.layer.{j}.layer_norm.weight", (*path, norm), cfg))
-        if i == 0 and j == 0:  # one position bias per stack, stored in its first block
+        if j == 0 and (i == 0 or cfg.relative_attention_per_layer):
+          # T5: one position bias per stack, stored in its first block; UMT5: one per layer.
+          owner = path if cfg.relative_attention_per_layer else (stack,)
           out.append(_Entry(f"{block}.layer.0.SelfAttention.relative_attention_bias.weight",
-                            (stack, "relpos_bias", "rel_embedding"), "same",
+                            (*owner, "relpos_bias", "rel_embedding"), "same",
                             (cfg.relative_attention_num_buckets, cfg.num_heads)))
       j = len(attentions)
       out += _mlp(f"{block}.layer.{j}.DenseReluDense", (*path, "mlp"), cfg)

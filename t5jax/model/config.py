@@ -61,6 +61,8 @@ class T5Config:
     num_decoder_layers: decoder depth.
     relative_attention_num_buckets: buckets of the relative position bias.
     relative_attention_max_distance: distance beyond which buckets saturate.
+    relative_attention_per_layer: every layer's self-attention has its own relative
+      position bias (UMT5); False: one per stack, shared by its layers (T5, mT5, ByT5).
     dropout_rate: dropout on embeddings, sub-layer outputs and attention weights.
     feed_forward: the MLP, "ACT" or "gated-ACT" with ACT a key of ACTIVATIONS:
       "relu" (T5 1.0), "gated-gelu" (tanh GELU: T5 1.1, mT5, Flan-T5),
@@ -122,6 +124,7 @@ class T5Config:
   num_decoder_layers: int = 6
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
+  relative_attention_per_layer: bool = False
   dropout_rate: float = 0.1
   feed_forward: str = "relu"
   tie_word_embeddings: bool = True
@@ -323,6 +326,28 @@ SIZES: dict[str, dict] = {
 for _size in ("small", "base", "large", "xl", "xxl"):
   SIZES[f"mt5_{_size}"] = dict(SIZES[f"t5_1_1_{_size}"], vocab_size=250112)
 # mT5-small has 6 heads of 64 and d_ff 1024, 8 layers, like T5 1.1 small.
+
+# ByT5 (Xue et al. 2022): T5 1.1 on UTF-8 bytes (384 ids: 3 special, 256 bytes, 125
+# sentinels) with a deep encoder (3x the decoder's layers) and wider MLPs; the published
+# sizes (300M, 582M, 1.23B, 3.74B, 12.9B parameters) as google/byt5-* configure them.
+_BYT5 = dict(_T5_1_1, vocab_size=384, d_kv=64)
+SIZES.update({
+    "byt5_small": dict(_BYT5, d_model=1472, d_ff=3584, num_heads=6, num_encoder_layers=12,
+                       num_decoder_layers=4),
+    "byt5_base": dict(_BYT5, d_model=1536, d_ff=3968, num_heads=12, num_encoder_layers=18,
+                      num_decoder_layers=6),
+    "byt5_large": dict(_BYT5, d_model=1536, d_ff=3840, num_heads=16, num_encoder_layers=36,
+                       num_decoder_layers=12),
+    "byt5_xl": dict(_BYT5, d_model=2560, d_ff=6720, num_heads=32, num_encoder_layers=36,
+                    num_decoder_layers=12),
+    "byt5_xxl": dict(_BYT5, d_model=4672, d_ff=12352, num_heads=64, num_encoder_layers=36,
+                     num_decoder_layers=12),
+})
+# UMT5 (Chung et al. 2023): mT5's shapes with a relative position bias in every layer of
+# both stacks and a 256k vocabulary (google/umt5-small, -base, -xl, -xxl).
+for _size in ("small", "base", "xl", "xxl"):
+  SIZES[f"umt5_{_size}"] = dict(SIZES[f"t5_1_1_{_size}"], vocab_size=256384,
+                                relative_attention_per_layer=True)
 
 
 def get_config(name: str, **overrides) -> T5Config:

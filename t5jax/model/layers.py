@@ -440,28 +440,33 @@ def relative_position_buckets(query_length: int, key_length: int, bidirectional:
   return (buckets + np.where(is_small, distance, large)).astype(np.int32)
 
 
+def position_buckets(cfg: T5Config, query_length: int, key_length: int, bidirectional: bool,
+                     query_offset=None):
+  """The [T, S] int32 buckets of (key - query position); `query_offset` selects the rows of
+  the queries being decoded (positions offset.. of a key_length-long cache)."""
+  if query_offset is None:
+    return jnp.asarray(relative_position_buckets(
+        query_length, key_length, bidirectional, cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance))
+  full_ss = relative_position_buckets(
+      key_length, key_length, bidirectional, cfg.relative_attention_num_buckets,
+      cfg.relative_attention_max_distance)
+  return jax.lax.dynamic_slice_in_dim(jnp.asarray(full_ss), query_offset, query_length, axis=0)
+
+
 class RelativePositionBias(nn.Module):
-  """Learned per-head bias over relative-position buckets, shared by a stack's layers."""
+  """Learned per-head bias over relative-position buckets: one per stack, shared by its
+  layers (T5, mT5), or one in every layer's self-attention (UMT5,
+  T5Config.relative_attention_per_layer)."""
   config: T5Config
-  bidirectional: bool
 
   @nn.compact
-  def __call__(self, query_length: int, key_length: int, query_offset=None):
-    """Returns the [N, T, S] bias; query_offset selects rows while decoding."""
+  def __call__(self, buckets_ts):
+    """Returns the [N, T, S] bias of [T, S] buckets (`position_buckets`)."""
     cfg = self.config
     table_kn = param_with_axes(
         self, "rel_embedding", _normal(cfg.d_model**-0.5),
         (cfg.relative_attention_num_buckets, cfg.num_heads), ("relpos_buckets", "heads"),
         jnp.dtype(cfg.param_dtype))
-    if query_offset is None:
-      buckets_ts = relative_position_buckets(
-          query_length, key_length, self.bidirectional,
-          cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
-    else:
-      full_ss = relative_position_buckets(
-          key_length, key_length, self.bidirectional,
-          cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
-      buckets_ts = jax.lax.dynamic_slice_in_dim(jnp.asarray(full_ss), query_offset,
-                                                query_length, axis=0)
     bias_tsn = jnp.take(table_kn, buckets_ts, axis=0)
     return jnp.transpose(bias_tsn, (2, 0, 1)).astype(cfg.dtype)

@@ -115,7 +115,7 @@ class EncoderLayer(nn.Module):
     h = sub(norm, "pre_attention_layer_norm", x_btd)
     h = task_routing.per_task_attention(
         self, lambda **kw: layers.Attention(cfg, **kw), "attention", "encoder", slots_bt,
-        slots_bt, h, h, mask_bts, bias_nts, self.deterministic)
+        slots_bt, h, h, mask_bts, _layer_bias(self, bias_nts), self.deterministic)
     x_btd = x_btd + dropout(h, deterministic=self.deterministic)
     h = sub(norm, "pre_mlp_layer_norm", x_btd)
     h = sub(lambda **kw: layers.FeedForward(cfg, **kw), "mlp", h, self.deterministic,
@@ -142,8 +142,8 @@ class DecoderLayer(nn.Module):
         self, lambda **kw: layers.Attention(cfg, decode_role=role, **kw), name, "decoder",
         slots_bt, kv_slots, *args, self.deterministic, self.decode, **kwargs)
     h = sub(norm, "pre_self_attention_layer_norm", y_btd)
-    h = attention("self", "self_attention", slots_bt, h, h, self_mask_btt, bias_ntt,
-                  cache_index=cache_index)
+    h = attention("self", "self_attention", slots_bt, h, h, self_mask_btt,
+                  _layer_bias(self, bias_ntt), cache_index=cache_index)
     y_btd = y_btd + dropout(h, deterministic=self.deterministic)
     h = sub(norm, "pre_cross_attention_layer_norm", y_btd)
     h = attention("cross", "encoder_decoder_attention", encoder_slots_bs,
@@ -157,6 +157,21 @@ class DecoderLayer(nn.Module):
     return constrain(y_btd, ("batch", "length", "embed"))
 
 
+def _stack_bias(stack: nn.Module, buckets_ts):
+  """What a stack hands its layers for the position bias: the bias [N, T, S] of its one
+  table, or with a table per layer (UMT5) the buckets [T, S], for `_layer_bias`."""
+  if stack.config.relative_attention_per_layer:
+    return buckets_ts
+  return layers.RelativePositionBias(stack.config, name="relpos_bias")(buckets_ts)
+
+
+def _layer_bias(layer: nn.Module, bias_or_buckets):
+  """A layer's position bias [N, T, S]: its own table's (UMT5) or its stack's."""
+  if layer.config.relative_attention_per_layer:
+    return layers.RelativePositionBias(layer.config, name="relpos_bias")(bias_or_buckets)
+  return bias_or_buckets
+
+
 class Encoder(nn.Module):
   config: T5Config
 
@@ -164,7 +179,7 @@ class Encoder(nn.Module):
   def __call__(self, x_bsd, mask_bss, deterministic: bool, slots_bs=None):
     cfg = self.config
     s = x_bsd.shape[1]
-    bias_nss = layers.RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(s, s)
+    bias_nss = _stack_bias(self, layers.position_buckets(cfg, s, s, bidirectional=True))
     x_bsd = nn.Dropout(cfg.dropout_rate)(x_bsd, deterministic=deterministic)
     x_bsd = run_layers(self, EncoderLayer, cfg.num_encoder_layers, x_bsd,
                        (mask_bss, bias_nss, slots_bs), deterministic)
@@ -196,20 +211,20 @@ class Decoder(nn.Module):
       first_slots_bt = slots_bt
       slots = self.variable("cache", "task_slots", lambda: first_slots_bt[:, 0])
       slots_bt = jnp.broadcast_to(slots.value[:, None], y_btd.shape[:2])
-    relpos = layers.RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
     cache_index = None
     if decode and self.has_variable("cache", "index"):
       index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
       cache_index = index.value
       max_length = self.get_variable("cache", "max_length_marker").shape[0]
-      bias_ntt = relpos(t, max_length, query_offset=cache_index)
+      bias_ntt = _stack_bias(self, layers.position_buckets(cfg, t, max_length, False,
+                                                           query_offset=cache_index))
       self_mask_btt = (jnp.arange(max_length) <= cache_index)[None, None, :]
       index.value = cache_index + t
     else:
       if decode:  # the call that creates the cache: remember its length
         self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
         self.variable("cache", "max_length_marker", lambda: jnp.zeros((t,), jnp.int8))
-      bias_ntt = relpos(t, t)
+      bias_ntt = _stack_bias(self, layers.position_buckets(cfg, t, t, bidirectional=False))
       causal = causal_mask(t)
       self_mask_btt = causal if self_mask_btt is None else causal & self_mask_btt
 

@@ -12,7 +12,8 @@ import numpy as np
 
 from t5jax import checkpoint, fs
 from t5jax.decode import decoding, evaluate
-from t5jax.train import losses, metrics, optim, preemption, step as train_step, task_weighting
+from t5jax.train import losses, metrics, optim, preemption, run_vocabulary
+from t5jax.train import step as train_step, task_weighting
 from t5jax.model import trainable
 from t5jax.parallel import partitioning
 from t5jax import config as gin_config
@@ -129,14 +130,11 @@ class TrainConfig:
                                                   **self.peft.overrides()})
 
 
-def build_model(config: TrainConfig) -> t5.Transformer:
-  """The model, checked against the vocabulary the data is tokenized with."""
+def build_model(config: TrainConfig, vocabulary=None) -> t5.Transformer:
+  """The model; with the run's `vocabulary`, checked to have a row for each of its ids."""
   cfg = config.model_config()
-  needed = vocab.get_vocabulary().vocab_size
-  if cfg.vocab_size < needed:
-    raise ValueError(
-        f"Model {config.model} has {cfg.vocab_size} embedding rows but the vocabulary has "
-        f"{needed} pieces; set model_overrides={{'vocab_size': {vocab.EMBEDDING_VOCAB_SIZE}}}.")
+  if vocabulary is not None:
+    run_vocabulary.check_model(vocabulary, cfg.vocab_size, config.model)
   return t5.Transformer(cfg)
 
 
@@ -148,14 +146,21 @@ def optimizer_config(config: TrainConfig, model: t5.Transformer) -> optim.Optimi
 
 
 def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
-  """Trains (resuming from RUN_DIR/checkpoints if there are any); returns the
-  logged metric summaries."""
+  """Trains (resuming from RUN_DIR/checkpoints if there are any) on the vocabulary of its
+  tasks (or InputSpec.vocabulary's), which the run directory records; returns the logged
+  metric summaries."""
   config = config or TrainConfig()
+  with run_vocabulary.for_run(config.data, config.eval.mixture_or_task,
+                              config.checkpoint.init_from) as vocabulary:
+    return _train(run_dir, config, vocabulary)
+
+
+def _train(run_dir: str, config: TrainConfig, vocabulary) -> list[dict]:
   primary = jax.process_index() == 0
   mesh = partitioning.make_mesh(config.mesh)
   partitioning.check_batch_size(config.batch_size, mesh, config.microbatches)
   task_names = pipeline.task_names(config.data.mixture_or_task)
-  model = build_model(config)
+  model = build_model(config, vocabulary)
   _check_prompt_rows(model.config, config.data)
   opt_cfg = optimizer_config(config, model)
   tx = optim.make_optimizer(opt_cfg)
@@ -163,7 +168,7 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
 
   with partitioning.sharding_context(mesh):
     state, shardings, data_local = _initial_state(config, model, tx, mesh, ckpt,
-                                                  len(task_names))
+                                                  len(task_names), vocabulary)
     step_fn = train_step.jit_train_step(
         mesh, shardings, model=model, tx=tx, loss_cfg=config.loss,
         task_weights_k=config.loss.weights_vector(task_names),
@@ -183,7 +188,8 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
       f"{config.data.mixture_or_task} {task_names} from step {start} to {config.num_steps}; "
       f"mesh {dict(mesh.shape)}, batch {config.batch_size}; logs in {run_dir}", primary)
 
-  meta = _checkpoint_meta(config, model, len(task_names))
+  meta = _checkpoint_meta(config, model, len(task_names),
+                          vocab.record(vocabulary, run_dir if primary else None))
   if _saves_trained_only(model.config, config.checkpoint, opt_cfg.trainable):
     # A resumed run keeps the base its checkpoints name (pinned to a step).
     saved = ckpt.read_meta(ckpt.steps()[-1]).get("peft") if ckpt.steps() else None
@@ -215,7 +221,7 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
       eval_metrics = None
       if config.eval.every_steps and (done % config.eval.every_steps == 0
                                       or done == config.num_steps):
-        eval_metrics = _evaluate(config, model, state.params, done, primary)
+        eval_metrics = _evaluate(config, model, state.params, vocabulary, done, primary)
         failure = failure or _write(lambda: writer.write(done, eval_metrics, prefix="eval"),
                                     ckpt, run_dir)
       if (stop or done == config.num_steps or (every and done % every == 0)
@@ -234,7 +240,7 @@ def train(run_dir: str, config: TrainConfig | None = None) -> list[dict]:
     _close(ckpt, guard, failure, run_dir)
 
   if config.num_sample_predictions and primary:
-    _sample_predictions(run_dir, model, state.params, config)
+    _sample_predictions(run_dir, model, state.params, config, vocabulary)
   writer.close()
   return summaries
 
@@ -311,7 +317,7 @@ def _local_position(position: jax.Array, config: TrainConfig) -> np.ndarray:
 
 
 def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkpointer,
-                   num_tasks: int):
+                   num_tasks: int, vocabulary):
   """Resumes from the run's own latest good checkpoint, else starts fresh
   (from `checkpoint.init_from`'s parameters when fine-tuning).
 
@@ -320,7 +326,7 @@ def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkp
   task_state = task_weighting.init_state(config.loss, num_tasks)
   shardings = train_step.state_shardings(model, tx, mesh, *lengths, task_state)
   abstract = train_step.abstract_train_state(model, tx, *lengths, task_state)
-  same_data = _check_resumable(ckpt, model.config, config, num_tasks)
+  same_data = _check_resumable(ckpt, model.config, config, num_tasks, vocabulary)
   position = jax.ShapeDtypeStruct(pipeline.state_shape(config.data, config.batch_size),
                                   np.int32, sharding=partitioning.batch_sharding(mesh))
   restored = ckpt.restore_latest(abstract, shardings, position if same_data else None)
@@ -335,6 +341,8 @@ def _initial_state(config: TrainConfig, model, tx, mesh, ckpt: checkpoint.Checkp
   if config.checkpoint.init_from:
     source = config.checkpoint.init_from
     source_meta = checkpoint.read_meta(source)
+    run_vocabulary.check_same(vocabulary, source_meta, source,
+                              allow=config.checkpoint.vocabulary_change)
     source_cfg = source_meta.get("model_config", {})
     adds = model.config.has_task_parameters or model.config.peft
     plain_source = adds and not any(source_cfg.get(f) for f in ADDED_PARAMETER_FIELDS)
@@ -402,7 +410,7 @@ def _check_same_architecture(meta: dict, cfg, source: str, task_fields: bool = T
 
 
 def _check_resumable(ckpt: checkpoint.Checkpointer, cfg, config: TrainConfig,
-                     num_tasks: int) -> bool:
+                     num_tasks: int, vocabulary) -> bool:
   """A run resumed with another architecture (task parameters included) or another
   task weighting has another state, which would not restore: say so before trying,
   rather than setting its checkpoints aside as unreadable.
@@ -417,6 +425,7 @@ def _check_resumable(ckpt: checkpoint.Checkpointer, cfg, config: TrainConfig,
   except Exception:  # noqa: BLE001 - an unreadable checkpoint is restore_latest's to handle
     return True
   _check_same_architecture(meta, cfg, ckpt.directory)
+  run_vocabulary.check_same(vocabulary, meta, ckpt.directory, allow=False)
   weighting = config.loss.task_weighting
   saved = meta.get("task_weighting", {"mode": "fixed"})  # from before task weighting
   if saved["mode"] != weighting or (weighting != "fixed" and saved["num_tasks"] != num_tasks):
@@ -446,19 +455,18 @@ def _check_resumable(ckpt: checkpoint.Checkpointer, cfg, config: TrainConfig,
       "from its beginning.")
 
 
-def _checkpoint_meta(config: TrainConfig, model, num_tasks: int) -> dict:
-  voc = vocab.get_vocabulary()
+def _checkpoint_meta(config: TrainConfig, model, num_tasks: int, vocab_record: dict) -> dict:
   return {
       "model_config": dataclasses.asdict(model.config),
       "model": config.model,
-      "vocab": {"size": voc.vocab_size, "extra_ids": voc.extra_ids},
+      "vocab": vocab_record,
       "data": pipeline.signature(config.data, config.batch_size),
       "task_weighting": {"mode": config.loss.task_weighting, "num_tasks": num_tasks},
       "gin": gin.config_str(),
   }
 
 
-def _evaluate(config: TrainConfig, model, params, step: int, primary: bool) -> dict:
+def _evaluate(config: TrainConfig, model, params, vocabulary, step: int, primary: bool) -> dict:
   """Runs the evaluation of `config.eval` on the current parameters; returns its metrics."""
   from t5jax.decode.predictor import Predictor
   local_mesh = None
@@ -468,7 +476,7 @@ def _evaluate(config: TrainConfig, model, params, step: int, primary: bool) -> d
     from jax.experimental import multihost_utils
     params = multihost_utils.process_allgather(params, tiled=True)
     local_mesh = partitioning.make_mesh(partitioning.MeshConfig(), jax.local_devices())
-  predictor = Predictor(model.config.replace(dropout_rate=0.0), params, vocab.get_vocabulary())
+  predictor = Predictor(model.config.replace(dropout_rate=0.0), params, vocabulary)
   name = config.eval.mixture_or_task or config.data.mixture_or_task
   if local_mesh is None:
     results = evaluate.evaluate(predictor, config.eval, name)
@@ -497,7 +505,7 @@ def _check_finite(window: list[dict], first_step: int, ckpt: checkpoint.Checkpoi
           "the data, or use float32 activations.")
 
 
-def _sample_predictions(run_dir: str, model, params, config: TrainConfig) -> None:
+def _sample_predictions(run_dir: str, model, params, config: TrainConfig, voc) -> None:
   """Greedy-decodes a few validation examples and writes them to predictions.jsonl."""
   from t5jax.decode.predictor import text_of
   spec = dataclasses.replace(config.data, split="validation", pack=False, shuffle=False)
@@ -509,7 +517,6 @@ def _sample_predictions(run_dir: str, model, params, config: TrainConfig) -> Non
   slots_b = None if slot_table is None else slot_table[batch["decoder_task_ids"][:, 0]]
   tokens, scores = decoding.greedy_decode(model, params, batch["encoder_input_tokens"],
                                           config.max_decode_length, slots_b)
-  voc = vocab.get_vocabulary()
   lines = []
   for i in range(n):
     record = {

@@ -1,6 +1,7 @@
-"""Parity with Hugging Face transformers: random HF T5 models of several shapes, saved
-with save_pretrained, must give the same logits, greedy output and log-likelihoods
-in t5jax, and survive the trip back to HF bit for bit."""
+"""Parity with Hugging Face transformers: random HF T5 models of several shapes (T5 1.0,
+1.1, UMT5's position bias per layer, ByT5's deep encoder over 384 byte ids), saved with
+save_pretrained, must give the same logits, greedy and beam output and log-likelihoods in
+t5jax, and survive the trip back to HF bit for bit."""
 import copy
 import json
 
@@ -40,14 +41,27 @@ CASES = {
     "tied_unscaled": dict(vocab_size=112, d_model=32, d_kv=16, d_ff=48, num_heads=2,
                           num_layers=1, num_decoder_layers=2, feed_forward_proj="gated-silu",
                           tie_word_embeddings=False),
+    # UMT5: mT5's layers with a relative position bias in every self-attention.
+    "umt5": dict(model_type="umt5", vocab_size=144, d_model=32, d_kv=8, d_ff=64, num_heads=4,
+                 num_layers=2, num_decoder_layers=3, feed_forward_proj="gated-gelu",
+                 tie_word_embeddings=False),
+    # ByT5: 384 byte ids, an encoder three times the decoder's depth, ByT5Tokenizer.
+    "byt5": dict(vocab_size=384, d_model=32, d_kv=8, d_ff=48, num_heads=2, num_layers=3,
+                 num_decoder_layers=1, feed_forward_proj="gated-gelu",
+                 tie_word_embeddings=False, tokenizer_class="ByT5Tokenizer"),
 }
-UNTIE = {"t5_1_1"}  # give these a separate random lm_head, as real 1.1 checkpoints have
+# Give these a separate random lm_head, as real 1.1, UMT5 and ByT5 checkpoints have.
+UNTIE = {"t5_1_1", "umt5", "byt5"}
 
 
 def _random_hf_model(case, seed=0):
   torch.manual_seed(seed)
-  config = transformers.T5Config(dropout_rate=0.0, decoder_start_token_id=0, **CASES[case])
-  model = transformers.T5ForConditionalGeneration(config).eval()
+  kwargs = dict(CASES[case])
+  umt5 = kwargs.pop("model_type", "t5") == "umt5"
+  config = (transformers.UMT5Config if umt5 else transformers.T5Config)(
+      dropout_rate=0.0, decoder_start_token_id=0, **kwargs)
+  model = (transformers.UMT5ForConditionalGeneration if umt5 else
+           transformers.T5ForConditionalGeneration)(config).eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
       if "layer_norm" in name:  # HF initialises norms to 1, which would hide a mix-up
@@ -122,6 +136,7 @@ def test_config_says_tied_only_for_scaled_models(pair):
 
 def test_feed_forward_is_transformers_activation(pair):
   assert pair["cfg"].feed_forward == CASES[pair["case"]]["feed_forward_proj"]
+  assert pair["cfg"].relative_attention_per_layer == (pair["case"] == "umt5")
 
 
 def test_params_have_the_tree_and_shapes_init_makes(pair):
@@ -202,7 +217,7 @@ def _hf_logits(model, pair):
 
 
 def _from_pretrained(path):
-  model, info = transformers.T5ForConditionalGeneration.from_pretrained(
+  model, info = transformers.AutoModelForSeq2SeqLM.from_pretrained(
       path, output_loading_info=True)
   assert not any(info.values()), info  # no missing, unexpected or mismatched keys
   return model.eval()
@@ -211,9 +226,10 @@ def _from_pretrained(path):
 def test_export_loads_in_transformers(pair, tmp_path):
   save_hf_dir(pair["cfg"], pair["params"], tmp_path)
   reloaded = _from_pretrained(tmp_path)
+  assert type(reloaded) is type(pair["hf"])  # UMT5 comes back as UMT5
   assert reloaded.config.scale_decoder_outputs == pair["cfg"].tie_word_embeddings
   tied = reloaded.lm_head.weight.data_ptr() == reloaded.shared.weight.data_ptr()
-  assert tied == (pair["case"] != "t5_1_1")
+  assert tied == (pair["case"] not in UNTIE)
   np.testing.assert_allclose(_hf_logits(reloaded, pair), pair["hf_logits"], atol=1e-6, rtol=0)
 
 
@@ -252,6 +268,24 @@ def test_bfloat16_safetensors_load_as_float32(build, tmp_path):
   assert emb.dtype == np.float32
   want = pair["params"]["token_embedder"]
   np.testing.assert_array_equal(emb, torch.tensor(want).bfloat16().float().numpy())
+
+
+@pytest.mark.parametrize("case", ["umt5", "byt5"])
+def test_beam_search_matches_generate(build, case):
+  pair = build(case)
+  strategy = decoding.DecodeConfig("beam", num_beams=3, alpha=0.0)
+  ours = np.asarray(decoding.generate(pair["model"], pair["params"], pair["enc"].astype(np.int32),
+                                      max_decode_length=MAX_NEW_TOKENS, strategy=strategy).tokens_bl)
+  with torch.no_grad():
+    theirs = pair["hf"].generate(
+        input_ids=torch.tensor(pair["enc"]), attention_mask=torch.tensor(pair["enc"] > 0),
+        do_sample=False, num_beams=3, length_penalty=0.0, early_stopping=True,
+        max_new_tokens=MAX_NEW_TOKENS, use_cache=False).numpy()[:, 1:]
+  theirs = np.pad(theirs, ((0, 0), (0, MAX_NEW_TOKENS - theirs.shape[1])))
+  eos = (theirs == decoding.EOS_ID).astype(int)
+  theirs = np.where(np.cumsum(eos, axis=1) - eos > 0, 0, theirs)  # HF pads beams with EOS
+  np.testing.assert_array_equal(ours, theirs)
+  assert len(np.unique(theirs)) > 3
 
 
 @pytest.mark.parametrize("hf_kwargs", [
