@@ -84,7 +84,8 @@ COMMANDS = [(line, *parsed) for line in _bash_lines(README)
             if (parsed := _t5jax_words(line)) is not None]
 
 
-MADE_RUNS = ("runs/demo", "runs/lora")  # trained (with fewer steps) by the workdir fixture
+# Trained (with fewer steps) by the workdir fixture.
+MADE_RUNS = ("runs/demo", "runs/lora", "runs/german")
 
 
 def _uses_only_made_runs(words: list[str]) -> bool:
@@ -115,6 +116,7 @@ POD = [(line, words, stdin) for line, words, stdin in COMMANDS
 PARSE = [(line, words) for line, words, _ in COMMANDS if words[0] in ("train", "compile")]
 TRAIN_DEMO = next(words for _, words in PARSE if "--run_dir=runs/demo" in words)
 TRAIN_LORA = next(words for _, words in PARSE if "--run_dir=runs/lora" in words)
+TRAIN_GERMAN = next(words for _, words in PARSE if "--run_dir=runs/german" in words)
 
 
 def test_the_readme_has_the_commands_a_newcomer_runs():
@@ -129,6 +131,21 @@ def _python_block(name: str) -> str:
               if block.startswith(f"# {name}"))
 
 
+def _german_text(lines: int = 1000) -> None:
+  """de_en/text.txt (German and English) and de_en/{train,dev}.tsv, from the shipped text."""
+  import gzip
+  from t5jax.data import assets
+  text = {}
+  for lang in ("en", "de"):
+    with gzip.open(assets.asset_path(f"multi30k/train.{lang}.gz"), "rt", encoding="utf-8") as f:
+      text[lang] = [next(f).rstrip("\n") for _ in range(lines)]
+  pathlib.Path("de_en").mkdir()
+  pathlib.Path("de_en/text.txt").write_text("\n".join(text["en"] + text["de"]) + "\n")
+  pairs = [f"{e}\t{d}\n" for e, d in zip(text["en"], text["de"])]
+  pathlib.Path("de_en/train.tsv").write_text("".join(pairs[:-100]))
+  pathlib.Path("de_en/dev.tsv").write_text("".join(pairs[-100:]))
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """A user's directory after `make demo` (with fewer steps) and with the README's inputs."""
@@ -136,7 +153,10 @@ def workdir(tmp_path_factory):
   old = os.getcwd()
   os.chdir(root)
   try:
-    for train in (TRAIN_DEMO, TRAIN_LORA):  # the LoRA run fine-tunes the demo's
+    _german_text()  # the data my_german.py reads, from the shipped Multi30k
+    pathlib.Path("my_german.py").write_text(_python_block("my_german.py"))
+    # The LoRA run fine-tunes the demo's; the German one trains its SentencePiece model.
+    for train in (TRAIN_DEMO, TRAIN_LORA, TRAIN_GERMAN):
       assert cli.main([*train, f"--gin.TrainConfig.num_steps={STEPS}",
                        "--gin.TrainConfig.num_sample_predictions=0"]) == 0
     pathlib.Path("inputs.txt").write_text("A man rides a horse.\nTwo dogs play.\n")
@@ -178,7 +198,8 @@ def forget_user_tasks():
   """The README's my_tasks module and its task stay out of the other tests' way."""
   yield
   import seqio
-  for module, task in (("my_tasks", "my_reverse"), ("my_corpus", "my_corpus")):
+  for module, task in (("my_tasks", "my_reverse"), ("my_corpus", "my_corpus"),
+                       ("my_german", "my_de")):
     sys.modules.pop(module, None)
     if task in seqio.TaskRegistry.names():
       seqio.TaskRegistry.remove(task)
@@ -204,7 +225,8 @@ def test_readme_command_runs_as_written(line, words, stdin, workdir, monkeypatch
   if words[0] == "tasks":
     assert "multi30k_en_fr" in out and ("my_reverse" in out) == ("--module" in words)
   if words[0] == "eval":
-    assert re.search(r"multi30k_en_fr\s+bleu", out), out
+    task = words[words.index("--task") + 1] if "--task" in words else "multi30k_en_fr"
+    assert re.search(rf"{task}\s+bleu", out), out
   if words[0] == "cache":
     assert "my_corpus/train: 400 examples" in out, out
     assert "2/2 shards" in err and "M tokens/s" in err, err
