@@ -55,13 +55,13 @@ def parser() -> argparse.ArgumentParser:
   return top
 
 
-def _gin_files(parser) -> None:
+def _gin_files(parser, default: str = "runs/demo.gin") -> None:
   parser.add_argument(
       "--gin_file", action="append", default=[], metavar="FILE",
       help="gin file, looked up in t5jax's gin_configs/ first (e.g. runs/demo.gin, "
       "models/t5_1_1_small.gin), then in the working directory (./FILE always means the "
       "working directory's); repeatable, later files override earlier ones "
-      "(default: runs/demo.gin)")
+      f"(default: {default})")
 
 
 def _train(sub) -> None:
@@ -72,20 +72,24 @@ def _train(sub) -> None:
   train.add_argument("--init_from", default=None, metavar="DIR",
                      help="fine-tune: start from the parameters of this run or converted "
                      "checkpoint, with a fresh optimizer and step (default: a random start)")
-  train.add_argument("--coordinator_address", default=None, metavar="HOST:PORT",
-                     help="multi-process: the address of process 0 (default: one process)")
-  train.add_argument("--num_processes", type=int, default=None,
-                     help="multi-process: how many processes run this command "
-                     "(default: one process)")
-  train.add_argument("--process_id", type=int, default=None,
-                     help="multi-process: this process's index, 0 to num_processes-1 "
-                     "(default: one process)")
-  train.add_argument("--heartbeat_timeout_seconds", type=int, default=100,
-                     help="multi-process: a process silent this long is declared dead and "
-                     "the others exit with an error")
-  train.add_argument("--distributed", default=None, choices=("auto", "none"),
-                     help="auto: let JAX detect Cloud TPU / SLURM / Kubernetes; none: one "
-                     "process (default: $T5JAX_DISTRIBUTED, else none)")
+  _distributed_flags(train)
+
+
+def _distributed_flags(parser) -> None:
+  parser.add_argument("--coordinator_address", default=None, metavar="HOST:PORT",
+                      help="multi-process: the address of process 0 (default: one process)")
+  parser.add_argument("--num_processes", type=int, default=None,
+                      help="multi-process: how many processes run this command "
+                      "(default: one process)")
+  parser.add_argument("--process_id", type=int, default=None,
+                      help="multi-process: this process's index, 0 to num_processes-1 "
+                      "(default: one process)")
+  parser.add_argument("--heartbeat_timeout_seconds", type=int, default=100,
+                      help="multi-process: a process silent this long is declared dead and "
+                      "the others exit with an error")
+  parser.add_argument("--distributed", default=None, choices=("auto", "none"),
+                      help="auto: let JAX detect Cloud TPU / SLURM / Kubernetes; none: one "
+                      "process (default: $T5JAX_DISTRIBUTED, else none)")
 
 
 def _compile(sub) -> None:
@@ -126,6 +130,11 @@ def _model_flags(parser, what: str) -> None:
                       help="inputs longer than this many tokens are truncated (with a warning)")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="activation dtype")
+  parser.add_argument("--param_dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="the parameters' dtype once restored (bfloat16: half the memory)")
+  _gin_files(parser, default="none: one device; a mesh file such as mesh/fsdp.gin, or any "
+             "MeshConfig binding, spreads the model and each batch over all devices")
+  _distributed_flags(parser)
 
 
 def _task_flag(parser) -> None:
@@ -170,6 +179,9 @@ def _infer(sub) -> None:
                      help='prepended to each input, e.g. "summarize: " (default: none)')
   infer.add_argument("--max_decode_length", type=int, default=64,
                      help="most tokens to generate per input")
+  infer.add_argument("--overwrite", action="store_true",
+                     help="start --output over; without it, an --output that holds the first "
+                     "N outputs (a run that was killed) is continued after them")
   _task_flag(infer)
   _decode_flags(infer)
 
@@ -200,8 +212,12 @@ def _eval(sub) -> None:
   evaluate.add_argument("--targets_length", type=int, default=128,
                         help="most tokens to generate per example")
   evaluate.add_argument("--output_dir", default=None, metavar="DIR",
-                        help="where the results go, as metrics.jsonl and TensorBoard "
-                        "events (default: CHECKPOINT/eval)")
+                        help="where the results go: metrics.jsonl, TensorBoard events and "
+                        "TASK-STEP.jsonl, what the model said for each example "
+                        "(default: CHECKPOINT/eval)")
+  evaluate.add_argument("--loss_only", action="store_true",
+                        help="only each task's teacher-forced loss and token accuracy: no "
+                        "decoding, no metrics")
   _decode_flags(evaluate)
 
 

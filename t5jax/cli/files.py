@@ -140,20 +140,38 @@ def open_input(path: str):
 
 
 @contextlib.contextmanager
-def open_output(path: str):
-  """A file to write (its folder created if needed), or stdout for "-". A gs:// file is
-  written whole when the block ends (a GCS object appears at once, complete)."""
+def open_output(path: str, append: bool = False):
+  """A file to write (its folder created if needed), or stdout for "-"; with `append`, what
+  is written goes after what the file holds. In a bucket, each flush() appends what was
+  written since (a GCS object cannot grow in place: fs.append_text composes it on)."""
   if path == "-":
     yield sys.stdout
     return
   if fs.is_gcs(path):
-    buffer = io.StringIO()
-    yield buffer
-    fs.write_text(path, buffer.getvalue())
+    if not append:
+      fs.write_text(path, "")
+    stream = _BucketAppender(path)
+    yield stream
+    stream.flush()
     return
   os.makedirs(os.path.dirname(_absolute(path)), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
+  with open(path, "a" if append else "w", encoding="utf-8") as f:
     yield f
+
+
+class _BucketAppender(io.StringIO):
+  """A text stream whose flush() appends what was written since to a gs:// file."""
+
+  def __init__(self, path: str):
+    super().__init__()
+    self.path = path
+
+  def flush(self) -> None:
+    text = self.getvalue()
+    if text:
+      fs.append_text(self.path, text)
+      self.seek(0)
+      self.truncate()
 
 
 def read_records(lines, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:

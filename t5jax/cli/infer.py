@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
-from t5jax import fs
+import jax
+
+from t5jax import checkpoint, fs
 from t5jax.cli import files
 from t5jax.data import registry
 from t5jax.train import metrics
@@ -12,12 +15,21 @@ from t5jax.decode import evaluate as evaluate_lib
 from t5jax.decode.predictor import Predictor
 
 
-def _load(args) -> Predictor:
-  predictor = Predictor.from_checkpoint(args.checkpoint, dtype=args.dtype)
-  print(f"Loaded {args.checkpoint}: d_model {predictor.config.d_model}, "
-        f"{predictor.config.num_encoder_layers}+{predictor.config.num_decoder_layers} layers, "
-        f"vocabulary {predictor.vocabulary.vocab_size}", file=sys.stderr, flush=True)
+def _load(args, mesh) -> Predictor:
+  predictor = Predictor.from_checkpoint(args.checkpoint, dtype=args.dtype, mesh=mesh,
+                                        param_dtype=args.param_dtype)
+  where = "" if mesh is None else f", mesh {dict(mesh.shape)}"
+  if _primary():
+    print(f"Loaded {args.checkpoint}: d_model {predictor.config.d_model}, "
+          f"{predictor.config.num_encoder_layers}+{predictor.config.num_decoder_layers} "
+          f"layers, vocabulary {predictor.vocabulary.vocab_size}{where}", file=sys.stderr,
+          flush=True)
   return predictor
+
+
+def _primary() -> bool:
+  """Only process 0 writes (every process computes its share of each batch)."""
+  return jax.process_index() == 0
 
 
 def _report_truncation(predictor: Predictor, what: str, limit: int) -> None:
@@ -25,36 +37,81 @@ def _report_truncation(predictor: Predictor, what: str, limit: int) -> None:
     files.warn(f"{predictor.truncated} {what} longer than {limit} tokens were truncated.")
 
 
-def infer(args, strategy) -> None:
-  """Generates a prediction for each input line, in order, one JSON line each."""
-  predictor = _load(args)
+# Inputs decoded (and their outputs written) together: enough batches to sort by length.
+CHUNK_BATCHES = 16
+
+
+def infer(args, strategy, mesh=None) -> None:
+  """Generates a prediction for each input line, in order, one JSON line each, written as
+  each chunk of inputs is done. Run again on the same --output, it goes on after the last
+  line written (--overwrite starts over)."""
+  predictor = _load(args, mesh)
   with files.open_input(args.input) as f:
     records = list(files.read_records(f, required=("inputs",)))
-  empty = [n for n, r in records if not str(r["inputs"]).strip()]
-  if empty:
+  done = _lines_done(args, records) if _primary() else 0
+  if jax.process_count() > 1:  # every process decodes the same chunks
+    from jax.experimental import multihost_utils
+    done = int(multihost_utils.broadcast_one_to_all(done))
+  empty = [n for n, r in records[done:] if not str(r["inputs"]).strip()]
+  if empty and _primary():
     files.warn(f"{len(empty)} empty input line(s) skipped (lines {empty[:10]}); their output "
-                "lines say so.")
-  todo = [(n, r) for n, r in records if str(r["inputs"]).strip()]
-  texts = [args.prefix + str(r["inputs"]) for _, r in todo]
-  outputs = predictor.generate(texts, strategy=strategy, max_input_length=args.max_input_length,
-                               max_decode_length=args.max_decode_length,
-                               batch_size=args.batch_size, task=args.task) if texts else []
-  by_line = {n: g for (n, _), g in zip(todo, outputs)}
-  with files.open_output(args.output) as out:
-    for n, record in records:
-      if n in by_line:
-        g = by_line[n]
-        record = {**record, "prediction": g.text, "score": g.score,
-                  "log_likelihood": g.log_likelihood}
-      else:
-        record = {**record, "prediction": None, "skipped": "empty input"}
-      files.write_record(out, record)
-  _report_truncation(predictor, "input(s)", args.max_input_length)
+               "lines say so.")
+  chunk = max(1, args.batch_size) * CHUNK_BATCHES
+  with files.open_output(args.output, append=done > 0) as out:
+    for start in range(done, len(records), chunk):
+      part = records[start:start + chunk]
+      todo = [(n, r) for n, r in part if str(r["inputs"]).strip()]
+      texts = [args.prefix + str(r["inputs"]) for _, r in todo]
+      outputs = predictor.generate(
+          texts, strategy=strategy, max_input_length=args.max_input_length,
+          max_decode_length=args.max_decode_length, batch_size=args.batch_size,
+          task=args.task) if texts else []
+      by_line = {n: g for (n, _), g in zip(todo, outputs)}
+      if _primary():
+        for n, record in part:
+          if n in by_line:
+            g = by_line[n]
+            record = {**record, "prediction": g.text, "score": g.score,
+                      "log_likelihood": g.log_likelihood}
+          else:
+            record = {**record, "prediction": None, "skipped": "empty input"}
+          files.write_record(out, record)
+        out.flush()
+  if _primary():
+    _report_truncation(predictor, "input(s)", args.max_input_length)
 
 
-def score(args, unused_strategy=None) -> None:
+def _lines_done(args, records) -> int:
+  """How many of the input's lines --output already holds (0 to start over). A last line
+  cut short by a killed run is dropped; lines for other inputs are an error."""
+  if args.output == "-" or args.overwrite or not fs.exists(args.output):
+    return 0
+  lines = fs.read_text(args.output).split("\n")
+  complete = []
+  for line in lines[:-1]:  # the text after the last newline was not finished
+    try:
+      complete.append(json.loads(line))
+    except json.JSONDecodeError:
+      break
+  for (_, record), written in zip(records, complete):
+    if written.get("inputs") != record["inputs"]:
+      raise ValueError(f"--output {args.output} holds lines for other inputs than --input "
+                       f"{args.input}; give another --output, or --overwrite to start over.")
+  if len(complete) > len(records):
+    raise ValueError(f"--output {args.output} holds {len(complete)} lines but --input has "
+                     f"{len(records)}; give another --output, or --overwrite to start over.")
+  text = "".join(line + "\n" for line in lines[:len(complete)])
+  if text != fs.read_text(args.output):
+    fs.write_text(args.output, text)  # drop a line a killed run left half-written
+  if complete:
+    files.warn(f"--output {args.output} holds the first {len(complete)} of {len(records)} "
+               "outputs: going on from there (--overwrite starts over).")
+  return len(complete)
+
+
+def score(args, unused_strategy=None, mesh=None) -> None:
   """Adds "log_likelihood" (sum of target token log-probs, EOS included) to each line."""
-  predictor = _load(args)
+  predictor = _load(args, mesh)
   with files.open_input(args.input) as f:
     records = [r for _, r in files.read_records(f, required=("inputs", "targets"))]
   scores = predictor.score([str(r["inputs"]) for r in records],
@@ -68,19 +125,24 @@ def score(args, unused_strategy=None) -> None:
   _report_truncation(predictor, "input(s) or target(s)", args.max_input_length)
 
 
-def eval(args, strategy) -> None:  # noqa: A001 - the subcommand's name
-  """Runs SeqIO's evaluator on a task or mixture; prints a per-task table and
-  writes metrics.jsonl and TensorBoard events into --output_dir."""
-  predictor = _load(args)
+def eval(args, strategy, mesh=None) -> None:  # noqa: A001 - the subcommand's name
+  """Evaluates a task or mixture: prints a per-task table; writes metrics.jsonl,
+  TensorBoard events and each decoded task's TASK-STEP.jsonl into --output_dir."""
+  predictor = _load(args, mesh)
   name = args.task or args.mixture
   cfg = evaluate_lib.EvalConfig(
       split=args.split, max_examples=args.max_examples, inputs_length=args.max_input_length,
-      targets_length=args.targets_length, batch_size=args.batch_size, strategy=strategy)
+      targets_length=args.targets_length, batch_size=args.batch_size, strategy=strategy,
+      decode=not args.loss_only)
   # The tasks tokenized as the model was trained: with the checkpoint's vocabulary.
   with registry.tokenized_with(name, predictor.vocabulary):
-    results = evaluate_lib.evaluate(predictor, cfg, name)
-  print(evaluate_lib.format_table(results), flush=True)
+    evaluation = evaluate_lib.evaluate(predictor, cfg, name)
+  step = checkpoint.latest_step(args.checkpoint)  # on every process: Orbax syncs them
+  if not _primary():
+    return
+  print(evaluate_lib.format_table(evaluation.results), flush=True)
   output_dir = args.output_dir or fs.join(args.checkpoint, "eval")
   writer = metrics.MetricsWriter(output_dir)
-  writer.write(0, evaluate_lib.flatten(results), prefix=f"eval_{args.split}")
+  writer.write(step, evaluate_lib.flatten(evaluation.results), prefix=f"eval_{args.split}")
   writer.close()
+  evaluate_lib.write_records(evaluation, output_dir, step)

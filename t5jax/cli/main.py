@@ -126,6 +126,18 @@ def _check_paths(args) -> None:
       os.environ["T5JAX_DATA_DIR"] = store_io.normalize(args.data_dir)  # Checked first.
 
 
+def _inference_mesh(args, bindings: list[str]):
+  """The mesh `infer`, `score` and `eval` run on: none (one device) unless a gin file or a
+  MeshConfig binding asks for one, or several processes share the work."""
+  import jax
+  from t5jax.parallel import partitioning
+  from t5jax.train import loop
+  if args.gin_file or any(b.startswith("MeshConfig.") for b in bindings) or \
+      jax.process_count() > 1:
+    return partitioning.make_mesh(loop.MeshConfig())
+  return None
+
+
 def _check_eval_split(name: str, split: str) -> None:
   """Raises ValueError (naming the registered ones) for an unknown task, mixture or split."""
   import seqio
@@ -163,14 +175,17 @@ def _run(args, bindings: list[str]) -> None:
                                       task=args.task, merge=args.merge)
       print(f"Wrote {what} {args.out}")
   elif args.command in ("infer", "score", "eval"):
-    from t5jax import config  # noqa: F401 (gin configurables)
-    from t5jax.decode import evaluate
+    from t5jax import config
     from t5jax.cli import infer
-    config.parse_gin([], bindings)
+    from t5jax.parallel import distributed
+    from t5jax.train import loop  # noqa: F401 (gin configurables: MeshConfig, EvalConfig)
     if args.command == "eval":
       _check_eval_split(args.task or args.mixture, args.split)
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                           args.distributed, args.heartbeat_timeout_seconds)
+    config.parse_gin(args.gin_file, bindings)
     strategy = _decode_config(args) if args.command != "score" else None
-    getattr(infer, args.command)(args, strategy)
+    getattr(infer, args.command)(args, strategy, _inference_mesh(args, bindings))
   elif args.command == "compile":
     import json
     from t5jax.train import aot, loop

@@ -42,16 +42,26 @@ def translate_en_de(ex):
   return {"inputs": _join("translate English to German: ", ex["en"]), "targets": ex["de"]}
 
 
-def glue(benchmark: str, text_keys: Sequence[str], label_names: Sequence[str]):
-  """Returns a preprocessor giving T5's GLUE format: `<benchmark> <key>: <text> ...` -> label."""
+def glue_inputs(benchmark: str, text_keys: Sequence[str]):
+  """Returns example -> T5's GLUE inputs, `<benchmark> <key>: <text> ...`."""
 
-  @seqio.map_over_dataset
   def fn(ex):
     parts = [benchmark]
     for key in text_keys:
       parts += [f"{key}:", ex[key]]
+    return tf.strings.reduce_join(tf.stack(parts), separator=" ")
+
+  return fn
+
+
+def glue(benchmark: str, text_keys: Sequence[str], label_names: Sequence[str]):
+  """Returns a preprocessor giving T5's GLUE format: `<benchmark> <key>: <text> ...` -> label."""
+  inputs = glue_inputs(benchmark, text_keys)
+
+  @seqio.map_over_dataset
+  def fn(ex):
     return {
-        "inputs": tf.strings.reduce_join(tf.stack(parts), separator=" "),
+        "inputs": inputs(ex),
         "targets": tf.gather(tf.constant(list(label_names)), ex["label"]),
     }
 

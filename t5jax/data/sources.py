@@ -23,14 +23,16 @@ class ShippedTfdsSource(seqio.TfdsDataSource):
   each split once, in file order, into its example store (`task_cache`).
   """
 
-  def __init__(self, dataset: str):
+  def __init__(self, dataset: str, splits=None):
+    """`splits`: a subset of the dataset's (default: all of them)."""
     if dataset not in tfds_builders.BUILDERS:
       raise ValueError(
           f"unknown shipped dataset {dataset!r}; expected one of {sorted(tfds_builders.BUILDERS)}")
     self._dataset = dataset
     cls = tfds_builders.BUILDERS[dataset]
     super().__init__(
-        tfds_name=f"{dataset}:{cls.VERSION}", splits=cls.SPLITS, read_only=True)
+        tfds_name=f"{dataset}:{cls.VERSION}", splits=tuple(splits or cls.SPLITS),
+        read_only=True)
 
   @property
   def tfds_dataset(self) -> seqio.utils.LazyTfdsLoader:

@@ -9,10 +9,12 @@ import functools
 import os
 
 import seqio
+import tensorflow as tf
 
 from t5jax.data import metrics
 from t5jax.data import postprocessors
 from t5jax.data import preprocessors
+from t5jax.data import rank_classification
 from t5jax.data import span_corruption
 from t5jax.data import tf_devices
 from t5jax.data import vocab
@@ -58,6 +60,7 @@ _GLUE = {
                  ("entailment", "not_entailment"), metrics.accuracy),
 }
 
+RANK_TASKS = ("glue_cola_rank", "glue_sst2_rank", "glue_rte_rank")
 SUPERVISED_TASKS = (
     "multi30k_en_fr", "multi30k_en_de", "glue_cola", "glue_sst2", "glue_rte", "scitldr",
     "dialogsum", "dialogsum_next_turn", "xquad_en",
@@ -83,6 +86,22 @@ def register() -> None:
     _add(name, source=ShippedTfdsSource(dataset),
          preprocessors=text_preprocessors(preprocessors.glue(benchmark, keys, labels)),
          postprocess_fn=postprocessors.label_to_int(labels), metric_fns=[metric])
+
+  # The same GLUE validation sets by rank classification: each label scored, the best one
+  # predicted (evaluation only: a task to train on would see the wrong labels too).
+  for name, (dataset, benchmark, keys, labels, _) in _GLUE.items():
+    _add(f"{name}_rank", source=ShippedTfdsSource(dataset, splits=("validation",)),
+         preprocessors=[
+             rank_classification.preprocessor(
+                 preprocessors.glue_inputs(benchmark, keys),
+                 lambda ex, labels=labels: tf.constant(list(labels)),
+                 lambda ex: ex["label"]),
+             preprocessors.clean_text,
+             seqio.preprocessors.tokenize,
+             seqio.preprocessors.append_eos_after_trim,
+         ],
+         postprocess_fn=rank_classification.postprocess,
+         metric_fns=[rank_classification.rank_accuracy])
 
   _add("scitldr", source=ShippedTfdsSource("t5jax_scitldr"),
        preprocessors=text_preprocessors(preprocessors.scitldr),

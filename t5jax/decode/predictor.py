@@ -4,6 +4,12 @@
     model = Predictor.from_checkpoint("runs/demo")
     model.generate(["translate English to French: The cat sat on the mat."])
     model.score(["translate English to German: Hello."], ["Hallo."])
+
+On one device by default. With a mesh (`from_checkpoint(..., mesh=...)`) the parameters are
+restored straight into their shards (never whole on one device), every batch is split over
+the mesh's data axes, and with several processes (jax.distributed) every process calls the
+same methods with the same inputs: each computes the rows of its own devices, and all of
+them get every result back.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import dataclasses
 import functools
 from typing import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +29,7 @@ from t5jax.data import vocab
 from t5jax.decode import decoding, vocab_reduce
 from t5jax.model import param_tree, t5
 from t5jax.model.config import T5Config
+from t5jax.parallel import partitioning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +73,8 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 class Predictor:
   """A model, its parameters and its vocabulary, ready to generate and score."""
 
-  def __init__(self, config: T5Config, params, vocabulary: seqio.Vocabulary):
+  def __init__(self, config: T5Config, params, vocabulary: seqio.Vocabulary,
+               mesh: jax.sharding.Mesh | None = None):
     if vocabulary.vocab_size > config.vocab_size:
       raise ValueError(
           f"The vocabulary has {vocabulary.vocab_size} pieces but the model has only "
@@ -75,24 +84,33 @@ class Predictor:
     self.model = t5.Transformer(config)
     self.params = params
     self.vocabulary = vocabulary
+    self.mesh = mesh
     self.truncated = 0  # inputs (or targets) cut to the maximum length so far
     self._decode_weights = (None, None)  # (the params they were made from, them)
 
   @classmethod
-  def from_checkpoint(cls, path: str, *, dtype: str = "float32",
-                      step: int | None = None) -> "Predictor":
-    """Loads a run directory, its checkpoints/ directory, or a converted checkpoint."""
+  def from_checkpoint(cls, path: str, *, dtype: str = "float32", step: int | None = None,
+                      mesh: jax.sharding.Mesh | None = None,
+                      param_dtype: str = "float32") -> "Predictor":
+    """Loads a run directory, its checkpoints/ directory, or a converted checkpoint (local
+    or gs://); with `mesh`, straight into the parameters' shards on it; in `param_dtype`
+    ("bfloat16" halves the memory)."""
     if not fs.isdir(path):
       raise FileNotFoundError(f"Checkpoint directory {path} does not exist.")
     meta = checkpoint.read_meta(path, step)
-    config = checkpoint.model_config_from_meta(meta).replace(dtype=dtype, dropout_rate=0.0)
+    config = checkpoint.model_config_from_meta(meta).replace(
+        dtype=dtype, dropout_rate=0.0, param_dtype=param_dtype)
     # The vocabulary it was trained with: its metadata says which, and a SentencePiece
     # model sits beside checkpoints/, in the run or converted directory.
     vocabulary = vocab.load(fs.parent(checkpoint.checkpoints_dir(path)), meta.get("vocab"))
     model = t5.Transformer(config)
     abstract = param_tree.abstract_params(model)
-    params = checkpoint.load_params(path, abstract, step=step)
-    return cls(config, params, vocabulary)
+    shardings = None
+    if mesh is not None:
+      boxed = param_tree.abstract_boxed_params(model)
+      shardings = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
+    params = checkpoint.load_params(path, abstract, shardings, step=step)
+    return cls(config, params, vocabulary, mesh)
 
   # Tokenization ------------------------------------------------------------
 
@@ -107,15 +125,41 @@ class Predictor:
     return out
 
   def _pad(self, rows: list[list[int]], batch_size: int, cap: int) -> np.ndarray:
-    """Zero-padded [R, S] tokens, shaped by padded_shape."""
-    array = np.zeros(padded_shape(len(rows), max(len(r) for r in rows), batch_size, cap),
-                     np.int32)
+    """Zero-padded [R, S] tokens, shaped by padded_shape (R a multiple of the mesh's
+    data-parallel devices)."""
+    shape = padded_shape(len(rows), max(len(r) for r in rows), batch_size, cap)
+    shards = self.batch_shards
+    array = np.zeros((-(-shape[0] // shards) * shards, shape[1]), np.int32)
     for i, r in enumerate(rows):
       array[i, :len(r)] = r
     return array
 
   def decode_tokens(self, ids) -> str:
     return text_of(self.vocabulary, ids)
+
+  @property
+  def batch_shards(self) -> int:
+    """How many devices a batch's rows are split over (a batch's rows are a multiple)."""
+    return 1 if self.mesh is None else partitioning.batch_shards(self.mesh)
+
+  def _run(self, fn, *batch):
+    """fn(*batch) for [B, ...] numpy arrays, on the host. With a mesh every process passes
+    the same arrays: each feeds its devices' rows, and every process gets all rows back."""
+    if self.mesh is None:
+      return jax.device_get(fn(*batch))
+    if batch[0].shape[0] % self.batch_shards:
+      raise ValueError(f"A batch of {batch[0].shape[0]} rows does not split over the mesh's "
+                       f"{self.batch_shards} data-parallel devices; use a multiple.")
+    sharding = partitioning.batch_sharding(self.mesh)
+    with partitioning.sharding_context(self.mesh):
+      arrays = [None if a is None else
+                jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index])
+                for a in batch]
+      out = fn(*arrays)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        return multihost_utils.process_allgather(out, tiled=True)
+      return jax.device_get(out)
 
   def task_slots(self, task: str | None, rows: int):
     """[rows] slot indices of `task` for a model with task slots (None otherwise).
@@ -180,8 +224,10 @@ class Predictor:
                       task: str | None = None):
     """Decodes a padded [B, S] token array; returns DecodeOutput on the host."""
     slots = self.task_slots(task, encoder_input_tokens.shape[0])
-    return jax.device_get(_generate(self.model, self.decode_weights(), encoder_input_tokens,
-                                    max_decode_length, strategy, slots))
+    weights = self.decode_weights()
+    return self._run(lambda tokens, slots_b: _generate(self.model, weights, tokens,
+                                                       max_decode_length, strategy, slots_b),
+                     encoder_input_tokens, slots)
 
   def decode_weights(self):
     """self.params as decoding reads them fastest (decoding.prepare_weights: on one
@@ -193,18 +239,46 @@ class Predictor:
       self._decode_weights = (self.params, weights)
     return weights
 
+  def teacher_forced(self, encoder_input_tokens: np.ndarray, target_tokens: np.ndarray,
+                     task: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of padded [B, S] inputs and [B, T] targets: (the targets' summed
+    log-probability, their number of tokens, how many the model ranks first), EOS
+    included: what a validation loss and token accuracy are made of."""
+    slots = self.task_slots(task, encoder_input_tokens.shape[0])
+    out = self._run(
+        lambda enc, tgt, slots_b: _teacher_forced(self.model, self.params, enc, tgt, slots_b),
+        encoder_input_tokens, target_tokens, slots)
+    return tuple(np.asarray(x) for x in out)
+
   def log_likelihood_tokens(self, encoder_input_tokens: np.ndarray,
                             target_tokens: np.ndarray, task: str | None = None) -> np.ndarray:
     """Teacher-forced log-likelihood [B] of padded target tokens (EOS included)."""
     slots = self.task_slots(task, encoder_input_tokens.shape[0])
-    return np.asarray(jax.device_get(
-        _log_likelihood(self.model, self.params, encoder_input_tokens, target_tokens, slots)))
+    return np.asarray(self._run(
+        lambda enc, tgt, slots_b: _log_likelihood(self.model, self.params, enc, tgt, slots_b),
+        encoder_input_tokens, target_tokens, slots))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "strategy"))
 def _generate(model, params, tokens, max_decode_length, strategy, task_slots_b):
   return decoding.generate(model, params, tokens, max_decode_length=max_decode_length,
                            strategy=strategy, task_slots_b=task_slots_b)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _teacher_forced(model, params, encoder_tokens, targets, task_slots_b):
+  """(sum of log p(target), target tokens, tokens the model ranks first) per row [B]."""
+  decoder_inputs = jnp.concatenate(
+      [jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+  slots_b1 = decoding.row_slots(task_slots_b)
+  logits = model.apply({"params": params}, encoder_tokens, decoder_inputs,
+                       encoder_task_slots=slots_b1, decoder_task_slots=slots_b1)
+  logp = vocab_reduce.log_softmax(logits.astype(jnp.float32))
+  token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  real = targets > 0
+  correct = (jnp.argmax(logits, axis=-1) == targets) & real
+  return (jnp.sum(token_logp * real, axis=-1), jnp.sum(real, axis=-1, dtype=jnp.int32),
+          jnp.sum(correct, axis=-1, dtype=jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

@@ -221,9 +221,11 @@ def _train(run_dir: str, config: TrainConfig, vocabulary) -> list[dict]:
       eval_metrics = None
       if config.eval.every_steps and (done % config.eval.every_steps == 0
                                       or done == config.num_steps):
-        eval_metrics = _evaluate(config, model, state.params, vocabulary, done, primary)
-        failure = failure or _write(lambda: writer.write(done, eval_metrics, prefix="eval"),
-                                    ckpt, run_dir)
+        evaluation = _evaluate(config, model, state.params, vocabulary, mesh, done, primary)
+        eval_metrics = evaluate.flatten(evaluation.results)
+        failure = failure or _write(
+            lambda: _write_evaluation(writer, evaluation, eval_metrics, run_dir, done, primary),
+            ckpt, run_dir)
       if (stop or done == config.num_steps or (every and done % every == 0)
           or (eval_metrics and config.checkpoint.best_metric)):
         _check_finite(jax.device_get(window), done - len(window) + 1, ckpt)
@@ -243,6 +245,14 @@ def _train(run_dir: str, config: TrainConfig, vocabulary) -> list[dict]:
     _sample_predictions(run_dir, model, state.params, config, vocabulary)
   writer.close()
   return summaries
+
+
+def _write_evaluation(writer, evaluation, flat: dict, run_dir: str, step: int,
+                      primary: bool) -> None:
+  """The `eval` metrics record, and each decoded task's RUN_DIR/eval/TASK-STEP.jsonl."""
+  writer.write(step, flat, prefix="eval")
+  if primary:
+    evaluate.write_records(evaluation, fs.join(run_dir, "eval"), step)
 
 
 def _write(write, ckpt: checkpoint.Checkpointer, run_dir: str) -> fs.StorageError | None:
@@ -466,26 +476,17 @@ def _checkpoint_meta(config: TrainConfig, model, num_tasks: int, vocab_record: d
   }
 
 
-def _evaluate(config: TrainConfig, model, params, vocabulary, step: int, primary: bool) -> dict:
-  """Runs the evaluation of `config.eval` on the current parameters; returns its metrics."""
+def _evaluate(config: TrainConfig, model, params, vocabulary, mesh,
+              step: int, primary: bool) -> evaluate.Evaluation:
+  """Runs the evaluation of `config.eval` on the current parameters, on the training mesh
+  (each process decodes its share of every batch)."""
   from t5jax.decode.predictor import Predictor
-  local_mesh = None
-  if jax.process_count() > 1:
-    # Every process evaluates the whole split on its own devices, with its own copy of the
-    # parameters (a process can read only its own shards of the training state).
-    from jax.experimental import multihost_utils
-    params = multihost_utils.process_allgather(params, tiled=True)
-    local_mesh = partitioning.make_mesh(partitioning.MeshConfig(), jax.local_devices())
-  predictor = Predictor(model.config.replace(dropout_rate=0.0), params, vocabulary)
+  predictor = Predictor(model.config.replace(dropout_rate=0.0), params, vocabulary, mesh)
   name = config.eval.mixture_or_task or config.data.mixture_or_task
-  if local_mesh is None:
-    results = evaluate.evaluate(predictor, config.eval, name)
-  else:
-    with partitioning.sharding_context(local_mesh):
-      results = evaluate.evaluate(predictor, config.eval, name)
-  flat = evaluate.flatten(results)
-  metrics.print_line(f"eval at step {step}:\n{evaluate.format_table(results)}", primary)
-  return flat
+  evaluation = evaluate.evaluate(predictor, config.eval, name, config.loss.task_weights)
+  metrics.print_line(f"eval at step {step}:\n{evaluate.format_table(evaluation.results)}",
+                     primary)
+  return evaluation
 
 
 def _num_params(params) -> int:
