@@ -107,7 +107,7 @@ def test_activations_map_and_round_trip(hf, feed_forward):
     (dict(feed_forward_proj="xielu"), "dense_act_fn='xielu'"),
     # transformers runs the saved dense_act_fn: a gated exact GELU has no name of ours.
     (dict(feed_forward_proj="gated-gelu", dense_act_fn="gelu"), "dense_act_fn='gelu'"),
-    (dict(model_type="umt5"), "model_type='umt5'"),
+    (dict(model_type="longt5"), "model_type='longt5'"),
     (dict(pad_token_id=3), "pad_token_id=3"),
     (dict(eos_token_id=[1, 2]), "eos_token_id=[1, 2]"),
     (dict(is_encoder_decoder=False), "is_encoder_decoder"),

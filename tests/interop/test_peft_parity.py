@@ -17,9 +17,10 @@ from t5jax.interop import convert, peft_io
 from t5jax.model import param_tree, t5
 
 ATOL = 1e-4
-HF_CONFIG = dict(vocab_size=160, d_model=48, d_kv=16, d_ff=96, num_heads=4, num_layers=2,
+# ByT5's 384 byte ids: a model converted from Hugging Face needs its tokenizer (bytes here).
+HF_CONFIG = dict(vocab_size=384, d_model=48, d_kv=16, d_ff=96, num_heads=4, num_layers=2,
                  num_decoder_layers=3, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                 dropout_rate=0.0, decoder_start_token_id=0)
+                 dropout_rate=0.0, decoder_start_token_id=0, tokenizer_class="ByT5Tokenizer")
 
 
 def _base(seed=0):
@@ -34,8 +35,8 @@ def _base(seed=0):
 def _batch(rng):
   enc = np.zeros((3, 12), np.int64)
   for row, n in enumerate((12, 7, 2)):
-    enc[row, :n] = rng.integers(2, 160, n)
-  dec_in = np.concatenate([np.zeros((3, 1), np.int64), rng.integers(2, 160, (3, 5))], axis=1)
+    enc[row, :n] = rng.integers(2, 384, n)
+  dec_in = np.concatenate([np.zeros((3, 1), np.int64), rng.integers(2, 384, (3, 5))], axis=1)
   return enc, dec_in
 
 
