@@ -171,8 +171,9 @@ def _infer(sub) -> None:
   infer = _sub(sub, "infer", "generate an output for each input line, one JSON line each")
   _model_flags(infer, "the model")
   infer.add_argument("--input", required=True, metavar="FILE",
-                     help="plain text (one input a line) or JSONL with an 'inputs' field; "
-                     "- reads stdin (required)")
+                     help="plain text (one input a line) or JSONL with an 'inputs' field "
+                     "(and optionally 'targets_prefix', text the output starts with and "
+                     "continues); - reads stdin (required)")
   infer.add_argument("--output", default="-", metavar="FILE",
                      help="JSONL to write, its folder created if needed; - is stdout")
   infer.add_argument("--prefix", default="",
@@ -182,6 +183,13 @@ def _infer(sub) -> None:
   infer.add_argument("--overwrite", action="store_true",
                      help="start --output over; without it, an --output that holds the first "
                      "N outputs (a run that was killed) is continued after them")
+  several = infer.add_mutually_exclusive_group()
+  several.add_argument("--num_return_sequences", type=int, default=None, metavar="K",
+                       help="beam: write the K best beams per input (K <= --num_beams), as "
+                       "'predictions' and 'scores' lists, best first")
+  several.add_argument("--num_samples", type=int, default=None, metavar="K",
+                       help="sample: draw K outputs per input, written as 'predictions' and "
+                       "'scores' lists, best first")
   _task_flag(infer)
   _decode_flags(infer)
 
@@ -196,6 +204,9 @@ def _score(sub) -> None:
                      "created if needed; - is stdout")
   score.add_argument("--max_target_length", type=int, default=512,
                      help="targets longer than this many tokens are truncated (with a warning)")
+  score.add_argument("--token_scores", action="store_true",
+                     help="also write each target token ('target_tokens', its pieces) and its "
+                     "log-probability ('token_scores')")
   _task_flag(score)
 
 

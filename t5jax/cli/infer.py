@@ -56,23 +56,35 @@ def infer(args, strategy, mesh=None) -> None:
   if empty and _primary():
     files.warn(f"{len(empty)} empty input line(s) skipped (lines {empty[:10]}); their output "
                "lines say so.")
+  several = args.num_return_sequences or args.num_samples
+  prefixed = any("targets_prefix" in r for _, r in records)
+  for n, record in records[done:]:  # before anything is decoded
+    if record.get("targets_prefix"):
+      try:
+        predictor.encode_prefixes([str(record["targets_prefix"])], 1, args.max_decode_length)
+      except ValueError as e:
+        raise ValueError(f"{args.input} line {n}: {e}") from None
   chunk = max(1, args.batch_size) * CHUNK_BATCHES
   with files.open_output(args.output, append=done > 0) as out:
     for start in range(done, len(records), chunk):
       part = records[start:start + chunk]
       todo = [(n, r) for n, r in part if str(r["inputs"]).strip()]
       texts = [args.prefix + str(r["inputs"]) for _, r in todo]
-      outputs = predictor.generate(
-          texts, strategy=strategy, max_input_length=args.max_input_length,
+      prefixes = [str(r.get("targets_prefix") or "") for _, r in todo] if prefixed else None
+      outputs = predictor.generate_n(
+          texts, several or 1, strategy=strategy, max_input_length=args.max_input_length,
           max_decode_length=args.max_decode_length, batch_size=args.batch_size,
-          task=args.task) if texts else []
+          task=args.task, targets_prefix=prefixes) if texts else []
       by_line = {n: g for (n, _), g in zip(todo, outputs)}
       if _primary():
         for n, record in part:
           if n in by_line:
-            g = by_line[n]
-            record = {**record, "prediction": g.text, "score": g.score,
-                      "log_likelihood": g.log_likelihood}
+            best = by_line[n][0]
+            record = {**record, "prediction": best.text, "score": best.score,
+                      "log_likelihood": best.log_likelihood}
+            if several:
+              record.update(predictions=[g.text for g in by_line[n]],
+                            scores=[g.score for g in by_line[n]])
           else:
             record = {**record, "prediction": None, "skipped": "empty input"}
           files.write_record(out, record)
@@ -110,18 +122,26 @@ def _lines_done(args, records) -> int:
 
 
 def score(args, unused_strategy=None, mesh=None) -> None:
-  """Adds "log_likelihood" (sum of target token log-probs, EOS included) to each line."""
+  """Adds "log_likelihood" (sum of target token log-probs, EOS included) to each line;
+  with --token_scores, each target token and its log-probability too."""
   predictor = _load(args, mesh)
   with files.open_input(args.input) as f:
     records = [r for _, r in files.read_records(f, required=("inputs", "targets"))]
-  scores = predictor.score([str(r["inputs"]) for r in records],
-                           [str(r["targets"]) for r in records],
-                           max_input_length=args.max_input_length,
-                           max_target_length=args.max_target_length, batch_size=args.batch_size,
-                           task=args.task)
+  pairs = ([str(r["inputs"]) for r in records], [str(r["targets"]) for r in records])
+  lengths = dict(max_input_length=args.max_input_length,
+                 max_target_length=args.max_target_length, batch_size=args.batch_size,
+                 task=args.task)
+  scores = predictor.score(*pairs, **lengths)
+  tokens = predictor.score_tokens(*pairs, **lengths) if args.token_scores else None
+  if not _primary():
+    return
   with files.open_output(args.output) as out:
-    for record, value in zip(records, scores):
-      files.write_record(out, {**record, "log_likelihood": value})
+    for n, (record, value) in enumerate(zip(records, scores)):
+      record = {**record, "log_likelihood": value}
+      if tokens is not None:
+        ids, logprobs = tokens[n]
+        record.update(target_tokens=predictor.pieces(ids), token_scores=logprobs)
+      files.write_record(out, record)
   _report_truncation(predictor, "input(s) or target(s)", args.max_input_length)
 
 

@@ -78,10 +78,25 @@ def _decode_config(args):
   return evaluate.DecodeConfig(**flags)
 
 
+def _check_outputs_per_input(args, strategy) -> None:
+  """--num_return_sequences is beam search's, --num_samples sampling's."""
+  if args.num_return_sequences and strategy.method != "beam":
+    raise ValueError(f"--num_return_sequences={args.num_return_sequences} returns beams; add "
+                     "--method=beam (or --num_samples K with --method=sample).")
+  if args.num_return_sequences and args.num_return_sequences > strategy.num_beams:
+    raise ValueError(f"--num_return_sequences={args.num_return_sequences} is more than "
+                     f"--num_beams={strategy.num_beams}; raise --num_beams or ask for fewer.")
+  if args.num_samples and (strategy.method != "sample" or strategy.temperature == 0.0):
+    raise ValueError(f"--num_samples={args.num_samples} draws samples; add --method=sample "
+                     "with a temperature above 0 (or --num_return_sequences K with "
+                     "--method=beam).")
+
+
 def _check_paths(args) -> None:
   """Fails on bad paths and numbers before any model is loaded or any file written."""
   for flag in ("batch_size", "max_input_length", "max_decode_length", "max_target_length",
-               "targets_length", "max_examples", "devices", "max_shard_bytes", "num_beams"):
+               "targets_length", "max_examples", "devices", "max_shard_bytes", "num_beams",
+               "num_return_sequences", "num_samples"):
     value = getattr(args, flag, None)
     if value is not None and value < 1:
       raise ValueError(f"--{flag}={value} must be a positive number.")
@@ -185,6 +200,8 @@ def _run(args, bindings: list[str]) -> None:
                            args.distributed, args.heartbeat_timeout_seconds)
     config.parse_gin(args.gin_file, bindings)
     strategy = _decode_config(args) if args.command != "score" else None
+    if args.command == "infer":
+      _check_outputs_per_input(args, strategy)
     getattr(infer, args.command)(args, strategy, _inference_mesh(args, bindings))
   elif args.command == "compile":
     import json

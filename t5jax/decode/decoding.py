@@ -212,10 +212,12 @@ def map_cache_rows(fn, cache, skip=()):
 
 
 def _decode_loop(model, params, encoder_input_tokens, max_decode_length: int, choose, key,
-                 task_slots_b=None, guard=None):
+                 task_slots_b=None, guard=None, prefix_bl=None):
   """One token per row per step, chosen by choose(logits [B, V], key) -> [B];
   step i gets fold_in(key, i) (None when key is None); guard(logits, tokens, i)
-  edits the logits that choose sees, not the returned log-likelihood.
+  edits the logits that choose sees, not the returned log-likelihood. Where
+  prefix_bl[:, i] is not 0 that token is output instead (a forced decoder prefix,
+  not counted in the log-likelihood).
 
   Returns (tokens [B, L] with padding after EOS, log-likelihood [B] including EOS).
   """
@@ -237,6 +239,10 @@ def _decode_loop(model, params, encoder_input_tokens, max_decode_length: int, ch
     # log p = logit - logsumexp: one pass over the vocabulary fewer than log_softmax.
     token_logprob_b = (jnp.take_along_axis(logits_bv, next_b[:, None], 1)[:, 0]
                        - jax.nn.logsumexp(logits_bv, axis=-1))
+    if prefix_bl is not None:
+      forced_b = jax.lax.dynamic_index_in_dim(prefix_bl, i, axis=1, keepdims=False)
+      next_b = jnp.where(forced_b > 0, forced_b, next_b)
+      token_logprob_b = jnp.where(forced_b > 0, 0.0, token_logprob_b)
     logprob_b = logprob_b + jnp.where(done_b, 0.0, token_logprob_b)
     next_b = jnp.where(done_b, PAD_ID, next_b)
     out_bl = jax.lax.dynamic_update_slice(out_bl, next_b[:, None], (0, i))
@@ -256,16 +262,17 @@ def _argmax(logits_bv, key):
 
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "guard"))
 def greedy_decode(model, params, encoder_input_tokens, max_decode_length: int,
-                  task_slots_b=None, guard: RepetitionGuard | None = None):
+                  task_slots_b=None, guard: RepetitionGuard | None = None, prefix_bl=None):
   """Greedy decoding with the KV cache (task_slots_b: [B] slots, for models with
-  task slots; likewise below).
+  task slots; prefix_bl: [B, L] tokens each output starts with, 0-padded; likewise
+  below).
 
   Returns:
     (tokens [B, max_decode_length] with padding after EOS, log-probability [B] of
     the decoded sequence including EOS).
   """
   return _decode_loop(model, params, encoder_input_tokens, max_decode_length, _argmax, None,
-                      task_slots_b, guard)
+                      task_slots_b, guard, prefix_bl)
 
 
 def sample_logits(logits_bv, key, temperature: float, top_k: int, top_p: float):
@@ -301,7 +308,7 @@ def sample_logits(logits_bv, key, temperature: float, top_k: int, top_p: float):
                                              "top_k", "top_p", "guard"))
 def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, key, *,
                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  task_slots_b=None, guard: RepetitionGuard | None = None):
+                  task_slots_b=None, guard: RepetitionGuard | None = None, prefix_bl=None):
   """Temperature sampling with optional top-k and top-p cuts, over the KV cache.
 
   The same key gives the same tokens; step i uses fold_in(key, i). temperature=0
@@ -317,14 +324,14 @@ def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, k
     choose = functools.partial(sample_logits, temperature=temperature, top_k=top_k,
                                top_p=top_p)
   return _decode_loop(model, params, encoder_input_tokens, max_decode_length, choose, key,
-                      task_slots_b, guard)
+                      task_slots_b, guard, prefix_bl)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "num_beams",
                                              "num_returned", "guard"))
 def beam_decode(model, params, encoder_input_tokens, max_decode_length: int,
                 num_beams: int = 4, alpha=0.6, num_returned: int | None = None,
-                task_slots_b=None, guard: RepetitionGuard | None = None
+                task_slots_b=None, guard: RepetitionGuard | None = None, prefix_bl=None
                 ) -> beam_search.BeamResult:
   """Beam search over the KV cache, expanded to batch x beams rows.
 
@@ -354,15 +361,34 @@ def beam_decode(model, params, encoder_input_tokens, max_decode_length: int,
     return map_cache_rows(lambda x, axis: jnp.take(x, rows_f, axis=axis), cache,
                           skip=_CROSS_CACHE_LEAVES)
 
+  step_guard = guard
+  if prefix_bl is not None:
+    step_guard = _forcing_guard(jnp.repeat(prefix_bl, num_beams, axis=0), guard)
   return beam_search.beam_search(
       tokens_to_logits, reorder_cache, cache, batch_size=b, num_beams=num_beams,
       max_decode_length=max_decode_length, alpha=alpha, eos_id=EOS_ID, start_id=PAD_ID,
-      num_returned=num_returned, guard=guard)
+      num_returned=num_returned, guard=step_guard)
+
+
+def _forcing_guard(prefix_fl, guard):
+  """A beam step guard that, where prefix_fl[:, i] is not 0, leaves that token the only
+  one a beam can extend by, at log-probability 0 (so a forced prefix adds nothing to a
+  beam's score); after `guard`, if any. EOS ranks below every other excluded token, so
+  the empty beams that forcing leaves never finish."""
+  def step_guard(logprob_fv, seqs_fl, i, start_id):
+    if guard is not None:
+      logprob_fv = guard(logprob_fv, seqs_fl, i, start_id)
+    forced_f = jax.lax.dynamic_index_in_dim(prefix_fl, i, axis=1, keepdims=False)
+    token_v = jnp.arange(logprob_fv.shape[-1])
+    excluded_v = jnp.where(token_v == EOS_ID, 2 * beam_search.NEG_INF, beam_search.NEG_INF)
+    only_fv = jnp.where(token_v[None] == forced_f[:, None], 0.0, excluded_v[None])
+    return jnp.where((forced_f > 0)[:, None], only_fv, logprob_fv)
+  return step_guard
 
 
 def generate(model, params, encoder_input_tokens, *, max_decode_length: int,
              strategy: DecodeConfig = DecodeConfig(), rng=None,
-             task_slots_b=None) -> DecodeOutput:
+             task_slots_b=None, prefix_bl=None) -> DecodeOutput:
   """Decodes a batch with the strategy's method.
 
   Args:
@@ -375,6 +401,9 @@ def generate(model, params, encoder_input_tokens, *, max_decode_length: int,
     rng: PRNG key for sampling; default jax.random.key(strategy.seed).
     task_slots_b: [B] each row's task slot (model.config.slot_of_task), for
       models with task slots; None otherwise.
+    prefix_bl: None, or [B, L] int tokens each output starts with (0-padded; a row of
+      zeros has none): the decoder continues them, and they add nothing to the
+      log-likelihood or score.
   Returns:
     DecodeOutput.
   """
@@ -382,7 +411,7 @@ def generate(model, params, encoder_input_tokens, *, max_decode_length: int,
   if s.method == "beam":
     res = beam_decode(model, params, encoder_input_tokens, max_decode_length, s.num_beams,
                       s.alpha, num_returned=s.num_beams if s.return_all_beams else 1,
-                      task_slots_b=task_slots_b, guard=s.guard)
+                      task_slots_b=task_slots_b, guard=s.guard, prefix_bl=prefix_bl)
     extra = (res.seqs_bkl, res.logprob_bk, res.score_bk) if s.return_all_beams else ()
     return DecodeOutput(res.seqs_bkl[:, 0], res.logprob_bk[:, 0], res.score_bk[:, 0], *extra)
   if s.method == "sample" and s.temperature > 0.0:
@@ -390,10 +419,11 @@ def generate(model, params, encoder_input_tokens, *, max_decode_length: int,
     tokens_bl, logprob_b = sample_decode(model, params, encoder_input_tokens,
                                          max_decode_length, key, temperature=s.temperature,
                                          top_k=s.top_k, top_p=s.top_p,
-                                         task_slots_b=task_slots_b, guard=s.guard)
+                                         task_slots_b=task_slots_b, guard=s.guard,
+                                         prefix_bl=prefix_bl)
   else:
     tokens_bl, logprob_b = greedy_decode(model, params, encoder_input_tokens,
-                                         max_decode_length, task_slots_b, s.guard)
+                                         max_decode_length, task_slots_b, s.guard, prefix_bl)
   return DecodeOutput(tokens_bl, logprob_b, logprob_b)
 
 

@@ -26,7 +26,7 @@ import seqio
 
 from t5jax import checkpoint, fs
 from t5jax.data import vocab
-from t5jax.decode import decoding, vocab_reduce
+from t5jax.decode import beam_search, decoding, vocab_reduce
 from t5jax.model import param_tree, t5
 from t5jax.model.config import T5Config
 from t5jax.parallel import partitioning
@@ -137,6 +137,20 @@ class Predictor:
   def decode_tokens(self, ids) -> str:
     return text_of(self.vocabulary, ids)
 
+  def pieces(self, ids) -> list[str]:
+    """Each token id as its vocabulary writes it: SentencePiece pieces ("▁Zwei"), a byte's
+    character, "</s>" for EOS."""
+    sp = getattr(self.vocabulary, "tokenizer", None)  # seqio's SentencePiece processor
+    out = []
+    for i in (int(t) for t in ids):
+      if i == decoding.EOS_ID:
+        out.append("</s>")
+      elif sp is not None and i < sp.get_piece_size():
+        out.append(sp.id_to_piece(i))
+      else:
+        out.append(self.vocabulary.decode([i]))
+    return out
+
   @property
   def batch_shards(self) -> int:
     """How many devices a batch's rows are split over (a batch's rows are a multiple)."""
@@ -181,53 +195,140 @@ class Predictor:
   def generate(self, inputs: Sequence[str], *,
                strategy: decoding.DecodeConfig = decoding.DecodeConfig(),
                max_input_length: int = 512, max_decode_length: int = 64,
-               batch_size: int = 32, task: str | None = None) -> list[Generation]:
+               batch_size: int = 32, task: str | None = None,
+               targets_prefix: Sequence[str] | None = None) -> list[Generation]:
     """Decodes each input string; returns one Generation per input, in order.
-    `task` picks the task's parameters in a model with task slots.
+    `task` picks the task's parameters in a model with task slots; `targets_prefix`
+    (one string per input, "" for none) is text each output starts with and continues
+    (its tokens are in the output, not in its score).
 
     Inputs run in batches of similar length (see length_batches): less padding,
     and the decode loop, which stops when its whole batch has ended, stops sooner.
     """
-    encoded = self.encode(inputs, max_input_length)
-    results: list[Generation | None] = [None] * len(encoded)
+    return [best for best, *_ in self.generate_n(
+        inputs, 1, strategy=strategy, max_input_length=max_input_length,
+        max_decode_length=max_decode_length, batch_size=batch_size, task=task,
+        targets_prefix=targets_prefix)]
+
+  def generate_n(self, inputs: Sequence[str], n: int, *,
+                 strategy: decoding.DecodeConfig = decoding.DecodeConfig(),
+                 max_input_length: int = 512, max_decode_length: int = 64,
+                 batch_size: int = 32, task: str | None = None,
+                 targets_prefix: Sequence[str] | None = None) -> list[list[Generation]]:
+    """Up to n Generations per input, best first: the n best beams of beam search
+    (n <= num_beams; fewer where fewer beams ended), or n samples drawn independently
+    (method "sample"). Arguments as generate's."""
+    if n < 1:
+      raise ValueError(f"n={n}: ask for at least 1 output per input.")
+    if n > 1 and strategy.method == "greedy":
+      raise ValueError(f"{n} outputs per input need beam search (--num_return_sequences) "
+                       "or sampling (--num_samples); greedy decoding has one.")
+    if strategy.method == "beam" and n > strategy.num_beams:
+      raise ValueError(f"{n} outputs per input from beam search need at least as many beams; "
+                       f"got num_beams={strategy.num_beams} (raise --num_beams).")
+    beams = strategy.method == "beam" and n > 1
+    if beams:
+      strategy = dataclasses.replace(strategy, return_all_beams=True)
+    copies = n if strategy.method == "sample" else 1  # each copy draws its own sample
+    encoded = [row for row in self.encode(inputs, max_input_length) for _ in range(copies)]
+    prefixes = None
+    if targets_prefix is not None:
+      prefixes = [row for row in self.encode_prefixes(targets_prefix, len(inputs),
+                                                      max_decode_length)
+                  for _ in range(copies)]
+    found: list[list[Generation]] = [[] for _ in encoded]
     for batch in length_batches([len(r) for r in encoded], batch_size):
       tokens = self._pad([encoded[i] for i in batch], batch_size, max_input_length)
-      out = self.generate_tokens(tokens, strategy, max_decode_length, task)
+      prefix = None
+      if prefixes is not None:
+        prefix = np.zeros((tokens.shape[0], max_decode_length), np.int32)
+        for row, i in enumerate(batch):
+          prefix[row, :len(prefixes[i])] = prefixes[i]
+      out = self.generate_tokens(tokens, strategy, max_decode_length, task, prefix)
       for row, i in enumerate(batch):
-        ids = [int(t) for t in out.tokens_bl[row]]
-        results[i] = Generation(self.decode_tokens(ids), ids, float(out.logprob_b[row]),
-                                float(out.score_b[row]))
-    return results
+        if beams:
+          found[i] = [self._generation(out.beams_bkl[row, k], out.beam_logprob_bk[row, k],
+                                       out.beam_score_bk[row, k]) for k in range(n)
+                      if out.beam_logprob_bk[row, k] > beam_search.NEG_INF / 2] or [
+                          self._generation(out.tokens_bl[row], out.logprob_b[row],
+                                           out.score_b[row])]
+        else:
+          found[i] = [self._generation(out.tokens_bl[row], out.logprob_b[row],
+                                       out.score_b[row])]
+    grouped = [sum(found[j * copies:(j + 1) * copies], []) for j in range(len(inputs))]
+    return [sorted(g, key=lambda x: -x.score) for g in grouped]
+
+  def _generation(self, ids, log_likelihood, score) -> Generation:
+    ids = [int(t) for t in ids]
+    return Generation(self.decode_tokens(ids), ids, float(log_likelihood), float(score))
+
+  def encode_prefixes(self, texts: Sequence[str], rows: int,
+                      max_decode_length: int) -> list[list[int]]:
+    """Token ids (no EOS) of each output's prefix.
+
+    Raises:
+      ValueError: not one per input, or one leaves no room to decode.
+    """
+    if len(texts) != rows:
+      raise ValueError(f"{len(texts)} targets prefixes for {rows} inputs; give one each "
+                       "(\"\" for none).")
+    out = []
+    for n, text in enumerate(texts):
+      ids = list(self.vocabulary.encode(text)) if text else []
+      if len(ids) >= max_decode_length:
+        raise ValueError(f"The targets prefix of input {n} ({text[:30]!r}) is {len(ids)} tokens, which leaves "
+                         f"no room in max_decode_length={max_decode_length}; raise "
+                         "--max_decode_length or shorten the prefix.")
+      out.append(ids)
+    return out
 
   def score(self, inputs: Sequence[str], targets: Sequence[str], *,
             max_input_length: int = 512, max_target_length: int = 512,
             batch_size: int = 32, task: str | None = None) -> list[float]:
     """Log-likelihood of each target given its input: the sum of the target
     tokens' log-probabilities, EOS included."""
+    return [float(x) for x, _ in self._score_rows(
+        inputs, targets, self.log_likelihood_tokens, max_input_length, max_target_length,
+        batch_size, task)]
+
+  def score_tokens(self, inputs: Sequence[str], targets: Sequence[str], *,
+                   max_input_length: int = 512, max_target_length: int = 512,
+                   batch_size: int = 32, task: str | None = None
+                   ) -> list[tuple[list[int], list[float]]]:
+    """Per target: its token ids (EOS last) and each one's log-probability given the
+    input and the tokens before it (t5x's score with intermediates)."""
+    return [(ids, [float(x) for x in row[:len(ids)]]) for row, ids in self._score_rows(
+        inputs, targets, self.token_log_probs, max_input_length, max_target_length,
+        batch_size, task)]
+
+  def _score_rows(self, inputs, targets, fn, max_input_length, max_target_length,
+                  batch_size, task) -> list:
+    """(fn's row, the target's token ids) per pair, in order; fn(enc [B, S], tgt [B, T],
+    task) runs on batches of similar length."""
     if len(inputs) != len(targets):
       raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets; give one each.")
     enc_rows = self.encode(inputs, max_input_length)
     dec_rows = self.encode(targets, max_target_length)
-    scores = [0.0] * len(enc_rows)
+    out: list = [None] * len(enc_rows)
     lengths = [len(e) + len(d) for e, d in zip(enc_rows, dec_rows)]
     for batch in length_batches(lengths, batch_size):
       enc = self._pad([enc_rows[i] for i in batch], batch_size, max_input_length)
       tgt = self._pad([dec_rows[i] for i in batch], batch_size, max_target_length)
-      loglik = self.log_likelihood_tokens(enc, tgt, task)
+      result = fn(enc, tgt, task)
       for row, i in enumerate(batch):
-        scores[i] = float(loglik[row])
-    return scores
-
+        out[i] = (result[row], dec_rows[i])
+    return out
 
   def generate_tokens(self, encoder_input_tokens: np.ndarray,
                       strategy: decoding.DecodeConfig, max_decode_length: int,
-                      task: str | None = None):
-    """Decodes a padded [B, S] token array; returns DecodeOutput on the host."""
+                      task: str | None = None, prefix_bl: np.ndarray | None = None):
+    """Decodes a padded [B, S] token array (each output starting with prefix_bl's row, if
+    given: [B, max_decode_length], 0-padded); returns DecodeOutput on the host."""
     slots = self.task_slots(task, encoder_input_tokens.shape[0])
     weights = self.decode_weights()
-    return self._run(lambda tokens, slots_b: _generate(self.model, weights, tokens,
-                                                       max_decode_length, strategy, slots_b),
-                     encoder_input_tokens, slots)
+    return self._run(lambda tokens, slots_b, prefix: _generate(
+        self.model, weights, tokens, max_decode_length, strategy, slots_b, prefix),
+                     encoder_input_tokens, slots, prefix_bl)
 
   def decode_weights(self):
     """self.params as decoding reads them fastest (decoding.prepare_weights: on one
@@ -258,11 +359,19 @@ class Predictor:
         lambda enc, tgt, slots_b: _log_likelihood(self.model, self.params, enc, tgt, slots_b),
         encoder_input_tokens, target_tokens, slots))
 
+  def token_log_probs(self, encoder_input_tokens: np.ndarray, target_tokens: np.ndarray,
+                      task: str | None = None) -> np.ndarray:
+    """Teacher-forced log-probability [B, T] of each padded target token (0 on padding)."""
+    slots = self.task_slots(task, encoder_input_tokens.shape[0])
+    return np.asarray(self._run(
+        lambda enc, tgt, slots_b: _token_log_probs(self.model, self.params, enc, tgt, slots_b),
+        encoder_input_tokens, target_tokens, slots))
+
 
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "strategy"))
-def _generate(model, params, tokens, max_decode_length, strategy, task_slots_b):
+def _generate(model, params, tokens, max_decode_length, strategy, task_slots_b, prefix_bl):
   return decoding.generate(model, params, tokens, max_decode_length=max_decode_length,
-                           strategy=strategy, task_slots_b=task_slots_b)
+                           strategy=strategy, task_slots_b=task_slots_b, prefix_bl=prefix_bl)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -281,9 +390,8 @@ def _teacher_forced(model, params, encoder_tokens, targets, task_slots_b):
           jnp.sum(correct, axis=-1, dtype=jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _log_likelihood(model, params, encoder_tokens, targets, task_slots_b):
-  """Teacher-forced sum of log p(target token) over non-padding targets [B]."""
+def _target_log_probs(model, params, encoder_tokens, targets, task_slots_b):
+  """Teacher-forced log p(target token) [B, T], 0 on padding."""
   decoder_inputs = jnp.concatenate(
       [jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
   slots_b1 = decoding.row_slots(task_slots_b)
@@ -291,4 +399,16 @@ def _log_likelihood(model, params, encoder_tokens, targets, task_slots_b):
                        encoder_task_slots=slots_b1, decoder_task_slots=slots_b1)
   logp = vocab_reduce.log_softmax(logits.astype(jnp.float32))
   token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  return jnp.sum(token_logp * (targets > 0), axis=-1)
+  return token_logp * (targets > 0)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _token_log_probs(model, params, encoder_tokens, targets, task_slots_b):
+  return _target_log_probs(model, params, encoder_tokens, targets, task_slots_b)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _log_likelihood(model, params, encoder_tokens, targets, task_slots_b):
+  """Teacher-forced sum of log p(target token) over non-padding targets [B]."""
+  return jnp.sum(_target_log_probs(model, params, encoder_tokens, targets, task_slots_b),
+                 axis=-1)

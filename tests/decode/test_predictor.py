@@ -172,3 +172,196 @@ def test_vocabulary_larger_than_the_model_is_rejected():
   cfg = model_config.get_config("t5_1_1_tiny", vocab_size=512)
   with pytest.raises(ValueError, match=r"vocabulary has 32100 pieces but the model has only 512"):
     Predictor(cfg, params={}, vocabulary=vocab.get_vocabulary())
+
+
+# ---- Richer outputs: several per input, a decoder prefix, per-token scores ----
+
+GERMAN = "translate English to German: Two men are talking."
+
+
+def test_several_outputs_per_input_best_first(trained_run, tmp_path, capsys):
+  src = tmp_path / "in.txt"
+  src.write_text(GERMAN + "\ntranslate English to French: A dog runs.\n")
+  for flags, k in ((["--method=beam", "--num_beams=4", "--num_return_sequences=3"], 3),
+                   (["--method=sample", "--temperature=1.0", "--num_samples=3", "--seed=2"], 3)):
+    code, out, err = run(["infer", f"--checkpoint={trained_run}", f"--input={src}",
+                          "--max_decode_length=8", *flags], capsys)
+    assert code == 0, err
+    for record in map(json.loads, out.strip().splitlines()):
+      assert len(record["predictions"]) == len(record["scores"]) <= k
+      assert record["scores"] == sorted(record["scores"], reverse=True)
+      assert record["predictions"][0] == record["prediction"]
+      assert record["scores"][0] == record["score"]
+  # The beams are distinct sequences; the best is what beam search alone returns.
+  from t5jax.decode import decoding
+  from t5jax.decode.predictor import Predictor
+  predictor = Predictor.from_checkpoint(trained_run)
+  beam = decoding.DecodeConfig("beam", num_beams=4)
+  many = predictor.generate_n([GERMAN], 3, strategy=beam, max_decode_length=8)[0]
+  assert len({tuple(g.tokens) for g in many}) == len(many) == 3
+  one = predictor.generate([GERMAN], strategy=beam, max_decode_length=8)[0]
+  assert many[0].tokens == one.tokens and many[0].score == pytest.approx(one.score, rel=1e-6)
+  samples = predictor.generate_n([GERMAN], 4, strategy=decoding.DecodeConfig(
+      "sample", temperature=1.0, seed=3), max_decode_length=8)[0]
+  assert len({tuple(g.tokens) for g in samples}) > 1  # independent draws, not one repeated
+
+
+def test_targets_prefix_is_continued_and_not_scored(trained_run):
+  """Greedy output forced to start with its own first two tokens is the same output, and
+  its log-likelihood lacks exactly those two tokens' log-probabilities."""
+  from t5jax.decode import decoding
+  from t5jax.decode.predictor import Predictor
+  predictor = Predictor.from_checkpoint(trained_run)
+  free = predictor.generate([GERMAN], max_decode_length=12)[0]
+  prefix_ids = free.tokens[:2]
+  prefix = predictor.vocabulary.decode(prefix_ids)
+  assert list(predictor.vocabulary.encode(prefix)) == prefix_ids
+  forced = predictor.generate([GERMAN], max_decode_length=12, targets_prefix=[prefix])[0]
+  assert forced.tokens == free.tokens
+  # Each output token's log-probability, teacher-forced on the greedy output itself.
+  token_logprobs = predictor.token_log_probs(
+      np.array(predictor.encode([GERMAN], 64)), np.array([free.tokens]))[0]
+  assert free.log_likelihood == pytest.approx(
+      sum(token_logprobs), abs=1e-4 * abs(free.log_likelihood))
+  assert forced.log_likelihood == pytest.approx(
+      free.log_likelihood - sum(token_logprobs[:2]), abs=1e-4 * abs(free.log_likelihood))
+  # Any prefix, every strategy: the output starts with it.
+  wanted = predictor.vocabulary.encode("Zwei Frauen")
+  for strategy in (decoding.DecodeConfig(), decoding.DecodeConfig("beam", num_beams=3),
+                   decoding.DecodeConfig("sample", temperature=1.0)):
+    got = predictor.generate([GERMAN, GERMAN], max_decode_length=12, strategy=strategy,
+                             targets_prefix=["Zwei Frauen", ""])
+    assert got[0].tokens[:len(wanted)] == list(wanted), strategy
+    assert got[0].text.startswith("Zwei Frauen")
+    assert got[0].log_likelihood < 0 and got[0].log_likelihood > -1e5
+
+
+def test_token_scores_add_up_to_the_log_likelihood(trained_run, tmp_path, capsys):
+  src = tmp_path / "pairs.jsonl"
+  src.write_text(json.dumps({"inputs": GERMAN, "targets": "Zwei Männer sprechen."}) + "\n")
+  code, out, err = run(["score", f"--checkpoint={trained_run}", f"--input={src}",
+                        "--token_scores"], capsys)
+  assert code == 0, err
+  record = json.loads(out.strip().splitlines()[-1])
+  assert record["target_tokens"][-1] == "</s>"
+  assert "".join(record["target_tokens"][:-1]).replace("▁", " ").strip() \
+      == "Zwei Männer sprechen."
+  assert len(record["token_scores"]) == len(record["target_tokens"])
+  assert all(s < 0 for s in record["token_scores"])
+  assert sum(record["token_scores"]) == pytest.approx(record["log_likelihood"], rel=1e-5)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--method=beam", "--num_beams=2", "--num_return_sequences=3"],
+     "--num_return_sequences=3 is more than --num_beams=2"),
+    (["--num_return_sequences=2"], "add --method=beam"),
+    (["--method=beam", "--num_samples=2"], "add --method=sample"),
+    (["--method=sample", "--temperature=0", "--num_samples=2"], "a temperature above 0"),
+])
+def test_several_outputs_bad_flags_are_one_line(trained_run, tmp_path, capsys, flags, message):
+  src = tmp_path / "in.txt"
+  src.write_text(GERMAN + "\n")
+  code, _, err = run(["infer", f"--checkpoint={trained_run}", f"--input={src}", *flags], capsys)
+  assert code == 2 and message in err
+
+
+def test_a_prefix_longer_than_the_decode_length_is_one_line(trained_run, tmp_path, capsys):
+  src = tmp_path / "in.jsonl"
+  src.write_text(json.dumps({"inputs": GERMAN, "targets_prefix": "Zwei Männer " * 5}) + "\n")
+  code, _, err = run(["infer", f"--checkpoint={trained_run}", f"--input={src}",
+                      "--max_decode_length=6"], capsys)
+  assert code == 2 and "in.jsonl line 1: The targets prefix" in err
+  assert "leaves no room in max_decode_length=6" in err
+  assert len([l for l in err.splitlines() if l.startswith("error:")]) == 1, err
+  assert "Traceback" not in err
+
+
+# ---- Evaluation: a loss for every task, per-example logs, rank classification ----
+
+def test_eval_logs_every_example_and_a_loss_for_tasks_without_metrics(trained_run, tmp_path,
+                                                                      capsys):
+  code, out, err = run(["eval", f"--checkpoint={trained_run}", "--task=multi30k_en_de",
+                        "--max_examples=3", "--targets_length=12", "--max_input_length=32",
+                        f"--output_dir={tmp_path}"], capsys)
+  assert code == 0, err
+  step = checkpoint.latest_step(trained_run)
+  lines = [json.loads(l) for l in (tmp_path / f"multi30k_en_de-{step}.jsonl").read_text()
+           .splitlines()]
+  assert len(lines) == 3
+  assert lines[0]["inputs"].startswith("translate English to German: ")
+  assert all(isinstance(l["prediction"], str) and l["score"] < 0 and l["targets"]
+             for l in lines)
+  # A pretraining task has no metrics: its validation loss comes without any decoding.
+  code, out, err = run(["eval", f"--checkpoint={trained_run}", "--task=text_span_corruption",
+                        "--max_examples=4", "--targets_length=32", "--max_input_length=64",
+                        f"--output_dir={tmp_path / 'pt'}"], capsys)
+  assert code == 0, err
+  record = json.loads((tmp_path / "pt" / "metrics.jsonl").read_text().splitlines()[-1])
+  assert record["split"] == "eval_validation"
+  assert 0 < record["text_span_corruption/loss"] < 20
+  assert 0 <= record["text_span_corruption/token_accuracy"] <= 1
+  assert record["text_span_corruption/examples"] == 4
+  assert not list((tmp_path / "pt").glob("text_span_corruption-*.jsonl"))
+
+
+def test_loss_only_matches_the_full_evaluation_loss(trained_run, tmp_path, capsys):
+  args = ["eval", f"--checkpoint={trained_run}", "--task=multi30k_en_fr", "--max_examples=4",
+          "--targets_length=12", "--max_input_length=32"]
+  assert run(args + [f"--output_dir={tmp_path / 'full'}"], capsys)[0] == 0
+  code, _, err = run(args + ["--loss_only", f"--output_dir={tmp_path / 'loss'}"], capsys)
+  assert code == 0, err
+  full, loss = (json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[-1])
+                for d in ("full", "loss"))
+  assert "multi30k_en_fr/bleu" in full and "multi30k_en_fr/bleu" not in loss
+  assert loss["multi30k_en_fr/loss"] == full["multi30k_en_fr/loss"]
+  assert not list((tmp_path / "loss").glob("*-*.jsonl"))
+
+
+def test_rank_classification_scores_each_choice(trained_run, tmp_path, capsys):
+  from t5jax.decode.predictor import Predictor
+  code, out, err = run(["eval", f"--checkpoint={trained_run}", "--task=glue_rte_rank",
+                        "--max_examples=6", "--max_input_length=64", "--targets_length=8",
+                        f"--output_dir={tmp_path}"], capsys)
+  assert code == 0, err
+  step = checkpoint.latest_step(trained_run)
+  lines = [json.loads(l) for l in (tmp_path / f"glue_rte_rank-{step}.jsonl").read_text()
+           .splitlines()]
+  assert len(lines) == 3  # 6 scored examples: 3 source examples of 2 choices each
+  predictor = Predictor.from_checkpoint(trained_run)
+  for line in lines:
+    assert sorted(line["choices"]) == ["entailment", "not_entailment"]
+    assert line["targets"] in line["choices"]
+    best = max(range(2), key=lambda i: line["scores"][i])
+    assert line["prediction"] == line["choices"][best]
+    # Each choice's score is the model's log-likelihood of it given the input.
+    expected = predictor.score([line["inputs"]] * 2, line["choices"], max_input_length=64,
+                               max_target_length=8)
+    np.testing.assert_allclose(line["scores"], expected, rtol=1e-4)
+  record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+  right = sum(l["prediction"] == l["targets"] for l in lines)
+  assert record["glue_rte_rank/accuracy"] == pytest.approx(100.0 * right / 3)
+
+
+def test_infer_resumes_after_the_last_line_written(trained_run, tmp_path, capsys):
+  src = tmp_path / "in.txt"
+  src.write_text("".join(f"translate English to French: {w}\n" for w in
+                         ("A dog.", "Two cats.", "A red car.", "The sun.", "Children play.")))
+  args = ["infer", f"--checkpoint={trained_run}", f"--input={src}", "--max_decode_length=8",
+          "--batch_size=2"]
+  whole = tmp_path / "whole.jsonl"
+  assert run(args + [f"--output={whole}"], capsys)[0] == 0
+  expected = whole.read_text().splitlines()
+  # A killed run: two lines written and a third cut short.
+  part = tmp_path / "part.jsonl"
+  part.write_text(expected[0] + "\n" + expected[1] + "\n" + expected[2][:15])
+  code, _, err = run(args + [f"--output={part}"], capsys)
+  assert code == 0, err
+  assert "holds the first 2 of 5 outputs" in err
+  assert part.read_text().splitlines() == expected
+  # Lines of other inputs are not overwritten by mistake.
+  other = tmp_path / "other.jsonl"
+  other.write_text(json.dumps({"inputs": "something else", "prediction": "x"}) + "\n")
+  code, _, err = run(args + [f"--output={other}"], capsys)
+  assert code == 2 and "holds lines for other inputs" in err
+  assert run(args + [f"--output={other}", "--overwrite"], capsys)[0] == 0
+  assert other.read_text().splitlines() == expected
