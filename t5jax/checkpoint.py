@@ -57,6 +57,8 @@ class CheckpointConfig:
     best_metric: also keep the best checkpoint by this evaluation metric
       (a key of the evaluation summary, e.g. "multi30k_en_fr/bleu").
     best_mode: "max" or "min" for best_metric.
+    patience: stop training once best_metric has not improved for this many evaluations
+      in a row (early stopping; 0: never). Needs best_metric and EvalConfig.every_steps.
     async_save: write in the background while training continues.
     init_from: start a fresh run (new optimizer state, step 0) from the
       parameters of this checkpoint: a run directory, its checkpoints/ directory
@@ -72,6 +74,7 @@ class CheckpointConfig:
   keep: int = 3
   best_metric: str | None = None
   best_mode: str = "max"
+  patience: int = 0
   async_save: bool = True
   init_from: str | None = None
   data_restart: bool = False
@@ -82,6 +85,10 @@ class CheckpointConfig:
       raise ValueError("CheckpointConfig.every_steps must be >= 0 and keep >= 1.")
     if self.best_mode not in ("max", "min"):
       raise ValueError(f"CheckpointConfig.best_mode={self.best_mode!r} is not 'max' or 'min'.")
+    if self.patience < 0 or (self.patience and not self.best_metric):
+      raise ValueError(f"CheckpointConfig.patience={self.patience} needs a best_metric to "
+                       "watch (e.g. CheckpointConfig.best_metric='glue_mix/average') and "
+                       "must be >= 0.")
 
 
 def checkpoints_dir(path: str) -> str:
@@ -320,6 +327,17 @@ def latest_step(path: str) -> int:
   if step is None:
     raise FileNotFoundError(f"No complete checkpoint in {directory}.")
   return step
+
+
+def all_steps(path: str) -> list[int]:
+  """The complete checkpoint steps under a run or checkpoints directory, oldest first."""
+  directory = checkpoints_dir(path)
+  if not fs.isdir(directory):
+    raise FileNotFoundError(f"Checkpoint directory {directory} does not exist.")
+  manager = _manager(directory, read_only=True)
+  steps = sorted(manager.all_steps())
+  manager.close()
+  return steps
 
 
 def read_meta(path: str, step: int | None = None) -> dict:

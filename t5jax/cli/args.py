@@ -106,6 +106,11 @@ def _compile(sub) -> None:
   aot.add_argument("--slices", type=int, default=1,
                    help="with --topology: this many slices over the data-centre network "
                    "(multislice; set MeshConfig.slices to match)")
+  aot.add_argument("--decode", action="store_true",
+                   help="compile a decoding batch instead of the train step: what `t5jax eval` "
+                   "and `infer` need per device (EvalConfig's batch_size, lengths and "
+                   "strategy; bfloat16 parameters with "
+                   "--gin.TrainConfig.model_overrides=\"{'param_dtype': 'bfloat16'}\")")
   aot.add_argument("--fit", action="store_true",
                    help="with --topology: search remat, scanned layers, the attention's query "
                    "block, microbatches and the FSDP/tensor split for the fastest estimated "
@@ -226,6 +231,16 @@ def _eval(sub) -> None:
                         help="where the results go: metrics.jsonl, TensorBoard events and "
                         "TASK-STEP.jsonl, what the model said for each example "
                         "(default: CHECKPOINT/eval)")
+  evaluate.add_argument("--all_checkpoints", action="store_true",
+                        help="evaluate every checkpoint of the run not yet in --output_dir's "
+                        "metrics.jsonl, oldest first (default: the latest only)")
+  evaluate.add_argument("--watch", action="store_true",
+                        help="--all_checkpoints, then wait for the run's new checkpoints and "
+                        "evaluate each, until its last step (continuous evaluation)")
+  evaluate.add_argument("--watch_interval", type=float, default=60.0, metavar="SECONDS",
+                        help="--watch: how often to look for a new checkpoint")
+  evaluate.add_argument("--watch_timeout", type=float, default=3600.0, metavar="SECONDS",
+                        help="--watch: give up after this long without a new checkpoint")
   evaluate.add_argument("--loss_only", action="store_true",
                         help="only each task's teacher-forced loss and token accuracy: no "
                         "decoding, no metrics")

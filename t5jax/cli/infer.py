@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import jax
+import numpy as np
 
 from t5jax import checkpoint, fs
 from t5jax.cli import files
@@ -15,12 +17,13 @@ from t5jax.decode import evaluate as evaluate_lib
 from t5jax.decode.predictor import Predictor
 
 
-def _load(args, mesh) -> Predictor:
+def _load(args, mesh, step: int | None = None) -> Predictor:
   predictor = Predictor.from_checkpoint(args.checkpoint, dtype=args.dtype, mesh=mesh,
-                                        param_dtype=args.param_dtype)
+                                        param_dtype=args.param_dtype, step=step)
   where = "" if mesh is None else f", mesh {dict(mesh.shape)}"
   if _primary():
-    print(f"Loaded {args.checkpoint}: d_model {predictor.config.d_model}, "
+    at = "" if step is None else f" step {step}"
+    print(f"Loaded {args.checkpoint}{at}: d_model {predictor.config.d_model}, "
           f"{predictor.config.num_encoder_layers}+{predictor.config.num_decoder_layers} "
           f"layers, vocabulary {predictor.vocabulary.vocab_size}{where}", file=sys.stderr,
           flush=True)
@@ -147,8 +150,67 @@ def score(args, unused_strategy=None, mesh=None) -> None:
 
 def eval(args, strategy, mesh=None) -> None:  # noqa: A001 - the subcommand's name
   """Evaluates a task or mixture: prints a per-task table; writes metrics.jsonl,
-  TensorBoard events and each decoded task's TASK-STEP.jsonl into --output_dir."""
-  predictor = _load(args, mesh)
+  TensorBoard events and each decoded task's TASK-STEP.jsonl into --output_dir. The latest
+  checkpoint; with --all_checkpoints every one not yet evaluated there, oldest first; with
+  --watch those and then each new one as the run saves it, until its last step."""
+  output_dir = args.output_dir or fs.join(args.checkpoint, "eval")
+  if not (args.all_checkpoints or args.watch):
+    _evaluate_step(args, strategy, mesh, checkpoint.latest_step(args.checkpoint), output_dir)
+    return
+  waited_since = time.time()
+  while True:
+    step, final = _next_step(args, output_dir)
+    if step is not None:
+      _evaluate_step(args, strategy, mesh, step, output_dir)
+      waited_since = time.time()
+      continue
+    if not args.watch or final:
+      if _primary():
+        files.warn("every checkpoint is evaluated" + (
+            f" (the run's last step, {final})" if final else "") + f"; results in {output_dir}")
+      return
+    if time.time() - waited_since > args.watch_timeout:
+      raise TimeoutError(f"--watch: no new checkpoint in {args.checkpoint} for "
+                         f"{args.watch_timeout:.0f} s (--watch_timeout); stopping.")
+    time.sleep(args.watch_interval)
+
+
+def _next_step(args, output_dir: str) -> tuple[int | None, int | None]:
+  """(the oldest checkpoint step not yet in output_dir's metrics.jsonl, or None; the run's
+  last step if that one is evaluated, else None). Decided by process 0 and shared, so that
+  every process evaluates the same step (Orbax's reads run on all of them together)."""
+  step, final = -1, -1
+  steps = checkpoint.all_steps(args.checkpoint)
+  last = checkpoint.read_meta(args.checkpoint, steps[-1]).get("num_steps") if steps else None
+  if _primary():
+    done = _evaluated_steps(output_dir, f"eval_{args.split}")
+    todo = [s for s in steps if s not in done]
+    step = todo[0] if todo else -1
+    final = steps[-1] if steps and not todo and last == steps[-1] else -1
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    step, final = (int(x) for x in multihost_utils.broadcast_one_to_all(
+        np.array([step, final], np.int64)))
+  return (None if step < 0 else step), (None if final < 0 else final)
+
+
+def _evaluated_steps(output_dir: str, split: str) -> set[int]:
+  path = fs.join(output_dir, "metrics.jsonl")
+  if not fs.exists(path):
+    return set()
+  steps = set()
+  for line in fs.read_text(path).splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # a line cut short by a killed evaluation: that step is evaluated again
+    if record.get("split") == split:
+      steps.add(int(record["step"]))
+  return steps
+
+
+def _evaluate_step(args, strategy, mesh, step: int, output_dir: str) -> None:
+  predictor = _load(args, mesh, step)
   name = args.task or args.mixture
   cfg = evaluate_lib.EvalConfig(
       split=args.split, max_examples=args.max_examples, inputs_length=args.max_input_length,
@@ -157,12 +219,11 @@ def eval(args, strategy, mesh=None) -> None:  # noqa: A001 - the subcommand's na
   # The tasks tokenized as the model was trained: with the checkpoint's vocabulary.
   with registry.tokenized_with(name, predictor.vocabulary):
     evaluation = evaluate_lib.evaluate(predictor, cfg, name)
-  step = checkpoint.latest_step(args.checkpoint)  # on every process: Orbax syncs them
   if not _primary():
     return
-  print(evaluate_lib.format_table(evaluation.results), flush=True)
-  output_dir = args.output_dir or fs.join(args.checkpoint, "eval")
+  print(f"step {step}\n{evaluate_lib.format_table(evaluation.results)}", flush=True)
+  # Per-example logs first: a step is done once its metrics line is written.
+  evaluate_lib.write_records(evaluation, output_dir, step)
   writer = metrics.MetricsWriter(output_dir)
   writer.write(step, evaluate_lib.flatten(evaluation.results), prefix=f"eval_{args.split}")
   writer.close()
-  evaluate_lib.write_records(evaluation, output_dir, step)

@@ -225,6 +225,14 @@ def _run(args, bindings: list[str]) -> None:
               f"--gin_file={args.fit_recipe} (it includes the gin files given here)")
       print(json.dumps(fit_search.summary(winner, tried, train_config)))
       return
+    if args.decode:
+      if args.fit:
+        raise ValueError("--fit searches training settings; drop it with --decode.")
+      report = aot.compile_decode(loop.TrainConfig(), accelerator_type=args.topology,
+                                  slices=args.slices)
+      print(aot.format_decode_report(report))
+      print(json.dumps(report))
+      return
     if args.topology:
       report = aot.compile_for_slice(loop.TrainConfig(), args.topology, args.slices)
     else:

@@ -276,8 +276,8 @@ class Predictor:
     for n, text in enumerate(texts):
       ids = list(self.vocabulary.encode(text)) if text else []
       if len(ids) >= max_decode_length:
-        raise ValueError(f"The targets prefix of input {n} ({text[:30]!r}) is {len(ids)} tokens, which leaves "
-                         f"no room in max_decode_length={max_decode_length}; raise "
+        raise ValueError(f"The targets prefix of input {n} ({text[:30]!r}) is {len(ids)} "
+                         f"tokens, which leaves no room in max_decode_length={max_decode_length}; raise "
                          "--max_decode_length or shorten the prefix.")
       out.append(ids)
     return out

@@ -113,6 +113,84 @@ def compile_train_step(config, num_tasks: int = 1, devices=None) -> dict:
   return report
 
 
+def compile_decode(config, devices=None, accelerator_type: str | None = None,
+                   slices: int = 1) -> dict:
+  """Compiles what `t5jax eval` and `infer` run for one batch, for `devices` (default: this
+  host's) or a TPU slice: decoding with EvalConfig.strategy a batch of
+  EvalConfig.batch_size rows of EvalConfig.inputs_length tokens into targets_length,
+  with the parameters in the model's param_dtype (`--param_dtype bfloat16` at inference:
+  TrainConfig.model_overrides={'param_dtype': 'bfloat16'}) sharded as in training.
+  Returns per-device bytes (and, for a slice, whether they fit the chip's HBM)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from t5jax.decode import decoding  # pylint: disable=g-import-not-at-top
+  from t5jax.model import param_tree  # pylint: disable=g-import-not-at-top
+  from t5jax.train.loop import build_model  # pylint: disable=g-import-not-at-top
+  tpu_slice = None
+  if accelerator_type is not None:
+    tpu_slice = topology.slice_of(accelerator_type)
+    devices = topology.devices(tpu_slice, slices)
+  mesh = partitioning.make_mesh(config.mesh, devices)
+  model = build_model(config)
+  model = type(model)(model.config.replace(dropout_rate=0.0))
+  ev, strategy = config.eval, config.eval.strategy
+  shards = partitioning.batch_shards(mesh)
+  rows = -(-ev.batch_size // shards) * shards
+  start = time.time()
+  with partitioning.sharding_context(mesh):
+    boxed = param_tree.abstract_boxed_params(model)
+    shardings = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
+    params = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                          param_tree.abstract_params(model), shardings)
+    tokens = jax.ShapeDtypeStruct((rows, ev.inputs_length), jnp.int32,
+                                  sharding=partitioning.batch_sharding(mesh))
+    fn = jax.jit(lambda p, t: decoding.generate(model, p, t, max_decode_length=ev.targets_length,
+                                                strategy=strategy))
+    memory = fn.lower(params, tokens).compile().memory_analysis()
+  report = {
+      "what": "decode", "model": config.model, "mesh": dict(mesh.shape), "devices": mesh.size,
+      "batch": rows, "lengths": [ev.inputs_length, ev.targets_length],
+      "method": strategy.method, "num_beams": strategy.num_beams if strategy.method == "beam"
+      else 1, "param_dtype": model.config.param_dtype,
+      "parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
+      "parameter_bytes_per_device": _shard_bytes(params),
+      "compile_seconds": round(time.time() - start, 1),
+  }
+  for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                "alias_size_in_bytes"):
+    report[field] = int(getattr(memory, field, 0) or 0)
+  report["peak_bytes_per_device"] = (report["argument_size_in_bytes"]
+                                     + report["temp_size_in_bytes"]
+                                     + report["output_size_in_bytes"]
+                                     - report["alias_size_in_bytes"])
+  if tpu_slice is not None:
+    hbm = tpu_slice.chip.hbm_bytes
+    report.update(accelerator_type=accelerator_type, chip=tpu_slice.chip.name,
+                  hbm_bytes_per_chip=hbm, fits=report["peak_bytes_per_device"] <= hbm,
+                  headroom=1.0 - report["peak_bytes_per_device"] / hbm)
+  return report
+
+
+def format_decode_report(r: dict) -> str:
+  gib = lambda b: f"{b / 2**30:.2f} GiB"
+  what = (f"beam search ({r['num_beams']} beams)" if r["method"] == "beam" else r["method"])
+  lines = [
+      f"{r['model']} decoding: {r['parameters']:,} parameters ({r['param_dtype']}) on mesh "
+      f"{r['mesh']} ({r['devices']} devices), {what}, batch {r['batch']}, lengths "
+      f"{r['lengths']}; compiled in {r['compile_seconds']} s",
+      f"  per device: parameters {gib(r['parameter_bytes_per_device'])}, arguments "
+      f"{gib(r['argument_size_in_bytes'])}, temporaries {gib(r['temp_size_in_bytes'])} "
+      f"(the KV cache, the encoder's output, the logits), peak "
+      f"~{gib(r['peak_bytes_per_device'])}"]
+  if "accelerator_type" in r:
+    lines.append(
+        f"  {r['accelerator_type']}, libtpu's compiler: peak {gib(r['peak_bytes_per_device'])} "
+        f"of {gib(r['hbm_bytes_per_chip'])} HBM per chip: " +
+        (f"FITS with {r['headroom']:.0%} headroom" if r["fits"] else
+         f"DOES NOT FIT ({-r['headroom']:.0%} over): lower EvalConfig.batch_size, use "
+         "bfloat16 parameters, more FSDP or tensor parallelism, or a larger slice"))
+  return "\n".join(lines)
+
+
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from t5jax import checkpoint, fs
 from t5jax.decode import decoding, evaluate
-from t5jax.train import losses, metrics, optim, preemption, run_vocabulary
+from t5jax.train import early_stopping, losses, metrics, optim, preemption, run_vocabulary
 from t5jax.train import step as train_step, task_weighting
 from t5jax.model import trainable
 from t5jax.parallel import partitioning
@@ -97,8 +97,10 @@ class TrainConfig:
     eval: periodic evaluation (SeqIO metrics per task) during training.
     seed: parameter initialisation and dropout.
     log_every: steps between metric lines.
-    num_sample_predictions: validation examples greedily decoded at the end.
+    num_sample_predictions: validation examples decoded at the end (predictions.jsonl).
     max_decode_length: decode length for those predictions.
+    sample_decoding: how they are decoded (greedy unless bound, e.g. the demo's
+      `TrainConfig.sample_decoding = @samples/DecodeConfig()` with beam search).
   """
   model: str = "t5_1_0_tiny"
   model_overrides: dict = dataclasses.field(default_factory=dict)
@@ -118,6 +120,8 @@ class TrainConfig:
   log_every: int = 10
   num_sample_predictions: int = 4
   max_decode_length: int = 64
+  sample_decoding: decoding.DecodeConfig = dataclasses.field(
+      default_factory=evaluate.DecodeConfig)
 
   def __post_init__(self):
     for field in ("batch_size", "num_steps", "microbatches", "log_every"):
@@ -194,6 +198,15 @@ def _train(run_dir: str, config: TrainConfig, vocabulary) -> list[dict]:
     # A resumed run keeps the base its checkpoints name (pinned to a step).
     saved = ckpt.read_meta(ckpt.steps()[-1]).get("peft") if ckpt.steps() else None
     meta["peft"] = saved or checkpoint.peft_meta(config.checkpoint.init_from, opt_cfg.trainable)
+  patience = None
+  if config.checkpoint.best_metric:
+    if config.checkpoint.patience and not config.eval.every_steps:
+      raise ValueError(f"CheckpointConfig.patience={config.checkpoint.patience} counts "
+                       "evaluations, but EvalConfig.every_steps is 0: set it.")
+    saved = ckpt.read_meta(start).get("early_stopping") if start in ckpt.steps() else None
+    patience = early_stopping.Patience.resume(
+        config.checkpoint.best_metric, config.checkpoint.best_mode,
+        config.checkpoint.patience, saved)
   summaries, window = [], []
   window_start = run_start = time.time()
   every = config.checkpoint.every_steps
@@ -218,7 +231,7 @@ def _train(run_dir: str, config: TrainConfig, vocabulary) -> list[dict]:
             metrics.progress_line(done, config.num_steps, summary, task_names, eta), primary)
         summaries.append({"step": done, **summary})
         window, window_start = [], time.time()
-      eval_metrics = None
+      eval_metrics, early = None, False
       if config.eval.every_steps and (done % config.eval.every_steps == 0
                                       or done == config.num_steps):
         evaluation = _evaluate(config, model, state.params, vocabulary, mesh, done, primary)
@@ -226,12 +239,18 @@ def _train(run_dir: str, config: TrainConfig, vocabulary) -> list[dict]:
         failure = failure or _write(
             lambda: _write_evaluation(writer, evaluation, eval_metrics, run_dir, done, primary),
             ckpt, run_dir)
-      if (stop or done == config.num_steps or (every and done % every == 0)
+        if patience is not None:
+          early = patience.update(done, eval_metrics)
+          meta["early_stopping"] = patience.state()
+      if (stop or early or done == config.num_steps or (every and done % every == 0)
           or (eval_metrics and config.checkpoint.best_metric)):
         _check_finite(jax.device_get(window), done - len(window) + 1, ckpt)
         ckpt.save(state, {**meta, "data": {**meta["data"], "next_step": done}},
                   metrics=eval_metrics,
                   data_position=_global_position(batches.state(), config, mesh))
+      if early:
+        metrics.print_line(patience.reason(done), primary)
+        break
       if stop:
         _close(ckpt, guard, failure, run_dir)
         writer.close()
@@ -473,6 +492,7 @@ def _checkpoint_meta(config: TrainConfig, model, num_tasks: int, vocab_record: d
       "data": pipeline.signature(config.data, config.batch_size),
       "task_weighting": {"mode": config.loss.task_weighting, "num_tasks": num_tasks},
       "gin": gin.config_str(),
+      "num_steps": config.num_steps,
   }
 
 
@@ -507,7 +527,8 @@ def _check_finite(window: list[dict], first_step: int, ckpt: checkpoint.Checkpoi
 
 
 def _sample_predictions(run_dir: str, model, params, config: TrainConfig, voc) -> None:
-  """Greedy-decodes a few validation examples and writes them to predictions.jsonl."""
+  """Decodes a few validation examples (TrainConfig.sample_decoding) and writes them to
+  predictions.jsonl."""
   from t5jax.decode.predictor import text_of
   spec = dataclasses.replace(config.data, split="validation", pack=False, shuffle=False)
   n = config.num_sample_predictions
@@ -516,8 +537,10 @@ def _sample_predictions(run_dir: str, model, params, config: TrainConfig, voc) -
   task_names = pipeline.task_names(config.data.mixture_or_task)
   slot_table = train_step.task_slot_table(model, task_names)
   slots_b = None if slot_table is None else slot_table[batch["decoder_task_ids"][:, 0]]
-  tokens, scores = decoding.greedy_decode(model, params, batch["encoder_input_tokens"],
-                                          config.max_decode_length, slots_b)
+  out = decoding.generate(model, params, batch["encoder_input_tokens"],
+                          max_decode_length=config.max_decode_length,
+                          strategy=config.sample_decoding, task_slots_b=slots_b)
+  tokens, scores = out.tokens_bl, out.logprob_b
   lines = []
   for i in range(n):
     record = {

@@ -174,6 +174,33 @@ def test_compile_reports_per_device_memory_and_flops(capsys, monkeypatch):
   assert "per device: arguments" in out
 
 
+def test_compile_decode_reports_what_an_evaluation_batch_needs(capsys, monkeypatch):
+  """t5jax compile --decode: the parameters' shards (halved in bfloat16), and a beam
+  search's temporaries (4 beams' KV cache) above greedy decoding's (on 8 CPU devices the
+  all-gathered parameters dominate both)."""
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", ""))
+  reports = {}
+  for name, extra in (("greedy", []), ("beam", ["--gin.DecodeConfig.method='beam'"]),
+                      ("bf16", ["--gin.TrainConfig.model_overrides={'param_dtype': 'bfloat16'}"])):
+    code = cli.main(["compile", "--decode", "--devices=8", "--gin_file=runs/demo.gin",
+                     "--gin_file=mesh/fsdp.gin", "--gin.EvalConfig.batch_size=16",
+                     "--gin.EvalConfig.inputs_length=64", "--gin.EvalConfig.targets_length=32",
+                     *extra])
+    out = capsys.readouterr().out
+    assert code == 0
+    reports[name] = json.loads(out.strip().splitlines()[-1])
+    assert "per device: parameters" in out
+  greedy = reports["greedy"]
+  assert greedy["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1} and greedy["batch"] == 16
+  # FSDP: an eighth of the float32 parameters on each device (the embedding rows padded).
+  assert greedy["parameters"] * 4 / 8 <= greedy["parameter_bytes_per_device"] \
+      < greedy["parameters"] * 4 / 7
+  assert reports["bf16"]["parameter_bytes_per_device"] == pytest.approx(
+      greedy["parameter_bytes_per_device"] / 2, rel=0.01)
+  assert reports["beam"]["temp_size_in_bytes"] > greedy["temp_size_in_bytes"]
+
+
 def test_task_losses_add_up_in_a_real_packed_mixed_batch():
   """On a packed multi30k_mix batch, each row mixes tasks; the weighted per-task
   contributions still add up to the loss, for every normalisation."""

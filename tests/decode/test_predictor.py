@@ -365,3 +365,61 @@ def test_infer_resumes_after_the_last_line_written(trained_run, tmp_path, capsys
   assert code == 2 and "holds lines for other inputs" in err
   assert run(args + [f"--output={other}", "--overwrite"], capsys)[0] == 0
   assert other.read_text().splitlines() == expected
+
+
+# ---- The fine-tuning lifecycle: every checkpoint, continuous evaluation, early stopping ----
+
+def test_eval_all_checkpoints_then_watch_skips_what_is_done(trained_run, tmp_path, capsys):
+  args = ["eval", f"--checkpoint={trained_run}", "--task=multi30k_en_fr", "--max_examples=2",
+          "--targets_length=8", "--max_input_length=32", "--loss_only",
+          f"--output_dir={tmp_path}"]
+  code, out, err = run(args + ["--all_checkpoints"], capsys)
+  assert code == 0, err
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [5, 15]  # the run keeps these two
+  assert records[0]["multi30k_en_fr/loss"] > records[1]["multi30k_en_fr/loss"]
+  # Continuous evaluation of a finished run: nothing left, and the last step is done.
+  code, out, err = run(args + ["--watch", "--watch_interval=0.1"], capsys)
+  assert code == 0, err
+  assert "every checkpoint is evaluated (the run's last step, 15)" in err
+  assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path):
+  """best_mode 'max' on a falling loss: the first evaluation stays the best, so with
+  patience 2 the run stops at its third evaluation, step 15 of 40."""
+  run_dir = str(tmp_path / "run")
+  gin_config.parse_gin(["runs/demo.gin"], FAST + [
+      "TrainConfig.num_steps=40", "EvalConfig.every_steps=5", "EvalConfig.max_examples=4",
+      "EvalConfig.targets_length=16", "EvalConfig.inputs_length=32", "EvalConfig.batch_size=4",
+      "EvalConfig.decode=False", "CheckpointConfig.every_steps=0", "CheckpointConfig.keep=1",
+      "CheckpointConfig.best_metric='multi30k_mix/loss'", "CheckpointConfig.best_mode='max'",
+      "CheckpointConfig.patience=2"])
+  train_lib.train(run_dir, train_lib.TrainConfig())
+  records = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+  assert [r["step"] for r in records if r["split"] == "eval"] == [5, 10, 15]
+  assert max(r["step"] for r in records) == 15
+  first_eval = next(r for r in records if r["split"] == "eval")
+  assert checkpoint.read_meta(run_dir, 15)["early_stopping"] == {
+      "metric": "multi30k_mix/loss", "mode": "max",
+      "best": pytest.approx(first_eval["multi30k_mix/loss"]), "best_step": 5,
+      "evals_since_best": 2}
+  assert sorted(checkpoint.all_steps(run_dir)) == [5, 15]  # the best and the last
+
+
+def test_patience_counts_across_a_resume_and_names_a_missing_metric():
+  from t5jax.train import early_stopping
+  p = early_stopping.Patience("glue_mix/average", "max", 2)
+  assert not p.update(10, {"glue_mix/average": 50.0})
+  assert not p.update(20, {"glue_mix/average": 49.0})
+  resumed = early_stopping.Patience.resume("glue_mix/average", "max", 2, p.state())
+  assert resumed.update(30, {"glue_mix/average": 50.0})  # not better than 50: the 2nd
+  assert "best 50 at step 10" in resumed.reason(30)
+  # Another metric starts counting afresh.
+  assert early_stopping.Patience.resume("glue_mix/loss", "min", 2, p.state()).best is None
+  typo = early_stopping.Patience("glue_mix/averge", "max", 2)
+  with pytest.raises(ValueError, match=r"best_metric='glue_mix/averge' is not a metric of "
+                                       r"this run's evaluation; did you mean glue_mix/average"):
+    typo.update(40, {"glue_mix/average": 1.0, "glue_mix/loss": 2.0})
+  with pytest.raises(ValueError, match="patience=3 needs a best_metric"):
+    checkpoint.CheckpointConfig(patience=3)
