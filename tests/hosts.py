@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,17 +23,47 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+# The shipped datasets the hosts' commands read (the demo's Multi30k).
+HOST_DATASETS = ("t5jax_multi30k",)
+
+
+def _give_prepared_data(home: pathlib.Path) -> None:
+  """Each host's own copy of the shipped datasets it reads, as a host that has prepared them
+  has (~40 s per host and per run directory otherwise): prepared once in the test session's
+  data dir, then copied, never shared."""
+  from t5jax.data import prepare  # pylint: disable=g-import-not-at-top
+  mine = home / ".cache" / "t5jax" / "tfds"
+  for name in HOST_DATASETS:
+    if not (mine / name).exists():
+      prepare.prepared_builder(name)
+      shutil.copytree(prepare.data_dir() / name, mine / name)
+
+
 def host_env(root: pathlib.Path, server_url: str, devices: int) -> tuple[dict, pathlib.Path]:
   """(environment, working directory) of one host under `root`."""
   for name in ("work", "home", "tmp"):
     (root / name).mkdir(parents=True, exist_ok=True)
+  _give_prepared_data(root / "home")
   env = {k: v for k, v in os.environ.items()
          if k not in ("T5JAX_DATA_DIR", "TENSORSTORE_GCS_HTTP_URL", "PWD", "OLDPWD")}
   env.update(HOME=str(root / "home"), TMPDIR=str(root / "tmp"), STORAGE_EMULATOR_HOST=server_url,
              JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), str(TESTS),
-                                                      os.environ.get("PYTHONPATH")])))
+                                                      os.environ.get("PYTHONPATH")])),
+             **compile_cache_env())
   return env, root / "work"
+
+
+def compile_cache_env() -> dict:
+  """The test session's persistent compilation cache (conftest.py), for t5jax processes the
+  tests start: a test-speed aid only (what a process compiles does not depend on it), so a
+  command run again does not compile its steps again."""
+  import jax  # pylint: disable=g-import-not-at-top
+  directory = jax.config.jax_compilation_cache_dir
+  if not directory:
+    return {}
+  return {"JAX_COMPILATION_CACHE_DIR": directory,
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1"}
 
 
 def launch(root: pathlib.Path, server_url: str, args: list[str], num_processes: int = 1,

@@ -161,6 +161,9 @@ def workdir(tmp_path_factory):
                        "--gin.TrainConfig.num_sample_predictions=0"]) == 0
     pathlib.Path("inputs.txt").write_text("A man rides a horse.\nTwo dogs play.\n")
     pathlib.Path("lines.txt").write_text("A man rides a horse.\n")
+    pathlib.Path("prefixed.jsonl").write_text(json.dumps(
+        {"inputs": "translate English to German: Two dogs play.", "targets_prefix": "Zwei"})
+        + "\n")
     pathlib.Path("pairs.jsonl").write_text(
         json.dumps({"inputs": "translate English to German: A man.", "targets": "Ein Mann."})
         + "\n")
@@ -226,7 +229,16 @@ def test_readme_command_runs_as_written(line, words, stdin, workdir, monkeypatch
     assert "multi30k_en_fr" in out and ("my_reverse" in out) == ("--module" in words)
   if words[0] == "eval":
     task = words[words.index("--task") + 1] if "--task" in words else "multi30k_en_fr"
-    assert re.search(rf"{task}\s+bleu", out), out
+    metric = ("loss" if "--loss_only" in words else "accuracy" if task.endswith("_rank")
+              else "bleu")
+    assert re.search(rf"{task}\s+.*\b{metric}\b", out), out
+  if words[0] == "infer" and "--num_return_sequences" in words:
+    records = [json.loads(l) for l in (workdir / words[words.index("--output") + 1])
+               .read_text().splitlines()]
+    assert all(1 <= len(r["predictions"]) <= 3 for r in records), records
+  if words[0] == "infer" and "prefixed.jsonl" in words:
+    record = json.loads((workdir / "continued.jsonl").read_text())
+    assert record["prediction"].startswith("Zwei"), record
   if words[0] == "cache":
     assert "my_corpus/train: 400 examples" in out, out
     assert "2/2 shards" in err and "M tokens/s" in err, err

@@ -183,7 +183,7 @@ def _next_step(args, output_dir: str) -> tuple[int | None, int | None]:
   steps = checkpoint.all_steps(args.checkpoint)
   last = checkpoint.read_meta(args.checkpoint, steps[-1]).get("num_steps") if steps else None
   if _primary():
-    done = _evaluated_steps(output_dir, f"eval_{args.split}")
+    done = _evaluated_steps(output_dir, f"eval_{args.split}", args.task or args.mixture)
     todo = [s for s in steps if s not in done]
     step = todo[0] if todo else -1
     final = steps[-1] if steps and not todo and last == steps[-1] else -1
@@ -194,7 +194,8 @@ def _next_step(args, output_dir: str) -> tuple[int | None, int | None]:
   return (None if step < 0 else step), (None if final < 0 else final)
 
 
-def _evaluated_steps(output_dir: str, split: str) -> set[int]:
+def _evaluated_steps(output_dir: str, split: str, name: str) -> set[int]:
+  """The steps whose evaluation of task or mixture `name` on `split` metrics.jsonl holds."""
   path = fs.join(output_dir, "metrics.jsonl")
   if not fs.exists(path):
     return set()
@@ -204,7 +205,7 @@ def _evaluated_steps(output_dir: str, split: str) -> set[int]:
       record = json.loads(line)
     except json.JSONDecodeError:
       continue  # a line cut short by a killed evaluation: that step is evaluated again
-    if record.get("split") == split:
+    if record.get("split") == split and f"{name}/loss" in record:
       steps.add(int(record["step"]))
   return steps
 

@@ -133,6 +133,11 @@ CASES = [
     (["score", "--checkpoint", CKPT, "--input", "pairs.jsonl", "--batch_size", "-1"],
      "--batch_size=-1"),
     (["compile", "--devices", "0"], "--devices=0"),
+    (["infer", "--checkpoint", CKPT, "--input", "inputs.txt", "--gin.MeshConfig.data=16"],
+     "16 devices"),
+    (["eval", "--checkpoint", CKPT, "--task", "glue_rte_rank", "--split", "train"], "'train'"),
+    (["infer", "--checkpoint", CKPT, "--input", "inputs.txt", "--method", "beam",
+      "--num_beams", "2", "--num_return_sequences", "4"], "--num_return_sequences=4"),
     (["convert", "--to-hf", CKPT, "--out", "out", "--max_shard_bytes", "0"],
      "--max_shard_bytes=0"),
     # Files and directories.

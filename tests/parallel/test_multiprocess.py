@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+import hosts
+
 STEPS = 6
 FLAGS = [
     "--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8",
@@ -31,7 +33,8 @@ def free_port() -> int:
 def launch(run_dir, num_processes, steps=STEPS, extra=()):
   """Starts `num_processes` training processes sharing TOTAL_DEVICES CPU devices."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count="
-             f"{TOTAL_DEVICES // num_processes}", JAX_PLATFORMS="cpu")
+             f"{TOTAL_DEVICES // num_processes}", JAX_PLATFORMS="cpu",
+             **hosts.compile_cache_env())
   port = free_port()
   procs = []
   for pid in range(num_processes):

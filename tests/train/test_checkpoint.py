@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import hosts
 import synthetic
 from t5jax import checkpoint
 from t5jax.train import losses, optim, step as train_step
@@ -38,7 +39,7 @@ def start_training(run_dir, *extra):
   cmd = [sys.executable, "-m", "t5jax", "train", f"--run_dir={run_dir}", *FLAGS, *MIXTURE,
          *extra]
   tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ,
+  env = {**os.environ, **hosts.compile_cache_env(),
          "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
   return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=env)
