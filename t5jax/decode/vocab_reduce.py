@@ -96,12 +96,14 @@ def top_k_log_softmax(logits_fv, offset_bk, k: int, vocab_major: bool = False):
   # [V, F] or [F, V] as laid out; the transpose undoes out_in_matmul's (no copy).
   x = logits_fv.T if vocab_major else logits_fv
   v_axis = 0 if vocab_major else 1
-  row_max_f = _finite_or_zero(jnp.max(x, axis=v_axis))
+  # The row maxima from the block maxima: the barrier keeps XLA from turning that
+  # back into a second pass over the logits.
+  block_max_fn = jax.lax.optimization_barrier(_block_max(x, v_axis))
+  nb = block_max_fn.shape[1]
+  row_max_f = _finite_or_zero(jnp.max(block_max_fn, axis=1))
   sum_exp_f = jnp.sum(jnp.exp(x - jnp.expand_dims(row_max_f, v_axis)), axis=v_axis)
   # jax.nn.logsumexp's formula.
   lse_bj = (jnp.log(jnp.abs(sum_exp_f)) + row_max_f).reshape(b, j)
-  block_max_fn = _block_max(x, v_axis)
-  nb = block_max_fn.shape[1]
   block_cand_bm = (offset_bk[..., None]
                    + (block_max_fn.reshape(b, j, nb) - lse_bj[..., None])).reshape(b, j * nb)
   _, best_bk = jax.lax.top_k(block_cand_bm, k)
