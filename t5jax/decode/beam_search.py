@@ -65,7 +65,8 @@ def _take(x_bc, idx_bk):
 
 def beam_search(tokens_to_logits: Callable, reorder_cache: Callable, cache, *, batch_size: int,
                 num_beams: int, max_decode_length: int, alpha, eos_id: int,
-                start_id: int, num_returned: int | None = None, guard=None) -> BeamResult:
+                start_id: int, num_returned: int | None = None, guard=None,
+                vocab_major: bool = False) -> BeamResult:
   """Beam search over a cache already expanded to batch_size * num_beams rows.
 
   Args:
@@ -82,6 +83,8 @@ def beam_search(tokens_to_logits: Callable, reorder_cache: Callable, cache, *, b
       log-probs the beams expand by (a logits_processors.RepetitionGuard). With a
       repetition penalty the returned log-likelihoods are those of the guarded
       distribution, as Hugging Face's sequences_scores are.
+    vocab_major: tokens_to_logits's logits lie [V, B*K] in memory (see
+      vocab_reduce.top_k_log_softmax); only how fast, not what, it computes.
   Returns:
     BeamResult. An input whose beams never reach EOS returns its live beams, cut at
     max_decode_length and scored at that length.
@@ -106,13 +109,15 @@ def beam_search(tokens_to_logits: Callable, reorder_cache: Callable, cache, *, b
     if v < 2 * k:
       raise ValueError(f"num_beams={k} needs a vocabulary of at least {2 * k} tokens, got "
                        f"{v}; use fewer beams.")
-    logprob_fv = vocab_reduce.log_softmax(logits_fv.astype(jnp.float32))
-    if guard is not None:
-      logprob_fv = guard(logprob_fv, s.live_seqs_bkl.reshape(b * k, l), s.i, start_id)
-    logprob_bkv = logprob_fv.reshape(b, k, v)
-    cand_bkv = s.live_logprob_bk[:, :, None] + logprob_bkv
     # 2K candidates: at most K of them end with EOS (one per beam), so K stay live.
-    top_logprob_bc, flat_bc = vocab_reduce.top_k(cand_bkv.reshape(b, k * v), 2 * k)
+    if guard is None:
+      top_logprob_bc, flat_bc = vocab_reduce.top_k_log_softmax(
+          logits_fv.astype(jnp.float32), s.live_logprob_bk, 2 * k, vocab_major)
+    else:
+      logprob_fv = vocab_reduce.log_softmax(logits_fv.astype(jnp.float32))
+      logprob_fv = guard(logprob_fv, s.live_seqs_bkl.reshape(b * k, l), s.i, start_id)
+      cand_bkv = s.live_logprob_bk[:, :, None] + logprob_fv.reshape(b, k, v)
+      top_logprob_bc, flat_bc = vocab_reduce.top_k(cand_bkv.reshape(b, k * v), 2 * k)
     parent_bc, token_bc = flat_bc // v, (flat_bc % v).astype(jnp.int32)
     seqs_bcl = _take(s.live_seqs_bkl, parent_bc)
     seqs_bcl = jax.lax.dynamic_update_slice(seqs_bcl, token_bc[:, :, None], (0, 0, s.i))

@@ -367,7 +367,8 @@ def beam_decode(model, params, encoder_input_tokens, max_decode_length: int,
   return beam_search.beam_search(
       tokens_to_logits, reorder_cache, cache, batch_size=b, num_beams=num_beams,
       max_decode_length=max_decode_length, alpha=alpha, eos_id=EOS_ID, start_id=PAD_ID,
-      num_returned=num_returned, guard=step_guard)
+      num_returned=num_returned, guard=step_guard,
+      vocab_major=_logits_vocab_major(model, params, b * num_beams))
 
 
 def _forcing_guard(prefix_fl, guard):
@@ -384,6 +385,17 @@ def _forcing_guard(prefix_fl, guard):
     only_fv = jnp.where(token_v[None] == forced_f[:, None], 0.0, excluded_v[None])
     return jnp.where((forced_f > 0)[:, None], only_fv, logprob_fv)
   return step_guard
+
+
+def _logits_vocab_major(model, params, rows: int) -> bool:
+  """Whether a decode step's [rows, V] logits come out of layers.out_in_matmul, laid
+  out [V, rows] (t5.Decoder's choice: a tied embedding, or an untied output
+  kernel's [out, in] copy, on one CPU device, for rows that layers.reads_out_in)."""
+  cfg = model.config
+  if not (layers.on_one_cpu_device() and layers.reads_out_in(rows, cfg.vocab_size)):
+    return False
+  return cfg.tie_word_embeddings or (
+      isinstance(params, DecodeWeights) and "logits_dense" in params.layouts.get("decoder", {}))
 
 
 def generate(model, params, encoder_input_tokens, *, max_decode_length: int,
