@@ -13,7 +13,7 @@
 # Results (JSON lines, one log, nvidia-smi) go to $OUT if set, else benchmarks/results/gpu/.
 # On a GPU host whose python has no GPU jax, it pip-installs jax[cuda12] at the version
 # pyproject.toml pins; a GPU jax of another version is used as it is, with a warning. On an
-# offline host, carry missing wheels in .whl/ (gin-config at least; docs/performance.md).
+# offline host, carry missing wheels in .whl/ (gin-config at least; docs/performance/gpu.md).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -60,7 +60,7 @@ if [ -z "$have" ]; then
   echo "python's jax sees no GPU; installing jax[cuda12]==$JAX_VERSION"
   "$PYTHON" -m pip install -q --retries 1 --timeout 10 "jax[cuda12]==$JAX_VERSION" || {
     echo "gpu_check.sh: pip could not install jax[cuda12]==$JAX_VERSION and no GPU jax" \
-         "is installed; carry the wheels in .whl/ (docs/performance.md)." >&2
+         "is installed; carry the wheels in .whl/ (docs/performance/gpu.md)." >&2
     exit 3
   }
 elif [ "$have" != "$JAX_VERSION" ]; then

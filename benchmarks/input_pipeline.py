@@ -4,8 +4,8 @@ One case measures, in this process, how long `t5jax.data.pipeline.make_batches` 
 give its first batch (from the call; the task's example store already built), then its
 sustained batches/s, examples/s and target tokens/s, and the peak RSS of this process and
 of its data workers; optionally (`--model`) the jitted train step's batches/s on the same
-batch shape. `--table` runs the cases of docs/performance.md, each in a fresh process, and
-prints them as one table: start_step 0, 10^4 and 10^6 at 32 and 256 local rows.
+batch shape. `--table` runs the cases of docs/performance/input-pipeline.md, each in a
+fresh process, and prints them as one table: start_step 0, 10^4 and 10^6 at 32 and 256 local rows.
 
 A position at `--start_step N` is synthesized: the run reads a few batches from the start,
 takes each row's mean consumption per step (mixture draws, examples per task) and scales it
@@ -118,8 +118,8 @@ def step_rate(model_name: str, batch_arrays: dict, steps: int, dtype: str) -> fl
   return steps / (time.perf_counter() - start)
 
 
-# The cases of docs/performance.md's table: (global batch, process count, start step,
-# workers; -1: automatic).
+# The cases of docs/performance/input-pipeline.md's table: (global batch, process count,
+# start step, workers; -1: automatic).
 TABLE_CASES = [(32, 1, 0, -1), (32, 1, 10**4, -1), (32, 1, 10**6, -1),
                (2048, 8, 0, -1), (2048, 8, 10**4, -1), (2048, 8, 10**6, -1),
                (2048, 8, 0, 1), (2048, 8, 0, 2)]
@@ -195,7 +195,8 @@ def main(argv=None):
   p.add_argument("--model", default=None, help="also time this model's train step")
   p.add_argument("--dtype", default="float32")
   p.add_argument("--steps", type=int, default=5)
-  p.add_argument("--table", action="store_true", help="run docs/performance.md's cases")
+  p.add_argument("--table", action="store_true",
+                 help="run docs/performance/input-pipeline.md's cases")
   p.add_argument("--json_out", default=None)
   args = p.parse_args(argv)
   if args.table:

@@ -1,7 +1,7 @@
 """Temporaries of one Adafactor update of one [vocab, embed] matrix, as XLA compiles it.
 
-mT5's two 250,112 x 768 matrices dominate its step's memory (docs/performance.md,
-"Memory"). This compiles, for one such fp32 parameter and its gradient, the update
+mT5's two 250,112 x 768 matrices dominate its step's memory
+(docs/performance/memory.md). This compiles, for one such fp32 parameter and its gradient, the update
 as optax chains it (global-norm clipping, then optax.adafactor with T5's settings:
 t5jax.train.adafactor.optax_adafactor) and as t5jax runs it (t5jax.train.optim.make_optimizer:
 the same arithmetic and state, one reduction pass and one elementwise pass per

@@ -6,7 +6,7 @@ same network):
   2. t5jax's jitted, sharded train step (Adafactor, optimizer update included);
   3. transformers' T5ForConditionalGeneration: forward, backward, Adafactor step.
 It prints a table, the t5jax / HF ratio, and one JSON line (appended to
---json_out if given). docs/performance.md has the formulas and measured figures.
+--json_out if given). docs/performance/training.md has the formulas and measured figures.
 
   python benchmarks/train_step.py --model t5_1_1_base --dtype bfloat16 \\
       --batch 32 --inputs_length 512 --targets_length 114 --steps 5 --rounds 3

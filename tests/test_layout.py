@@ -88,7 +88,7 @@ def test_each_folder_says_what_it_may_import():
     assert doc and "import" in doc, f"{init.relative_to(REPO)} needs a docstring with its rule"
 
 
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]  # docs/performance/ too
 DOTTED = re.compile(r"\bt5jax(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 FROM_IMPORT = re.compile(r"from (t5jax(?:\.\w+)*) import ([\w, ]+)")
 PATH = re.compile(r"\bt5jax/[\w/]+\.py\b")

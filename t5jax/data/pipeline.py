@@ -143,7 +143,7 @@ def state_shape(spec: InputSpec, global_batch_size: int) -> tuple[int, int]:
 def auto_workers(local_rows: int) -> int:
   """`InputSpec.num_workers=-1`: one worker per 64 local rows, up to half the host's cores
   less one (the train step's own threads want the rest); none on a 2-core host, where a
-  thread of the trainer gives more (docs/performance.md)."""
+  thread of the trainer gives more (docs/performance/input-pipeline.md)."""
   return max(0, min(local_rows // ROWS_PER_WORKER, (os.cpu_count() or 1) // 2 - 1))
 
 

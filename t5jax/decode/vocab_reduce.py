@@ -5,7 +5,7 @@ so that XLA:CPU (jax 0.10) runs them fast: fused into the output projection's ma
 (`x - max(x)` straight after the dot), log_softmax over [128, 32,128] logits took 92
 ms instead of 31; argmax's (value, index) reduce and the TopK call scan ~8x slower
 than a max, so both start with a max over blocks. benchmarks/decode.py and
-docs/performance.md ("Decoding and inference speed") have the figures.
+docs/performance/decoding.md have the figures.
 """
 
 from __future__ import annotations

@@ -308,7 +308,7 @@ SIZES: dict[str, dict] = {
     "t5_1_0_tiny": dict(_T5_1_0_TINY_WIDTH, **_layers(2)),
     # The demo's shape: tiny's width, twice its depth. At a 32k vocabulary the output
     # layer is most of tiny's FLOPs, so two more layers per stack cost ~20 % more per
-    # step and train better for the same FLOPs (docs/performance.md, the demo recipe).
+    # step and train better for the same FLOPs (docs/performance/demo.md, the recipe).
     "t5_1_0_mini": dict(_T5_1_0_TINY_WIDTH, **_layers(4)),
     "t5_1_0_small": dict(_T5_1_0, d_model=512, d_kv=64, d_ff=2048, num_heads=8, **_layers(6)),
     "t5_1_0_base": dict(_T5_1_0, d_model=768, d_kv=64, d_ff=3072, num_heads=12, **_layers(12)),

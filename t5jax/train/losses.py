@@ -53,7 +53,8 @@ class LossConfig:
     fused_cross_entropy: compute the output projection and the loss together in
       blocks of target positions (t5jax/train/fused_xent.py), never holding the
       [batch, length, vocab] fp32 logits or their gradient. Same loss and
-      gradients; less memory, and faster on CPU (docs/performance.md).
+      gradients; less memory, and faster on CPU
+      (docs/performance/fused-cross-entropy.md).
     fused_block_tokens: target tokens per block and device of the fused
       cross-entropy (rows of the device's batch shard x target positions); a
       block's logits are this x vocab (/ tensor shards) fp32.

@@ -75,7 +75,7 @@ def test_a_lora_run_is_estimated_with_its_base_frozen(base_pretrain):
                         "runs/lora.gin"])
   full, counts = fit_search.parameter_counts(base_pretrain), fit_search.parameter_counts(lora)
   assert full.trained == full.total
-  # LoRA r=8 on q and v of every attention: 884,736 trained (docs/performance.md).
+  # LoRA r=8 on q and v of every attention: 884,736 trained (docs/performance/peft.md).
   assert counts.trained == 884_736  # (the analytic count leaves out norms and biases: 0.02%)
   assert counts.total - counts.trained == pytest.approx(full.total, rel=1e-3)
   chip, chips, plain = topology.CHIPS["v5p"], 4, fit_search.Setting()
