@@ -6,7 +6,7 @@ with seed 0; translation sentences, GLUE, dialogues, paper abstracts: 5 to 512
 tokens), one JSON line each. The model: a random transformers T5 of a t5jax
 size (untied output layer), its EOS output row scaled up so that outputs end at
 different lengths as a trained model's do, saved with save_pretrained and
-converted with `t5jax convert --from-hf`. Both sides decode greedily, at most
+converted with `t5jax convert --from_hf`. Both sides decode greedily, at most
 --max_decode_length tokens, --batch_size lines per batch:
   t5jax: `t5jax infer` (cli.main in this process), which sorts lines by length,
     pads batches to a few power-of-two shapes and writes outputs in input order;
@@ -80,8 +80,8 @@ def save_models(root: str, args) -> tuple[str, str]:
   hf_dir, ours_dir = os.path.join(root, "hf"), os.path.join(root, "t5jax")
   hf.save_pretrained(hf_dir)
   shutil.copy(vocab.get_vocabulary().sentencepiece_model_file, hf_dir)
-  if cli.main(["convert", f"--from-hf={hf_dir}", f"--out={ours_dir}"]):
-    raise RuntimeError(f"t5jax convert --from-hf {hf_dir} failed")
+  if cli.main(["convert", f"--from_hf={hf_dir}", f"--out={ours_dir}"]):
+    raise RuntimeError(f"t5jax convert --from_hf {hf_dir} failed")
   return hf_dir, ours_dir
 
 

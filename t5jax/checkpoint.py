@@ -393,7 +393,7 @@ def _load_base(peft: dict, abstract_frozen):
     raise FileNotFoundError(
         f"This PEFT checkpoint keeps only its trained parameters; the frozen ones are in base "
         f"checkpoint {base} step {step}, which is missing: restore it there (or merge the "
-        "adapter while both exist: t5jax convert --to-hf RUN --merge).")
+        "adapter while both exist: t5jax convert --to_hf RUN --merge).")
   return load_params(base, abstract_frozen, jax.tree.map(lambda x: x.sharding, abstract_frozen),
                      step=step)
 

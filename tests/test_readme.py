@@ -179,7 +179,7 @@ def workdir(tmp_path_factory):
       pathlib.Path(f"data/{split}.tsv").write_text("red cat\ttac der\nbig dog\tgod gib\n")
     from t5jax.interop import convert
     convert.checkpoint_to_hf("runs/demo", "path/to/hf_t5")
-    convert.checkpoint_to_hf("runs/lora", "lora_peft")  # what --from-peft reads
+    convert.checkpoint_to_hf("runs/lora", "lora_peft")  # what --from_peft reads
   finally:
     os.chdir(old)
   return root

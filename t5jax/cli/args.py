@@ -52,7 +52,21 @@ def parser() -> argparse.ArgumentParser:
   _tasks(sub)
   _cache(sub)
   _plot(sub)
+  for subparser in sub.choices.values():
+    _accept_both_spellings(subparser)
   return top
+
+
+def _accept_both_spellings(parser: argparse.ArgumentParser) -> None:
+  """Every --long_option also answers to --long-option and the other way round (help
+  shows the documented spelling only): `convert --to_hf`, typed by analogy with
+  `--run_dir`, works."""
+  for spelling, action in list(parser._option_string_actions.items()):  # noqa: SLF001
+    if not spelling.startswith("--"):
+      continue
+    other = "--" + (spelling[2:].replace("_", "-") if "_" in spelling
+                    else spelling[2:].replace("-", "_"))
+    parser._option_string_actions.setdefault(other, action)  # noqa: SLF001
 
 
 def _gin_files(parser, default: str = "runs/demo.gin") -> None:
@@ -250,30 +264,30 @@ def _eval(sub) -> None:
 def _convert(sub) -> None:
   convert = _sub(sub, "convert", "Hugging Face T5 directory <-> t5jax checkpoint")
   direction = convert.add_mutually_exclusive_group(required=True)
-  direction.add_argument("--from-hf", dest="from_hf", metavar="HF_DIR",
+  direction.add_argument("--from_hf", metavar="HF_DIR",
                          help="read a Hugging Face directory: config.json and (sharded) "
                          "safetensors, or a tensors-only pytorch_model.bin")
-  direction.add_argument("--to-hf", dest="to_hf", metavar="CKPT_DIR",
+  direction.add_argument("--to_hf", metavar="CKPT_DIR",
                          help="read a t5jax run or checkpoint directory (a LoRA or "
                          "prompt-tuning run: write its Hugging Face PEFT adapter)")
-  direction.add_argument("--from-peft", dest="from_peft", metavar="ADAPTER_DIR",
+  direction.add_argument("--from_peft", metavar="ADAPTER_DIR",
                          help="read a Hugging Face PEFT adapter (LoRA or prompt tuning; "
                          "adapter_config.json + adapter_model.safetensors) trained on the "
                          "model of --base")
   convert.add_argument("--out", required=True, metavar="DIR",
                        help="directory to write, created if needed (required)")
   convert.add_argument("--task", default=None,
-                       help="with --to-hf of a model with task slots: export this task's "
+                       help="with --to_hf of a model with task slots: export this task's "
                        "parameters (its LoRA or prompt) as a plain T5 (required for such a "
                        "model)")
   convert.add_argument("--merge", action="store_true",
-                       help="with --to-hf of a LoRA run: fold the LoRA into the base weights "
+                       help="with --to_hf of a LoRA run: fold the LoRA into the base weights "
                        "and write the full model instead of the PEFT adapter")
   convert.add_argument("--base", default=None, metavar="CKPT_DIR",
-                       help="with --from-peft: the t5jax checkpoint of the adapter's base "
-                       "model (convert it with --from-hf first); required")
+                       help="with --from_peft: the t5jax checkpoint of the adapter's base "
+                       "model (convert it with --from_hf first); required")
   convert.add_argument("--max_shard_bytes", type=int, default=None,
-                       help="with --to-hf: split model.safetensors into shards of at most this "
+                       help="with --to_hf: split model.safetensors into shards of at most this "
                        "many bytes (default: one file)")
 
 

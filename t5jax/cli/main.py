@@ -114,17 +114,17 @@ def _check_paths(args) -> None:
   if args.command == "convert":
     source = next(f for f in ("from_hf", "to_hf", "from_peft") if getattr(args, f))
     if source != "to_hf" and fs.is_gcs(getattr(args, source)):
-      raise ValueError(f"--{source.replace('_', '-')} {getattr(args, source)}: Hugging Face "
+      raise ValueError(f"--{source} {getattr(args, source)}: Hugging Face "
                        "directories are read from local disk; copy it down first (gcloud "
                        "storage cp -r).")
-    files.check_input_dir(f"--{source.replace('_', '-')}", getattr(args, source))
+    files.check_input_dir(f"--{source}", getattr(args, source))
     if args.from_peft and not args.base:
-      raise ValueError("--from-peft needs --base CKPT_DIR: the t5jax checkpoint of the "
-                       "adapter's base model (t5jax convert --from-hf HF_DIR --out CKPT_DIR).")
+      raise ValueError("--from_peft needs --base CKPT_DIR: the t5jax checkpoint of the "
+                       "adapter's base model (t5jax convert --from_hf HF_DIR --out CKPT_DIR).")
     if args.base:
       files.check_input_dir("--base", args.base)
     if args.merge and not args.to_hf:
-      raise ValueError("--merge applies to --to-hf of a LoRA run; drop it.")
+      raise ValueError("--merge applies to --to_hf of a LoRA run; drop it.")
     if args.to_hf and fs.is_gcs(args.out):
       raise ValueError(f"--out {args.out}: a Hugging Face directory is written on local disk; "
                        "give a local --out (then gcloud storage cp -r it where you like).")

@@ -4,7 +4,7 @@ A converted checkpoint is a parameters-only checkpoint (see t5jax/checkpoint.py)
 with the model's T5Config and its vocabulary in its metadata: the source's SentencePiece
 model copied beside it as OUT/spiece.model (mT5's, UMT5's, T5's), or ByT5's bytes (a
 source whose tokenizer is ByT5Tokenizer). Inference, scoring, evaluation and fine-tuning
-read it from there; `--to-hf` writes it back as the source had it.
+read it from there; `--to_hf` writes it back as the source had it.
 """
 
 from __future__ import annotations

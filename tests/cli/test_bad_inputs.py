@@ -138,7 +138,7 @@ CASES = [
     (["eval", "--checkpoint", CKPT, "--task", "glue_rte_rank", "--split", "train"], "'train'"),
     (["infer", "--checkpoint", CKPT, "--input", "inputs.txt", "--method", "beam",
       "--num_beams", "2", "--num_return_sequences", "4"], "--num_return_sequences=4"),
-    (["convert", "--to-hf", CKPT, "--out", "out", "--max_shard_bytes", "0"],
+    (["convert", "--to_hf", CKPT, "--out", "out", "--max_shard_bytes", "0"],
      "--max_shard_bytes=0"),
     # Files and directories.
     (TRAIN[:1] + ["--run_dir=notes.txt/run"], "notes.txt"),
@@ -166,18 +166,18 @@ CASES = [
     (["score", "--checkpoint", CKPT, "--input", "no_targets.jsonl"], "'targets'"),
     # Vocabularies and checkpoints.
     (["infer", "--checkpoint", "bad_vocab_ckpt", "--input", "inputs.txt"], "spiece.model"),
-    (["convert", "--to-hf", "empty_dir", "--out", "hf_out"], "empty_dir"),
-    (["convert", "--to-hf", CKPT, "--out", "notes.txt/hf"], "notes.txt"),
-    (["convert", "--to-hf", CKPT, "--out", "notes.txt"], "notes.txt"),
+    (["convert", "--to_hf", "empty_dir", "--out", "hf_out"], "empty_dir"),
+    (["convert", "--to_hf", CKPT, "--out", "notes.txt/hf"], "notes.txt"),
+    (["convert", "--to_hf", CKPT, "--out", "notes.txt"], "notes.txt"),
     # Hugging Face directories.
-    (["convert", "--from-hf", "hf_missing", "--out", "c"], "hf_missing"),
-    (["convert", "--from-hf", "hf_no_config", "--out", "c"], "config.json"),
-    (["convert", "--from-hf", "hf_bad_json", "--out", "c"], "config.json"),
-    (["convert", "--from-hf", "hf_bart", "--out", "c"], "bart"),
-    (["convert", "--from-hf", "hf_no_weights", "--out", "c"], "has no weights"),
-    (["convert", "--from-hf", "hf_truncated", "--out", "c"], "model.safetensors"),
-    (["convert", "--from-hf", "hf_pickle", "--out", "c"], "will not unpickle"),
-    (["convert", "--from-hf", "{models}/hf", "--out", "{models}/ckpt"], "already holds"),
+    (["convert", "--from_hf", "hf_missing", "--out", "c"], "hf_missing"),
+    (["convert", "--from_hf", "hf_no_config", "--out", "c"], "config.json"),
+    (["convert", "--from_hf", "hf_bad_json", "--out", "c"], "config.json"),
+    (["convert", "--from_hf", "hf_bart", "--out", "c"], "bart"),
+    (["convert", "--from_hf", "hf_no_weights", "--out", "c"], "has no weights"),
+    (["convert", "--from_hf", "hf_truncated", "--out", "c"], "model.safetensors"),
+    (["convert", "--from_hf", "hf_pickle", "--out", "c"], "will not unpickle"),
+    (["convert", "--from_hf", "{models}/hf", "--out", "{models}/ckpt"], "already holds"),
 ]
 
 
@@ -230,3 +230,18 @@ def test_every_option_says_what_it_does_and_its_default():
         assert f"(default: {action.default})" in help_text or "(default:" in action.help, (
             name, action.dest)
     assert "--module" in help_text, name  # every subcommand can import the user's tasks
+
+
+def test_flags_take_either_spelling_and_help_shows_one():
+  """`convert --to-hf`, typed as the older docs spelt it, and `train --run-dir`, by analogy
+  with it, both work; help shows the documented underscores only."""
+  parser = cli_args.parser()
+  assert parser.parse_args(["convert", "--to-hf", "ckpt", "--out", "o"]).to_hf == "ckpt"
+  assert parser.parse_args(["convert", "--from_peft", "a", "--base", "b",
+                            "--out", "o"]).from_peft == "a"
+  assert parser.parse_args(["train", "--run-dir", "runs/x"]).run_dir == "runs/x"
+  assert parser.parse_args(["infer", "--checkpoint", "c", "--input", "-",
+                            "--max-decode-length", "7"]).max_decode_length == 7
+  commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+  convert_help = commands["convert"].format_help()
+  assert "--to_hf" in convert_help and "--to-hf" not in convert_help

@@ -69,9 +69,9 @@ def test_infer_and_score_need_and_use_the_task(soft_run, tmp_path, capsys):
 
 
 def test_exported_task_copy_matches_transformers(soft_run, tmp_path, capsys):
-  assert cli.main(["convert", f"--to-hf={soft_run}", f"--out={tmp_path / 'x'}"]) != 0
+  assert cli.main(["convert", f"--to_hf={soft_run}", f"--out={tmp_path / 'x'}"]) != 0
   assert "--task" in capsys.readouterr().err
-  assert cli.main(["convert", f"--to-hf={soft_run}", f"--out={tmp_path / 'de'}",
+  assert cli.main(["convert", f"--to_hf={soft_run}", f"--out={tmp_path / 'de'}",
                    "--task=multi30k_en_de"]) == 0
   predictor = Predictor.from_checkpoint(str(soft_run))
   hf = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / "de")).eval()
@@ -138,7 +138,7 @@ def test_adapters_fine_tune_from_a_plain_checkpoint_and_evaluate_per_task(plain_
   fr = adapted.log_likelihood_tokens(enc, tgt, task="multi30k_en_fr")
   de = adapted.log_likelihood_tokens(enc, tgt, task="multi30k_en_de")
   assert fr[0] != de[0] and abs(fr[0] - original.log_likelihood_tokens(enc, tgt)[0]) < 1.0
-  assert cli.main(["convert", f"--to-hf={tuned}", f"--out={tmp_path / 'hf'}",
+  assert cli.main(["convert", f"--to_hf={tuned}", f"--out={tmp_path / 'hf'}",
                    "--task=multi30k_en_fr"]) != 0
   assert "adapters" in capsys.readouterr().err
 

@@ -126,7 +126,7 @@ def test_converted_hugging_face_model_scores_like_transformers(tmp_path, capsys)
   hf.save_pretrained(hf_dir)
   import shutil
   shutil.copyfile(assets.asset_path("t5_spm/spiece.model"), hf_dir / "spiece.model")
-  code, _, err = run(["convert", f"--from-hf={hf_dir}", f"--out={tmp_path / 'ckpt'}"], capsys)
+  code, _, err = run(["convert", f"--from_hf={hf_dir}", f"--out={tmp_path / 'ckpt'}"], capsys)
   assert code == 0, err
   pairs = [("translate English to German: The house is wonderful.", "Das Haus ist wunderbar."),
            ("summarize: a b c", "abc")]
@@ -146,7 +146,7 @@ def test_converted_hugging_face_model_scores_like_transformers(tmp_path, capsys)
     ref = torch.log_softmax(logits, -1).gather(-1, labels[..., None]).sum().item()
     np.testing.assert_allclose(value, ref, rtol=1e-4)
   # And back: the exported directory loads in transformers with identical weights.
-  code, _, err = run(["convert", f"--to-hf={tmp_path / 'ckpt'}", f"--out={tmp_path / 'back'}"],
+  code, _, err = run(["convert", f"--to_hf={tmp_path / 'ckpt'}", f"--out={tmp_path / 'back'}"],
                      capsys)
   assert code == 0, err
   back = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "back")

@@ -70,7 +70,7 @@ def test_at_initialisation_the_model_computes_exactly_the_hard_shared_model(fiel
 
 def test_each_token_gets_exactly_its_own_task_copy():
   """A mixed packed batch equals, token for token, the plain model built from the
-  token's task copy (what `convert --to-hf --task` exports)."""
+  token's task copy (what `convert --to_hf --task` exports)."""
   cfg = _config(**SOFT)
   params = _perturb_copies(_init(cfg))
   batch = synthetic.packed_batch(batch_size=4, num_tasks=3)

@@ -1,6 +1,6 @@
 """A run on its own vocabulary, end to end: a SentencePiece model trained here from shipped
 German and English text, a task registered with it, training, evaluation (BLEU), inference,
-`convert --to-hf`, and Hugging Face's T5Tokenizer and model on the export giving t5jax's
+`convert --to_hf`, and Hugging Face's T5Tokenizer and model on the export giving t5jax's
 tokens and text; the checkpoint's vocabulary read back from a bucket; mT5-style fine-tuning
 on the checkpoint's vocabulary; ByT5's bytes; and every mistake in one line."""
 
@@ -86,7 +86,7 @@ def test_eval_infer_and_the_hugging_face_export_agree(german, tmp_path, capsys, 
   assert cli.main(["infer", "--checkpoint", str(run), "--input", "in.txt",
                    "--output", "out.jsonl", "--max_decode_length", "16"]) == 0
   ours = json.loads((tmp_path / "out.jsonl").read_text())
-  assert cli.main(["convert", "--to-hf", str(run), "--out", "hf"]) == 0
+  assert cli.main(["convert", "--to_hf", str(run), "--out", "hf"]) == 0
   assert (tmp_path / "hf" / "spiece.model").read_bytes() == (root / "german.model").read_bytes()
   tokenizer = transformers.T5Tokenizer.from_pretrained(tmp_path / "hf")
   predictor = Predictor.from_checkpoint(str(run))
@@ -113,7 +113,7 @@ def test_a_bucket_run_decodes_with_its_own_vocabulary(german):
 
 
 def _converted(directory, vocabulary, model="t5_1_0_tiny", **overrides):
-  """A parameters-only checkpoint (as `convert --from-hf` writes) on `vocabulary`."""
+  """A parameters-only checkpoint (as `convert --from_hf` writes) on `vocabulary`."""
   cfg = model_config.get_config(model, **overrides)
   params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
                         param_tree.abstract_params(t5.Transformer(cfg)))
@@ -167,13 +167,13 @@ def test_bytes_end_to_end(tmp_path, monkeypatch, capsys):
   predictor = Predictor.from_checkpoint("runs/bytes")
   line = "translate English to German: Zwei Hunde, café."
   assert list(predictor.vocabulary.encode(line)) == [b + 3 for b in line.encode("utf-8")]
-  assert cli.main(["convert", "--to-hf", "runs/bytes", "--out", "hf_bytes"]) == 0
+  assert cli.main(["convert", "--to_hf", "runs/bytes", "--out", "hf_bytes"]) == 0
   assert json.loads((tmp_path / "hf_bytes" / "config.json").read_text())["tokenizer_class"] == \
       "ByT5Tokenizer"
   tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf_bytes")
   assert tokenizer(line).input_ids == list(predictor.vocabulary.encode(line)) + [1]
   # And back: a ByT5 checkpoint (ByT5Tokenizer, no spiece.model) converts to bytes.
-  assert cli.main(["convert", "--from-hf", "hf_bytes", "--out", "from_hf"]) == 0
+  assert cli.main(["convert", "--from_hf", "hf_bytes", "--out", "from_hf"]) == 0
   assert checkpoint.read_meta("from_hf")["vocab"]["kind"] == "byte"
   capsys.readouterr()
 
