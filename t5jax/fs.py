@@ -53,8 +53,10 @@ def _configure() -> None:
   host = os.environ.get("STORAGE_EMULATOR_HOST")
   if host:  # TensorStore's name for the same setting, which it reads at its first request
     os.environ["TENSORSTORE_GCS_HTTP_URL"] = host if "://" in host else f"http://{host}"
-  # gcsfs logs a traceback per retried request; a failure is reported once, in one line.
-  logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
+  # gcsfs logs a traceback per retried request, and fsspec's read-ahead (its prefetcher)
+  # one per failed read; a failure is reported once, in one line.
+  for name in ("gcsfs", "fsspec"):
+    logging.getLogger(name).setLevel(logging.CRITICAL)
   import fsspec  # pylint: disable=g-import-not-at-top
   for protocol in ("gcs", "gs"):
     # Several hosts write one run: a listing must never come from a stale cache.

@@ -83,7 +83,7 @@ def launch(root: pathlib.Path, server_url: str, args: list[str], num_processes: 
   return procs
 
 
-def wait_all(procs, timeout: float = 600, ok: bool = True) -> list[str]:
+def wait_all(procs, timeout: float = 1200, ok: bool = True) -> list[str]:
   """Each process's output; asserts exit status 0 unless `ok` is False."""
   outs = []
   for p in procs:

@@ -95,6 +95,14 @@ def test_two_hosts_match_one_and_write_everything_to_the_bucket(server, referenc
   evals = [json.loads(l) for l in server.read(f"{run}/metrics.jsonl").decode().splitlines()
            if json.loads(l)["split"] == "eval"]
   assert len(evals) == 1 and evals[0]["multi30k_en_fr/loss"] > 0
+  # The same evaluation as one process's (the parameters agree to ~1e-5), and what the
+  # model said for each example, written by process 0 into the bucket.
+  one_eval = next(json.loads(l) for l in server.read(f"{RUN_PREFIX}/one/metrics.jsonl")
+                  .decode().splitlines() if json.loads(l)["split"] == "eval")
+  assert evals[0]["multi30k_en_fr/loss"] == pytest.approx(one_eval["multi30k_en_fr/loss"],
+                                                          rel=1e-3)
+  logged = server.read(f"{run}/eval/multi30k_en_fr-{STEPS}.jsonl").decode().splitlines()
+  assert len(logged) == 4 and all("prediction" in json.loads(l) for l in logged)
   assert f"{run}/config.gin" in names
   assert any(n.startswith(f"{run}/tb/events.out.tfevents.") for n in names)
   # Every checkpoint is complete in the bucket, with both processes' shards in it.
