@@ -374,16 +374,21 @@ def _generate(model, params, tokens, max_decode_length, strategy, task_slots_b, 
                            strategy=strategy, task_slots_b=task_slots_b, prefix_bl=prefix_bl)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _teacher_forced(model, params, encoder_tokens, targets, task_slots_b):
-  """(sum of log p(target), target tokens, tokens the model ranks first) per row [B]."""
+def _forward(model, params, encoder_tokens, targets, task_slots_b):
+  """Teacher-forced logits [B, T, V] and each target's log-probability [B, T]."""
   decoder_inputs = jnp.concatenate(
       [jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
   slots_b1 = decoding.row_slots(task_slots_b)
   logits = model.apply({"params": params}, encoder_tokens, decoder_inputs,
                        encoder_task_slots=slots_b1, decoder_task_slots=slots_b1)
   logp = vocab_reduce.log_softmax(logits.astype(jnp.float32))
-  token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  return logits, jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _teacher_forced(model, params, encoder_tokens, targets, task_slots_b):
+  """(sum of log p(target), target tokens, tokens the model ranks first) per row [B]."""
+  logits, token_logp = _forward(model, params, encoder_tokens, targets, task_slots_b)
   real = targets > 0
   correct = (jnp.argmax(logits, axis=-1) == targets) & real
   return (jnp.sum(token_logp * real, axis=-1), jnp.sum(real, axis=-1, dtype=jnp.int32),
@@ -392,13 +397,7 @@ def _teacher_forced(model, params, encoder_tokens, targets, task_slots_b):
 
 def _target_log_probs(model, params, encoder_tokens, targets, task_slots_b):
   """Teacher-forced log p(target token) [B, T], 0 on padding."""
-  decoder_inputs = jnp.concatenate(
-      [jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
-  slots_b1 = decoding.row_slots(task_slots_b)
-  logits = model.apply({"params": params}, encoder_tokens, decoder_inputs,
-                       encoder_task_slots=slots_b1, decoder_task_slots=slots_b1)
-  logp = vocab_reduce.log_softmax(logits.astype(jnp.float32))
-  token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  _, token_logp = _forward(model, params, encoder_tokens, targets, task_slots_b)
   return token_logp * (targets > 0)
 
 
