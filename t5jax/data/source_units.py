@@ -1,4 +1,5 @@
-"""A task's source cut into units of parallel work, and each unit's examples as batches.
+"""A task's source cut into units of parallel work (one shard of its store each), and each
+unit's examples as batches.
 
 A unit is plain JSON, so that a Beam worker anywhere can run it from the task's name:
 
