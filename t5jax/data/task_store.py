@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import importlib
 import os
 import shutil
 import sys
@@ -32,7 +31,6 @@ from t5jax import store
 from t5jax.data import fingerprint
 from t5jax.data import prepare
 from t5jax.data import source_units
-from t5jax.data import task_steps
 
 # Sources up to this size build on first use; larger ones need `t5jax cache`.
 AUTO_BUILD_ENV = "T5JAX_AUTO_BUILD_BYTES"
@@ -60,33 +58,6 @@ class Build:
   modules: tuple = ()
   progress_seconds: float = 10.0
   rebuild: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class _UnitExamples:
-  """`store.Job.examples` of a task: a unit's examples through its steps up to the cache
-  point. Plain data, which Beam pickles: a worker finds the task by name after importing
-  t5jax's tasks and the user's modules; a build in this process is given the `task`."""
-  task_name: str
-  split: str
-  modules: tuple = ()
-  threads: int = 0
-  cwd: str = ""
-  task: seqio.Task | None = None
-
-  def _find(self) -> seqio.Task:
-    from t5jax.data import tasks  # noqa: F401 pylint: disable=g-import-not-at-top,unused-import
-    if self.cwd and self.cwd not in sys.path:
-      sys.path.insert(0, self.cwd)  # A user's module beside the command, as on the driver.
-    for module in self.modules:
-      importlib.import_module(module)
-    return seqio.get_mixture_or_task(self.task_name)
-
-  def __call__(self, unit: dict) -> tuple:
-    task = self.task or self._find()
-    pre, _ = task_steps.split_preprocessors(task)
-    names, batches = source_units.examples(task, self.split, unit, pre, self.threads)
-    return names, max(task.output_features[k].vocabulary.vocab_size for k in names), batches
 
 
 def source_bytes(task: seqio.Task, units: list[dict]) -> int | None:
@@ -164,8 +135,8 @@ def _build(task: seqio.Task, split: str, build: Build) -> str:
   in_process = build.workers == 0 and not build.runner
   # Each local worker is one core (tf.data would otherwise give each of them all cores).
   threads = 1 if build.workers and not build.runner else 0
-  examples = _UnitExamples(task.name, split, tuple(build.modules), threads, os.getcwd(),
-                           task if in_process else None)
+  examples = source_units.UnitExamples(task.name, split, tuple(build.modules), threads,
+                                       os.getcwd(), task if in_process else None)
   store.build(store.Job(task.name, split, location, key, examples), units,
               workers=build.workers, runner=build.runner, options=tuple(build.options),
               progress_seconds=build.progress_seconds)
@@ -174,8 +145,9 @@ def _build(task: seqio.Task, split: str, build: Build) -> str:
 
 def _build_here(task: seqio.Task, split: str, location: str, key: str,
                 units: list[dict]) -> None:
-  job = store.Job(task.name, split, location, key, _UnitExamples(task.name, split, task=task))
-  store.build(job, units, workers=0, progress_seconds=30.0)
+  examples = source_units.UnitExamples(task.name, split, task=task)
+  store.build(store.Job(task.name, split, location, key, examples), units, workers=0,
+              progress_seconds=30.0)
 
 
 def _first_use(task: seqio.Task, split: str, process_index: int) -> str:
