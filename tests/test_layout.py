@@ -6,6 +6,8 @@ import ast
 import importlib
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -170,6 +172,15 @@ def test_an_import_circle_is_named(tmp_path):
       "t5jax.data.a -> t5jax.data.b -> t5jax.data.c -> t5jax.data.a"]
   (package / "data" / "c.py").write_text("import os\n")
   assert import_circles(package) == []
+
+
+def test_the_store_loads_no_seqio_or_tensorflow():
+  """store/ is below data/: a process that reads stores (the pipeline's workers) stays light."""
+  loaded = subprocess.run(
+      [sys.executable, "-c", "import sys, t5jax.store; print(sorted(m for m in sys.modules if "
+       "m.split('.')[0] in ('seqio', 'tensorflow', 'tensorflow_datasets', 'apache_beam')))"],
+      capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
+  assert loaded == "[]"
 
 
 def test_each_folder_says_what_it_may_import():

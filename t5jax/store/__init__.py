@@ -9,7 +9,7 @@ store, resumably). It knows nothing of tasks: what a unit of the source is and h
 examples are read come from the caller as plain JSON and a callable
 (`t5jax.data.task_store` connects a SeqIO task to its store).
 
-Part of the ground: imports no other t5jax folder (no SeqIO, no TensorFlow), only
+Part of the ground: imports no other t5jax folder and no SeqIO or TensorFlow; it may import
 `t5jax.fs`. Callers outside use the names below.
 """
 
