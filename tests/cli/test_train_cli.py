@@ -41,8 +41,7 @@ def test_every_gin_file_parses_and_builds_its_model(name, busy_cwd, monkeypatch)
   monkeypatch.syspath_prepend(str(busy_cwd))
   gin_config.parse_gin([name], [])
   config = run_config.TrainConfig()
-  cfg = model_config.get_config(config.model, **config.model_overrides)
-  model = t5.Transformer(cfg)
+  model = t5.Transformer(config.model_config())
   tokens = jnp.ones((1, 8), jnp.int32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens))  # no memory
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) > 0
