@@ -204,9 +204,10 @@ class Trainer:
           model, tx, self.mesh, seed=0, inputs_length=args.inputs_length,
           targets_length=args.targets_length)
       self._step = train_step.jit_train_step(
-          self.mesh, shardings, model=model, tx=tx, loss_cfg=loss_cfg,
-          task_weights_k=loss_cfg.weights_vector(["bench"]), microbatches=1,
-          schedule=optim.learning_rate_schedule(opt_cfg))
+          self.mesh, shardings, train_step.StepSettings(
+              model=model, tx=tx, loss_cfg=loss_cfg,
+              task_weights_k=loss_cfg.weights_vector(["bench"]), microbatches=1,
+              schedule=optim.learning_rate_schedule(opt_cfg)))
       self.batch = partitioning.host_batch_to_global(batch_np, self.mesh)
       # What the loop saves beside the state: each row's position in its data stream.
       self.position = partitioning.host_batch_to_global(

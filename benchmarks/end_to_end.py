@@ -121,9 +121,10 @@ def t5jax_trainer(cfg, first_batch):
         model, tx, mesh, seed=0, inputs_length=s,
         targets_length=first_batch["decoder_target_tokens"].shape[1])
     step = train_step.jit_train_step(
-        mesh, shardings, model=model, tx=tx, loss_cfg=loss_cfg,
-        task_weights_k=loss_cfg.weights_vector(["bench"]), microbatches=1,
-        schedule=optim.learning_rate_schedule(opt_cfg))
+        mesh, shardings, train_step.StepSettings(
+            model=model, tx=tx, loss_cfg=loss_cfg,
+            task_weights_k=loss_cfg.weights_vector(["bench"]), microbatches=1,
+            schedule=optim.learning_rate_schedule(opt_cfg)))
   holder = {"state": state}
 
   def run(batch_np):

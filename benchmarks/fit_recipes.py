@@ -76,30 +76,30 @@ def case_config(model: str, run: str):
   """(the case's TrainConfig before the setting, its gin files, its other bindings)."""
   import gin  # pylint: disable=g-import-not-at-top
   from t5jax import config  # pylint: disable=g-import-not-at-top
-  from t5jax.train import loop  # pylint: disable=g-import-not-at-top
+  from t5jax.train import run_config  # pylint: disable=g-import-not-at-top
   gin_files = [a.removeprefix("--gin_file=") for a in RUNS[run] if a.startswith("--gin_file=")]
   gin_files += [f"models/{model}.gin", "mesh/fsdp.gin"]
   extra = [a.removeprefix("--gin.") for a in RUNS[run] if a.startswith("--gin.")]
   gin.clear_config()
   config.parse_gin(gin_files, extra)
-  train_config = loop.TrainConfig()
+  train_config = run_config.TrainConfig()
   gin.clear_config()
   return train_config, gin_files, extra
 
 
 def reprice(row: dict) -> dict:
   """The row with its microbatched winner's roofline from the step with its microbatch
-  loop unrolled (fit_search.cost_twin, compiled with libtpu, cached), as --fit now
+  loop unrolled (fit.pricing.cost_twin, compiled with libtpu, cached), as --fit now
   computes it: rows searched before that had m x a one-microbatch twin, an upper bound."""
   from t5jax.parallel import topology  # pylint: disable=g-import-not-at-top
-  from t5jax.train import fit_search  # pylint: disable=g-import-not-at-top
+  from t5jax.train.fit import cost, pricing  # pylint: disable=g-import-not-at-top
   fit = row["fit"]
-  setting = fit_search.Setting(**fit["setting"]) if fit else None
+  setting = cost.Setting(**fit["setting"]) if fit else None
   if (not setting or setting.microbatches == 1 or setting.scan_layers
       or fit["report"].get("roofline_from") == "its microbatch loop unrolled"):
     return row  # nothing to price, or priced so already
   config = case_config(row["model"], row["run"])[0]
-  priced, twin, _ = fit_search.price_microbatches(
+  priced, twin, _ = pricing.price_microbatches(
       config, setting, fit["report"], topology.CHIPS[fit["report"]["chip"]],
       row["accelerator_type"], 1)
   if priced is None:
@@ -114,16 +114,16 @@ def reprice(row: dict) -> dict:
 def write_recipe(row: dict, recipes: str) -> pathlib.Path:
   """The case's run with its winner as a gin file, DIR/TYPE/MODEL_RUN.gin (under
   gin_configs/recipes: `t5jax train --gin_file=recipes/TYPE/MODEL_RUN.gin`), made by
-  t5jax's own `fit_search.recipe`, as `t5jax compile --fit --fit_recipe` writes it."""
-  from t5jax.train import fit_search  # pylint: disable=g-import-not-at-top
+  t5jax's own `fit.writers.recipe`, as `t5jax compile --fit --fit_recipe` writes it."""
+  from t5jax.train.fit import cost, search, writers  # pylint: disable=g-import-not-at-top
   model, run, accelerator_type = row["model"], row["run"], row["accelerator_type"]
   train_config, gin_files, extra = case_config(model, run)
   fit = row["fit"]
-  winner = fit_search.Trial(fit_search.Setting(**fit["setting"]), fit["estimated_s"],
-                            fit["estimated_bytes"], 0.0, 0.0, report=fit["report"])
+  winner = search.Trial(cost.Setting(**fit["setting"]), fit["estimated_s"],
+                        fit["estimated_bytes"], 0.0, 0.0, report=fit["report"])
   path = pathlib.Path(recipes) / accelerator_type / f"{model}_{run}.gin"
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(fit_search.recipe(winner, train_config, accelerator_type, 1, gin_files, extra))
+  path.write_text(writers.recipe(winner, train_config, accelerator_type, 1, gin_files, extra))
   return path
 
 

@@ -105,9 +105,10 @@ def step_rate(model_name: str, batch_arrays: dict, steps: int, dtype: str) -> fl
   with partitioning.sharding_context(mesh):
     state, shardings = train_step.create_train_state(model, tx, mesh, seed=0)
     step = train_step.jit_train_step(
-        mesh, shardings, model=model, tx=tx, loss_cfg=losses.LossConfig(),
-        task_weights_k=jnp.ones(num_tasks), microbatches=1,
-        schedule=optim.learning_rate_schedule(opt))
+        mesh, shardings, train_step.StepSettings(
+            model=model, tx=tx, loss_cfg=losses.LossConfig(),
+            task_weights_k=jnp.ones(num_tasks), microbatches=1,
+            schedule=optim.learning_rate_schedule(opt)))
     batch = partitioning.host_batch_to_global(batch_arrays, mesh)
     state, m = step(state, batch)
     jax.block_until_ready(m)

@@ -186,23 +186,24 @@ def _variant_step(bindings: list[str]):
   """(compiled step, state, batch, parameter count) of one variant's training run."""
   import jax
   from t5jax import config as gin_config
-  from t5jax.train import loop as train, optim, step as train_step
+  from t5jax.train import optim, run_config, step as train_step, step_builder
   from t5jax.parallel import partitioning
   from t5jax.data import pipeline
   gin_config.parse_gin([BASE_GIN], bindings)
-  cfg = train.TrainConfig()
+  cfg = run_config.TrainConfig()
   mesh = partitioning.make_mesh(partitioning.MeshConfig(data=1), devices=jax.devices()[:1])
-  model = train.build_model(cfg)
+  model = step_builder.build_model(cfg)
   tx = optim.make_optimizer(cfg.optimizer)
   tasks = pipeline.task_names(cfg.data.mixture_or_task)
   lengths = (cfg.data.inputs_length, cfg.data.targets_length)
   with partitioning.sharding_context(mesh):
     state, shardings = train_step.create_train_state(model, tx, mesh, 0, *lengths)
     step = train_step.jit_train_step(
-        mesh, shardings, model=model, tx=tx, loss_cfg=cfg.loss,
-        task_weights_k=cfg.loss.weights_vector(tasks),
-        slot_of_task_k=train_step.task_slot_table(model, tasks), microbatches=1,
-        schedule=optim.learning_rate_schedule(cfg.optimizer))
+        mesh, shardings, train_step.StepSettings(
+            model=model, tx=tx, loss_cfg=cfg.loss,
+            task_weights_k=cfg.loss.weights_vector(tasks),
+            slot_of_task_k=train_step.task_slot_table(model, tasks), microbatches=1,
+            schedule=optim.learning_rate_schedule(cfg.optimizer)))
     host = next(pipeline.make_batches(cfg.data, cfg.batch_size, 0, 1))
     batch = partitioning.host_batch_to_global(host, mesh)
     compiled = step.lower(state, batch).compile()

@@ -93,11 +93,12 @@ def time_steps(model_name: str, batch: int, rounds: int, steps: int) -> dict:
     with partitioning.sharding_context(mesh):
       state, shardings = train_step.create_train_state(model, tx, mesh, 0, *LENGTHS, {})
       fn = train_step.jit_train_step(
-          mesh, shardings, model=model, tx=tx, loss_cfg=losses.LossConfig(),
-          task_weights_k=jnp.ones(num_tasks), microbatches=1,
-          schedule=optim.learning_rate_schedule(opt),
-          slot_of_task_k=train_step.task_slot_table(model, list(SLOTS)),
-          trainable_pattern=pattern)
+          mesh, shardings, train_step.StepSettings(
+              model=model, tx=tx, loss_cfg=losses.LossConfig(),
+              task_weights_k=jnp.ones(num_tasks), microbatches=1,
+              schedule=optim.learning_rate_schedule(opt),
+              slot_of_task_k=train_step.task_slot_table(model, list(SLOTS)),
+              trainable_pattern=pattern))
       data = partitioning.host_batch_to_global(_batch(batch, seed), mesh)
       compiled = fn.lower(state, data).compile()
       cost = compiled.cost_analysis()

@@ -145,9 +145,10 @@ def setup_t5jax(cfg, args, batch_np, loss_cfg: losses.LossConfig):
         model, tx, mesh, seed=0, inputs_length=args.inputs_length,
         targets_length=args.targets_length)
     step = train_step.jit_train_step(
-        mesh, shardings, model=model, tx=tx, loss_cfg=loss_cfg,
-        task_weights_k=loss_cfg.weights_vector(["bench"]), microbatches=1,
-        schedule=optim.learning_rate_schedule(opt_cfg))
+        mesh, shardings, train_step.StepSettings(
+            model=model, tx=tx, loss_cfg=loss_cfg,
+            task_weights_k=loss_cfg.weights_vector(["bench"]), microbatches=1,
+            schedule=optim.learning_rate_schedule(opt_cfg)))
     batch = partitioning.host_batch_to_global(batch_np, mesh)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()

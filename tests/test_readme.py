@@ -248,14 +248,14 @@ def test_readme_command_runs_as_written(line, words, stdin, workdir, monkeypatch
 def test_readme_training_command_parses(line, words, workdir, monkeypatch):
   """Flags, gin bindings and model settings of every training command (nothing is
   trained)."""
-  import t5jax.train.loop  # noqa: F401  (the configurables)
+  import t5jax.train.run_config  # noqa: F401  (the configurables)
   monkeypatch.chdir(workdir)
   bindings, rest = cli._split_gin_flags(words)  # noqa: SLF001
   args = cli_args.parser().parse_args(rest)
   gin_config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
   if getattr(args, "init_from", None):
     assert (workdir / args.init_from).is_dir()
-  t5jax.train.loop.TrainConfig().model_config()  # the model's settings are valid
+  t5jax.train.run_config.TrainConfig().model_config()  # the model's settings are valid
 
 
 def test_first_readme_command_in_a_real_shell_prints_only_t5jax_lines(workdir, tmp_path):

@@ -146,10 +146,10 @@ def _inference_mesh(args, bindings: list[str]):
   MeshConfig binding asks for one, or several processes share the work."""
   import jax
   from t5jax.parallel import partitioning
-  from t5jax.train import loop
+  from t5jax.train import run_config
   if args.gin_file or any(b.startswith("MeshConfig.") for b in bindings) or \
       jax.process_count() > 1:
-    return partitioning.make_mesh(loop.MeshConfig())
+    return partitioning.make_mesh(run_config.MeshConfig())
   return None
 
 
@@ -168,7 +168,7 @@ def _run(args, bindings: list[str]) -> None:
   if args.command == "train":
     from t5jax import config
     from t5jax.parallel import distributed
-    from t5jax.train import loop
+    from t5jax.train import loop, run_config
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                            args.distributed, args.heartbeat_timeout_seconds)
     if args.init_from:
@@ -176,7 +176,7 @@ def _run(args, bindings: list[str]) -> None:
       init_from = fs.absolute(args.init_from)
       bindings.append(f"CheckpointConfig.init_from = {init_from!r}")
     config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
-    loop.train(args.run_dir, loop.TrainConfig())
+    loop.train(args.run_dir, run_config.TrainConfig())
   elif args.command == "convert":
     from t5jax.interop import convert
     if args.from_hf:
@@ -193,7 +193,7 @@ def _run(args, bindings: list[str]) -> None:
     from t5jax import config
     from t5jax.cli import infer
     from t5jax.parallel import distributed
-    from t5jax.train import loop  # noqa: F401 (gin configurables: MeshConfig, EvalConfig)
+    from t5jax.train import run_config  # noqa: F401 (gin configurables: MeshConfig, EvalConfig)
     if args.command == "eval":
       _check_eval_split(args.task or args.mixture, args.split)
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
@@ -205,38 +205,38 @@ def _run(args, bindings: list[str]) -> None:
     getattr(infer, args.command)(args, strategy, _inference_mesh(args, bindings))
   elif args.command == "compile":
     import json
-    from t5jax.train import aot, loop
+    from t5jax.train import aot, run_config
     from t5jax import config
     config.parse_gin(args.gin_file or ["runs/demo.gin"], bindings)
+    train_config = run_config.TrainConfig()
     if args.fit:
-      from t5jax.train import fit_search
-      train_config = loop.TrainConfig()
+      from t5jax.train.fit import search as fit_search, writers as fit_writers
       print(f"Searching settings for {train_config.model} on {args.topology} x {args.slices}, "
             "fastest estimate first:", flush=True)
       winner, tried = fit_search.search(train_config, args.topology, args.slices,
                                         max_compiles=args.fit_compiles,
                                         log=lambda line: print(line, flush=True))
-      print(fit_search.format_table(winner, tried, train_config, fit_search.HEADROOM))
+      print(fit_writers.format_table(winner, tried, train_config, fit_search.HEADROOM))
       if args.fit_recipe and winner:
-        fs.write_text(args.fit_recipe, fit_search.recipe(
+        fs.write_text(args.fit_recipe, fit_writers.recipe(
             winner, train_config, args.topology, args.slices,
             args.gin_file or ["runs/demo.gin"], bindings))
         print(f"Wrote {args.fit_recipe}: the run with this setting, for t5jax train "
               f"--gin_file={args.fit_recipe} (it includes the gin files given here)")
-      print(json.dumps(fit_search.summary(winner, tried, train_config)))
+      print(json.dumps(fit_writers.summary(winner, tried, train_config)))
       return
     if args.decode:
       if args.fit:
         raise ValueError("--fit searches training settings; drop it with --decode.")
-      report = aot.compile_decode(loop.TrainConfig(), accelerator_type=args.topology,
+      report = aot.compile_decode(train_config, accelerator_type=args.topology,
                                   slices=args.slices)
       print(aot.format_decode_report(report))
       print(json.dumps(report))
       return
     if args.topology:
-      report = aot.compile_for_slice(loop.TrainConfig(), args.topology, args.slices)
+      report = aot.compile_for_slice(train_config, args.topology, args.slices)
     else:
-      report = aot.compile_train_step(loop.TrainConfig())
+      report = aot.compile_train_step(train_config)
     print(aot.format_report(report))
     print(json.dumps(report))
   elif args.command == "plot":

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5jax.train import optim, step as train_step, task_weighting
+from t5jax.train import step_builder
 from t5jax.parallel import partitioning, topology
 from t5jax.data import pipeline
 from t5jax.model.flops import model_flops_per_step
@@ -31,38 +31,18 @@ def abstract_batch(batch_size: int, inputs_length: int, targets_length: int, mes
           for k in pipeline.MODEL_FEATURES}
 
 
-def compile_train_step(config, num_tasks: int = 1, devices=None) -> dict:
-  """Lowers and compiles `config`'s train step for `devices` (default: this host's);
-  returns a report with per-device bytes, FLOPs and the time it took."""
-  from t5jax.train.loop import build_model, optimizer_config
-  mesh = partitioning.make_mesh(config.mesh, devices)
-  partitioning.check_batch_size(config.batch_size, mesh, config.microbatches)
-  model = build_model(config)
-  opt_cfg = optimizer_config(config, model)
-  tx = optim.make_optimizer(opt_cfg)
-  lengths = (config.data.inputs_length, config.data.targets_length)
-  slot_table = None
-  if model.config.has_task_parameters:  # per-task parameters: route the run's tasks
-    task_names = pipeline.task_names(config.data.mixture_or_task)
-    slot_table, num_tasks = train_step.task_slot_table(model, task_names), len(task_names)
+def compile_train_step(config, devices=None) -> dict:
+  """Lowers and compiles `config`'s train step (the one the run trains with:
+  step_builder.build) for `devices` (default: this host's); returns a report with
+  per-device bytes, FLOPs and the time it took."""
   start = time.time()
+  setup = step_builder.build(config, devices)
+  mesh, model, lengths = setup.mesh, setup.model, setup.lengths
   with partitioning.sharding_context(mesh):
-    # Host (numpy) values: a jax array would need a device of the target to live on.
-    task_state = jax.tree.map(
-        lambda s: np.zeros(s.shape, s.dtype),
-        jax.eval_shape(lambda: task_weighting.init_state(config.loss, num_tasks)))
-    shardings = train_step.state_shardings(model, tx, mesh, *lengths, task_state)
-    abstract = train_step.abstract_train_state(model, tx, *lengths, task_state)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            abstract, shardings)
-    step = train_step.jit_train_step(
-        mesh, shardings, model=model, tx=tx, loss_cfg=config.loss,
-        task_weights_k=np.ones(num_tasks, np.float32), microbatches=config.microbatches,
-        unroll_microbatches=config.unroll_microbatches,
-        schedule=optim.learning_rate_schedule(config.optimizer), slot_of_task_k=slot_table,
-        trainable_pattern=opt_cfg.trainable)
+                            setup.abstract, setup.shardings)
     batch = abstract_batch(config.batch_size, *lengths, mesh)
-    lowered = step.lower(abstract, batch)
+    lowered = setup.jit_step().lower(abstract, batch)
     try:
       compiled, refused = lowered.compile(), None
     except Exception as e:  # noqa: BLE001 - libtpu refuses a step over the chip's HBM
@@ -124,13 +104,12 @@ def compile_decode(config, devices=None, accelerator_type: str | None = None,
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from t5jax.decode import decoding  # pylint: disable=g-import-not-at-top
   from t5jax.model import param_tree  # pylint: disable=g-import-not-at-top
-  from t5jax.train.loop import build_model  # pylint: disable=g-import-not-at-top
   tpu_slice = None
   if accelerator_type is not None:
     tpu_slice = topology.slice_of(accelerator_type)
     devices = topology.devices(tpu_slice, slices)
   mesh = partitioning.make_mesh(config.mesh, devices)
-  model = build_model(config)
+  model = step_builder.build_model(config)
   model = type(model)(model.config.replace(dropout_rate=0.0))
   ev, strategy = config.eval, config.eval.strategy
   shards = partitioning.batch_shards(mesh)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -17,6 +18,36 @@ from t5jax.parallel import partitioning
 from t5jax.model import param_tree, task_params, trainable
 
 Batch = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """What the step closes over besides the state and the batch. A run's are built in one
+  place (step_builder.build); a new step setting is a field here and its use below.
+
+  Attributes:
+    model: the Transformer.
+    loss_cfg: z-loss, label smoothing, normalisation, fused cross-entropy, task weighting.
+    task_weights_k: LossConfig.task_weights as a [num_tasks] vector; dynamic task
+      weighting (loss_cfg.task_weighting) multiplies it by factors computed in the step.
+    tx: the optimizer (None where only loss_and_grads runs).
+    schedule: the learning rate of a step, reported as a metric (None: as for `tx`).
+    microbatches: gradient accumulation: the batch runs as this many slices.
+    unroll_microbatches: accumulate in straight-line code instead of a loop.
+    slot_of_task_k: task_slot_table(...), for models with per-task parameters.
+    trainable_pattern: OptimizerConfig.trainable: only the parameters it matches are
+      differentiated (a frozen base's weight gradients are never computed); the
+      others' gradients are zeros, which the optimizer discards.
+  """
+  model: nn.Module
+  loss_cfg: losses.LossConfig
+  task_weights_k: jax.Array
+  tx: optax.GradientTransformation | None = None
+  schedule: Callable | None = None
+  microbatches: int = 1
+  unroll_microbatches: bool = False
+  slot_of_task_k: jax.Array | None = None
+  trainable_pattern: str = ""
 
 
 @flax.struct.dataclass
@@ -109,38 +140,28 @@ def _task_slots(batch: Batch, slot_of_task_k) -> dict:
           "decoder_task_slots": slot_of_task_k[batch["decoder_task_ids"]]}
 
 
-def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
-                   loss_cfg: losses.LossConfig, task_weights_k: jax.Array, microbatches: int,
-                   slot_of_task_k: jax.Array | None = None, trainable_pattern: str = "",
-                   unroll_microbatches: bool = False):
+def loss_and_grads(params, batch: Batch, key, settings: StepSettings):
   """The weighted loss, its per-task sums and the gradients, over microbatches.
 
-  Args:
-    slot_of_task_k: task_slot_table(...), for models with per-task parameters.
-    trainable_pattern: OptimizerConfig.trainable: only the parameters it matches are
-      differentiated (a frozen base's weight gradients are never computed); the
-      others' gradients are zeros, which the optimizer discards.
-    unroll_microbatches: accumulate in straight-line code instead of a loop.
   Returns:
     (loss, stats, grads): stats are per-task sums `*_k` [num_tasks].
   """
-  if trainable_pattern:
-    trained, frozen = trainable.parts(params, trainable_pattern)
-    loss, stats, grads = loss_and_grads(
-        trained, batch, key, model=_WithFrozen(model, frozen), loss_cfg=loss_cfg,
-        task_weights_k=task_weights_k, microbatches=microbatches,
-        slot_of_task_k=slot_of_task_k, unroll_microbatches=unroll_microbatches)
+  if settings.trainable_pattern:
+    trained, frozen = trainable.parts(params, settings.trainable_pattern)
+    loss, stats, grads = loss_and_grads(trained, batch, key, dataclasses.replace(
+        settings, model=_WithFrozen(settings.model, frozen), trainable_pattern=""))
     return loss, stats, trainable.union(grads, jax.tree.map(jnp.zeros_like, frozen))
-  num_tasks = task_weights_k.shape[0]
+  model, loss_cfg, microbatches = settings.model, settings.loss_cfg, settings.microbatches
+  num_tasks = settings.task_weights_k.shape[0]
   scale_bt = losses.token_scales(batch["decoder_loss_weights"], batch["decoder_task_ids"],
-                                 task_weights_k, loss_cfg.normalization)
+                                 settings.task_weights_k, loss_cfg.normalization)
 
   def loss_fn(params, micro, micro_scale_bt, key):
     outputs = model.apply(
         {"params": params}, micro["encoder_input_tokens"], micro["decoder_input_tokens"],
         micro["encoder_segment_ids"], micro["decoder_segment_ids"], enable_dropout=True,
         rngs={"dropout": key}, return_hidden=loss_cfg.fused_cross_entropy,
-        **_task_slots(micro, slot_of_task_k))
+        **_task_slots(micro, settings.slot_of_task_k))
     if loss_cfg.fused_cross_entropy:  # outputs: (hidden_btd, kernel, layout)
       return fused_xent.fused_loss_and_stats(*outputs, micro, micro_scale_bt, num_tasks,
                                              loss_cfg)
@@ -165,7 +186,7 @@ def loss_and_grads(params, batch: Batch, key, *, model: nn.Module,
   init = (jnp.zeros((), jnp.float32), zeros_like(stats_shape), zeros_like(params))
   (loss, stats, grads), _ = jax.lax.scan(
       accumulate, init, (micro_batches, micro_scales, jnp.arange(microbatches)),
-      unroll=unroll_microbatches)
+      unroll=settings.unroll_microbatches)
   return loss, stats, grads
 
 
@@ -180,32 +201,24 @@ class _WithFrozen:
     return self.model.apply({**variables, "params": params}, *args, **kwargs)
 
 
-def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
-               tx: optax.GradientTransformation, loss_cfg: losses.LossConfig,
-               task_weights_k: jax.Array, microbatches: int,
-               schedule: Callable, slot_of_task_k: jax.Array | None = None,
-               trainable_pattern: str = "",
-               unroll_microbatches: bool = False) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: Batch,
+               settings: StepSettings) -> tuple[TrainState, dict]:
   """One optimizer update on a global batch. Pure: jit it with shardings.
 
-  Args:
-    task_weights_k: LossConfig.task_weights as a [num_tasks] vector; dynamic task
-      weighting (loss_cfg.task_weighting) multiplies it by factors computed here.
-    slot_of_task_k: task_slot_table(...) for models with per-task parameters; the
-      soft-sharing penalty loss_cfg.soft_sharing_l2 * sum_t ||theta_t -
-      theta_shared||^2 joins the loss (reported as `soft_sharing_penalty`).
+  With task-specific copies (T5Config.task_specific) the soft-sharing penalty
+  loss_cfg.soft_sharing_l2 * sum_t ||theta_t - theta_shared||^2 joins the loss (reported as
+  `soft_sharing_penalty`).
 
   Returns:
     (new state, metrics): scalar metrics plus per-task sums `*_k` [num_tasks]
     (and, with dynamic weighting, the weights in use `task_weight_k`).
   """
+  model, loss_cfg, task_weights_k = settings.model, settings.loss_cfg, settings.task_weights_k
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   weights_k = task_weighting.weights_in_use(loss_cfg, state.task_state, state.step,
                                             task_weights_k)
   loss, stats, grads = loss_and_grads(
-      state.params, batch, step_key, model=model, loss_cfg=loss_cfg,
-      task_weights_k=weights_k, microbatches=microbatches, slot_of_task_k=slot_of_task_k,
-      trainable_pattern=trainable_pattern, unroll_microbatches=unroll_microbatches)
+      state.params, batch, step_key, dataclasses.replace(settings, task_weights_k=weights_k))
   sharing_metrics = {}
   if model.config.task_specific:
     distance, distance_grads = jax.value_and_grad(task_params.soft_sharing_penalty)(
@@ -224,7 +237,7 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
   stats = {**stats, "contribution_k": stats["contribution_k"] + penalty_k}
   if loss_cfg.task_weighting != "fixed":
     weighting_metrics["task_weight_k"] = weights_k
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates, opt_state = settings.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   tokens = jnp.sum(stats["tokens_k"])
   metrics = {
@@ -234,7 +247,7 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
       "accuracy": jnp.sum(stats["correct_k"]) / jnp.maximum(tokens, 1),
       "grad_norm": optax.tree.norm(grads),
       "param_norm": optax.tree.norm(state.params),
-      "learning_rate": schedule(state.step),
+      "learning_rate": settings.schedule(state.step),
       "target_tokens": tokens,
       **stats,
       **weighting_metrics,
@@ -245,9 +258,9 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
   return new_state, metrics
 
 
-def jit_train_step(mesh, shardings: TrainState, **step_kwargs):
+def jit_train_step(mesh, shardings: TrainState, settings: StepSettings):
   """train_step jitted with explicit shardings, the state donated."""
-  step = functools.partial(train_step, **step_kwargs)
+  step = functools.partial(train_step, settings=settings)
   return jax.jit(step, in_shardings=(shardings, partitioning.batch_sharding(mesh)),
                  out_shardings=(shardings, partitioning.replicated(mesh)),
                  donate_argnums=(0,))

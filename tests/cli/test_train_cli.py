@@ -16,7 +16,7 @@ from t5jax import config as gin_config
 from t5jax.data import pipeline
 from t5jax.model import config as model_config
 from t5jax.model import t5
-import t5jax.train.loop as train_lib
+from t5jax.train import run_config
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin_configs"
 GIN_FILES = sorted(str(p.relative_to(GIN_DIR)) for p in GIN_DIR.rglob("*.gin"))
@@ -40,9 +40,8 @@ def test_every_gin_file_parses_and_builds_its_model(name, busy_cwd, monkeypatch)
   monkeypatch.chdir(busy_cwd)
   monkeypatch.syspath_prepend(str(busy_cwd))
   gin_config.parse_gin([name], [])
-  config = train_lib.TrainConfig()
-  cfg = model_config.get_config(config.model, **config.model_overrides)
-  model = t5.Transformer(cfg)
+  config = run_config.TrainConfig()
+  model = t5.Transformer(config.model_config())
   tokens = jnp.ones((1, 8), jnp.int32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens))  # no memory
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) > 0
@@ -97,8 +96,9 @@ def test_overfits_one_fixed_batch_to_near_zero_loss():
   with partitioning.sharding_context(mesh):
     state, shardings = train_step.create_train_state(model, tx, mesh, seed=0)
     step = train_step.jit_train_step(
-        mesh, shardings, model=model, tx=tx, loss_cfg=loss_cfg,
-        task_weights_k=jnp.ones(2), microbatches=1, schedule=optim.learning_rate_schedule(opt))
+        mesh, shardings, train_step.StepSettings(
+            model=model, tx=tx, loss_cfg=loss_cfg, task_weights_k=jnp.ones(2),
+            microbatches=1, schedule=optim.learning_rate_schedule(opt)))
     global_batch = partitioning.host_batch_to_global(batch, mesh)
     history = []
     for _ in range(150):

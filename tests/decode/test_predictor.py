@@ -9,7 +9,7 @@ import pytest
 from t5jax import checkpoint
 from t5jax.cli import main as cli
 from t5jax import config as gin_config
-import t5jax.train.loop as train_lib
+from t5jax.train import loop, run_config
 
 # The demo's model at two layers per stack (t5_1_0_tiny): the same code, half the work.
 FAST = ["TrainConfig.model='t5_1_0_tiny'", "TrainConfig.batch_size=8",
@@ -28,7 +28,7 @@ def trained_run(tmp_path_factory):
       "EvalConfig.targets_length=32", "EvalConfig.inputs_length=64", "EvalConfig.batch_size=8",
       "CheckpointConfig.every_steps=5", "CheckpointConfig.keep=1",
       "CheckpointConfig.best_metric='multi30k_en_fr/loss'", "CheckpointConfig.best_mode='max'"])
-  train_lib.train(run_dir, train_lib.TrainConfig())
+  loop.train(run_dir, run_config.TrainConfig())
   return run_dir
 
 
@@ -395,7 +395,7 @@ def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path):
       "EvalConfig.decode=False", "CheckpointConfig.every_steps=0", "CheckpointConfig.keep=1",
       "CheckpointConfig.best_metric='multi30k_mix/loss'", "CheckpointConfig.best_mode='max'",
       "CheckpointConfig.patience=2"])
-  train_lib.train(run_dir, train_lib.TrainConfig())
+  loop.train(run_dir, run_config.TrainConfig())
   records = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
   assert [r["step"] for r in records if r["split"] == "eval"] == [5, 10, 15]
   assert max(r["step"] for r in records) == 15

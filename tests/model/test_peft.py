@@ -160,9 +160,9 @@ def test_frozen_base_gets_no_gradient_and_no_optimizer_state():
            "decoder_segment_ids": jnp.ones_like(dec), "decoder_task_ids": jnp.zeros_like(dec),
            "encoder_task_ids": jnp.zeros_like(enc)}
   loss, _, grads = train_step.loss_and_grads(
-      params, batch, jax.random.key(0), model=t5.Transformer(cfg),
-      loss_cfg=losses.LossConfig(), task_weights_k=jnp.ones(1), microbatches=1,
-      trainable_pattern=pattern)
+      params, batch, jax.random.key(0), train_step.StepSettings(
+          model=t5.Transformer(cfg), loss_cfg=losses.LossConfig(),
+          task_weights_k=jnp.ones(1), microbatches=1, trainable_pattern=pattern))
   names = {trainable.path_name(p): g for p, g in jax.tree_util.tree_leaves_with_path(grads)}
   assert all(not np.any(np.asarray(g)) for n, g in names.items() if "lora_" not in n)
   assert any(np.any(np.asarray(g)) for n, g in names.items() if n.endswith("lora_q/b"))

@@ -90,9 +90,9 @@ def _loss_grads(cfg, params, batch):
   model = t5.Transformer(cfg)
   loss_cfg = losses.LossConfig(z_loss=0.0)
   return train_step.loss_and_grads(
-      params, batch, jax.random.key(0), model=model, loss_cfg=loss_cfg,
-      task_weights_k=jnp.ones((3,)), microbatches=1,
-      slot_of_task_k=jnp.arange(3, dtype=jnp.int32))[2]
+      params, batch, jax.random.key(0), train_step.StepSettings(
+          model=model, loss_cfg=loss_cfg, task_weights_k=jnp.ones((3,)), microbatches=1,
+          slot_of_task_k=jnp.arange(3, dtype=jnp.int32)))[2]
 
 
 def _norm(tree):
@@ -124,8 +124,10 @@ def test_an_examples_gradient_reaches_only_its_tasks_copy(fields):
 def _step(cfg, loss_cfg, state, batch, tx):
   model = t5.Transformer(cfg)
   return train_step.train_step(
-      state, batch, model=model, tx=tx, loss_cfg=loss_cfg, task_weights_k=jnp.ones((3,)),
-      microbatches=1, schedule=lambda s: 0.0, slot_of_task_k=jnp.arange(3, dtype=jnp.int32))
+      state, batch, train_step.StepSettings(
+          model=model, tx=tx, loss_cfg=loss_cfg, task_weights_k=jnp.ones((3,)),
+          microbatches=1, schedule=lambda s: 0.0,
+          slot_of_task_k=jnp.arange(3, dtype=jnp.int32)))
 
 
 def test_without_the_penalty_task_copies_train_independently():
@@ -233,9 +235,10 @@ def test_mesh_sharding_of_a_soft_shared_model_matches_one_device():
     with partitioning.sharding_context(mesh):
       state, shardings = train_step.create_train_state(model, tx, mesh, seed=0)
       step = train_step.jit_train_step(
-          mesh, shardings, model=model, tx=tx, loss_cfg=loss_cfg,
-          task_weights_k=jnp.ones((3,)), microbatches=1, schedule=lambda s: 0.0,
-          slot_of_task_k=jnp.arange(3, dtype=jnp.int32))
+          mesh, shardings, train_step.StepSettings(
+              model=model, tx=tx, loss_cfg=loss_cfg, task_weights_k=jnp.ones((3,)),
+              microbatches=1, schedule=lambda s: 0.0,
+              slot_of_task_k=jnp.arange(3, dtype=jnp.int32)))
       losses_seen = []
       for i in range(3):
         batch = synthetic.packed_batch(batch_size=8, num_tasks=3, seed=i)

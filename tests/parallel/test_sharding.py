@@ -25,14 +25,12 @@ def run_steps(mesh, num_steps=3, microbatches=1, batch_size=8, unroll_microbatch
   tx = optim.make_optimizer(OPT)
   with partitioning.sharding_context(mesh):
     state, shardings = train_step.create_train_state(model, tx, mesh, seed=0)
-    step = train_step.jit_train_step(
-        mesh, shardings, model=model, tx=tx, loss_cfg=LOSS,
-        task_weights_k=LOSS.weights_vector(TASKS), microbatches=microbatches,
-        unroll_microbatches=unroll_microbatches, schedule=optim.learning_rate_schedule(OPT))
-    grad_fn = jax.jit(functools.partial(
-        train_step.loss_and_grads, model=model, loss_cfg=LOSS,
-        task_weights_k=LOSS.weights_vector(TASKS), microbatches=microbatches,
-        unroll_microbatches=unroll_microbatches))
+    settings = train_step.StepSettings(
+        model=model, tx=tx, loss_cfg=LOSS, task_weights_k=LOSS.weights_vector(TASKS),
+        microbatches=microbatches, unroll_microbatches=unroll_microbatches,
+        schedule=optim.learning_rate_schedule(OPT))
+    step = train_step.jit_train_step(mesh, shardings, settings)
+    grad_fn = jax.jit(functools.partial(train_step.loss_and_grads, settings=settings))
     first = partitioning.host_batch_to_global(synthetic.packed_batch(batch_size, vocab=500), mesh)
     grads = jax.device_get(grad_fn(state.params, first, jax.random.key(0))[2])
     out = []

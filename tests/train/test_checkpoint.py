@@ -167,9 +167,9 @@ def _trained_state(mesh):
   with partitioning.sharding_context(mesh):
     state, shardings = train_step.create_train_state(model, tx, mesh, seed=0)
     step = train_step.jit_train_step(
-        mesh, shardings, model=model, tx=tx, loss_cfg=losses.LossConfig(),
-        task_weights_k=jnp.ones(2), microbatches=1,
-        schedule=optim.learning_rate_schedule(optim.OptimizerConfig()))
+        mesh, shardings, train_step.StepSettings(
+            model=model, tx=tx, loss_cfg=losses.LossConfig(), task_weights_k=jnp.ones(2),
+            microbatches=1, schedule=optim.learning_rate_schedule(optim.OptimizerConfig())))
     state, _ = step(state, partitioning.host_batch_to_global(synthetic.packed_batch(8), mesh))
   return model, tx, state
 
@@ -214,33 +214,33 @@ def test_unwritable_checkpoint_directory_is_a_clear_error(tmp_path):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good(tmp_path):
   from t5jax import config as gin_config
-  from t5jax.train import loop as train
+  from t5jax.train import loop, run_config
   run_dir = str(tmp_path)
   gin_config.parse_gin(["runs/demo.gin"], [f[len("--gin."):] for f in FLAGS] + [
       "TrainConfig.num_steps=5", "CheckpointConfig.every_steps=5"])
-  train.train(run_dir, train.TrainConfig())
+  loop.train(run_dir, run_config.TrainConfig())
   # Resume with a NaN task weight: step 6 is the first step whose loss is NaN.
   gin_config.parse_gin(["runs/demo.gin"], [f[len("--gin."):] for f in FLAGS] + [
       "TrainConfig.num_steps=9"])
-  config = train.TrainConfig()
+  config = run_config.TrainConfig()
   import dataclasses
   config = dataclasses.replace(config, loss=losses.LossConfig(
       task_weights={"multi30k_en_fr": float("nan")}))
   with pytest.raises(FloatingPointError, match=r"at step 6; the last good checkpoint is step 5"):
-    train.train(run_dir, config)
+    loop.train(run_dir, config)
   assert checkpoint.latest_step(run_dir) == 5
 
 
 def test_fine_tuning_starts_from_another_runs_parameters(tmp_path):
   from t5jax import config as gin_config
-  from t5jax.train import loop as train
+  from t5jax.train import loop, run_config
   base = [f[len("--gin."):] for f in FLAGS]
   gin_config.parse_gin(["runs/demo.gin"], base + [
       "TrainConfig.num_steps=10", "OptimizerConfig.warmup_steps=0"])
-  pretrained = train.train(str(tmp_path / "pretrain"), train.TrainConfig())
+  pretrained = loop.train(str(tmp_path / "pretrain"), run_config.TrainConfig())
   gin_config.parse_gin(["runs/finetune.gin"], base + [
       "TrainConfig.num_steps=2", f"CheckpointConfig.init_from='{tmp_path / 'pretrain'}'"])
-  finetuned = train.train(str(tmp_path / "finetune"), train.TrainConfig())
+  finetuned = loop.train(str(tmp_path / "finetune"), run_config.TrainConfig())
   # A fresh optimizer and step counter, but the pretrained weights: the first
   # fine-tuning loss continues from where pretraining ended, far below a fresh start.
   assert [s["step"] for s in finetuned] == [1, 2]

@@ -13,7 +13,8 @@ import pytest
 
 from t5jax import config as gin_config
 from t5jax.parallel import topology
-from t5jax.train import fit_search, loop
+from t5jax.train import run_config
+from t5jax.train.fit import cost, pricing, reports, search, writers
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -23,7 +24,7 @@ def _train_config(files, bindings=()):
   gin.clear_config()
   gin_config.parse_gin(files, list(bindings))
   try:
-    return loop.TrainConfig()
+    return run_config.TrainConfig()
   finally:
     gin.clear_config()
 
@@ -35,7 +36,7 @@ def base_pretrain():
 
 def test_every_candidate_splits_the_batch_evenly(base_pretrain):
   chips = topology.slice_of("v5p-32").chips  # 16
-  settings = fit_search.candidates(base_pretrain, chips)
+  settings = cost.candidates(base_pretrain, chips)
   assert {s.remat_policy for s in settings} == {"none", "minimal", "full"}
   assert {s.tensor for s in settings} == {1, 2, 4}  # 12 heads: a tensor split of 8 does not divide
   assert any(s.replicated for s in settings) and any(s.attention_query_block for s in settings)
@@ -46,13 +47,13 @@ def test_every_candidate_splits_the_batch_evenly(base_pretrain):
 
 def test_estimates_trade_memory_for_time_the_right_way(base_pretrain):
   chip, chips = topology.CHIPS["v5p"], 4
-  plain = fit_search.Setting()
-  counts = fit_search.parameter_counts(base_pretrain)
+  plain = cost.Setting()
+  counts = cost.parameter_counts(base_pretrain)
 
   def est(**changes):
     s = dataclasses.replace(plain, **changes)
-    state, act = fit_search.estimate_bytes(base_pretrain, s, chips, counts)
-    return state, act, fit_search.estimate_seconds(base_pretrain, s, chip, chips, counts)
+    state, act = cost.estimate_bytes(base_pretrain, s, chips, counts)
+    return state, act, cost.estimate_seconds(base_pretrain, s, chip, chips, counts)
 
   state, act, seconds = est()
   # State: fp32 parameters + Adafactor + the gradient, sharded over the 4 chips.
@@ -73,19 +74,19 @@ def test_estimates_trade_memory_for_time_the_right_way(base_pretrain):
 def test_a_lora_run_is_estimated_with_its_base_frozen(base_pretrain):
   lora = _train_config(["runs/pretrain.gin", "models/t5_1_1_base.gin", "mesh/fsdp.gin",
                         "runs/lora.gin"])
-  full, counts = fit_search.parameter_counts(base_pretrain), fit_search.parameter_counts(lora)
+  full, counts = cost.parameter_counts(base_pretrain), cost.parameter_counts(lora)
   assert full.trained == full.total
   # LoRA r=8 on q and v of every attention: 884,736 trained (docs/performance/peft.md).
   assert counts.trained == 884_736  # (the analytic count leaves out norms and biases: 0.02%)
   assert counts.total - counts.trained == pytest.approx(full.total, rel=1e-3)
-  chip, chips, plain = topology.CHIPS["v5p"], 4, fit_search.Setting()
-  state, act = fit_search.estimate_bytes(lora, plain, chips, counts)
+  chip, chips, plain = topology.CHIPS["v5p"], 4, cost.Setting()
+  state, act = cost.estimate_bytes(lora, plain, chips, counts)
   # fp32 parameters; AdamW's two moments and the gradient for the trained ones only.
   assert state == pytest.approx((4 * counts.total + 12 * counts.trained) / chips)
-  full_state, full_act = fit_search.estimate_bytes(base_pretrain, plain, chips, full)
+  full_state, full_act = cost.estimate_bytes(base_pretrain, plain, chips, full)
   assert state < full_state / 1.9 and act == pytest.approx(full_act)
-  seconds = fit_search.estimate_seconds(lora, plain, chip, chips, counts)
-  full_seconds = fit_search.estimate_seconds(base_pretrain, plain, chip, chips, full)
+  seconds = cost.estimate_seconds(lora, plain, chip, chips, counts)
+  full_seconds = cost.estimate_seconds(base_pretrain, plain, chip, chips, full)
   assert 0.6 < seconds / full_seconds < 0.75  # No weight gradients for the frozen base.
 
 
@@ -154,10 +155,10 @@ def test_fit_finds_a_setting_that_fits_and_its_bindings_reproduce_it(tmp_path):
   # same cache key, so the same compiled step.
   pasted = [b.replace('"', "").removeprefix("--gin.") for b in summary["gin_bindings"]]
   config = _train_config(["runs/demo.gin"], bindings + pasted)
-  key = fit_search.cache_key(config, "v5litepod-4", 1)
+  key = reports.cache_key(config, "v5litepod-4", 1)
   # So does the recipe file alone: it includes the gin file and repeats the bindings.
   assert f"Wrote {recipe}" in first.stdout
-  assert fit_search.cache_key(_train_config([str(recipe)]), "v5litepod-4", 1) == key
+  assert reports.cache_key(_train_config([str(recipe)]), "v5litepod-4", 1) == key
   cached = json.loads((tmp_path / f"{key}.json").read_text())
   assert cached["peak_bytes_per_device"] == winner["report"]["peak_bytes_per_device"]
   assert cached["fits"] and cached["headroom"] >= 0.10
@@ -168,7 +169,7 @@ def test_among_close_estimates_the_compilers_roofline_picks(base_pretrain, tmp_p
   # remat do not fit; the others fit, and their roofline favours the query block.
   monkeypatch.setenv("T5JAX_COMPILE_CACHE", str(tmp_path))
   chip = topology.CHIPS["v5p"]
-  for s in fit_search.candidates(base_pretrain, 4):
+  for s in cost.candidates(base_pretrain, 4):
     fits = s.remat_policy != "none"
     peak = (0.5 if fits else 1.2) * chip.hbm_bytes
     report = {"peak_bytes_per_device": peak, "argument_size_in_bytes": 2**30,
@@ -177,16 +178,16 @@ def test_among_close_estimates_the_compilers_roofline_picks(base_pretrain, tmp_p
               "counted_once": s.scan_layers or s.microbatches > 1,
               "model_flops_per_device": 1e12 * s.microbatches,
               "roofline_step_s": 0.040 if s.attention_query_block else 0.050}
-    key = fit_search.cache_key(s.apply(base_pretrain), "v5p-8", 1)
+    key = reports.cache_key(s.apply(base_pretrain), "v5p-8", 1)
     (tmp_path / f"{key}.json").write_text(json.dumps(report))
     if s.microbatches > 1:  # its loop unrolled, for the whole step's roofline
-      twin = fit_search.cost_twin(base_pretrain, s)
-      key = fit_search.cache_key(twin, "v5p-8", 1)
+      twin = pricing.cost_twin(base_pretrain, s)
+      key = reports.cache_key(twin, "v5p-8", 1)
       (tmp_path / f"{key}.json").write_text(json.dumps(
           {**report, "counted_once": False, "xla_flops_per_device": 1e12 * s.microbatches,
            "xla_bytes_accessed_per_device": 0.03 * s.microbatches * chip.hbm_bandwidth}))
   lines = []
-  winner, tried = fit_search.search(base_pretrain, "v5p-8", max_compiles=12, log=lines.append)
+  winner, tried = search.search(base_pretrain, "v5p-8", max_compiles=12, log=lines.append)
   assert all(t.cached for t in tried)
   # A microbatched, unscanned setting that fits is priced over all its microbatches: 30 ms
   # of HBM traffic each, by its loop unrolled.
@@ -205,7 +206,7 @@ def test_among_close_estimates_the_compilers_roofline_picks(base_pretrain, tmp_p
   assert winner.setting.attention_query_block
   assert any(t.verdict == "fits; slower" for t in tried)
   assert all(t.verdict in ("fits; slower", "over HBM") for t in tried if t is not winner)
-  table = fit_search.format_table(winner, tried, base_pretrain, fit_search.HEADROOM)
+  table = writers.format_table(winner, tried, base_pretrain, search.HEADROOM)
   assert "--gin.TrainConfig.model_overrides" in table and winner.setting.label in table
   for t in twinned:
     assert f"| {t.report['roofline_step_s'] * 1e3:.1f} |" in table
@@ -220,7 +221,7 @@ def test_a_microbatched_step_gets_the_roofline_of_all_its_microbatches():
             "counted_once": True}
   twin = {"xla_flops_per_device": 4.2e14, "xla_bytes_accessed_per_device": 2.4e12,
           "peak_bytes_per_device": 2**35}
-  whole = {**report, **fit_search.microbatch_roofline(report, twin, chip)}
+  whole = {**report, **pricing.microbatch_roofline(report, twin, chip)}
   assert whole["xla_flops_per_device"] == 4.2e14 and whole["xla_bytes_accessed_per_device"] == 2.4e12
   assert whole["peak_bytes_per_device"] == 2**34
   assert not whole["counted_once"] and whole["roofline_from"] == "its microbatch loop unrolled"
@@ -245,7 +246,7 @@ def test_the_cost_twin_counts_every_microbatch():
   compile_one = lambda c: aot.compile_train_step(c, devices=one_device)
   whole = compile_one(config)["xla_flops_per_device"]
   looped = compile_one(dataclasses.replace(config, microbatches=4))
-  twin = compile_one(fit_search.cost_twin(config, fit_search.Setting(microbatches=4,
+  twin = compile_one(pricing.cost_twin(config, cost.Setting(microbatches=4,
                                                                       replicated=True)))
   assert looped["counted_once"] and not twin["counted_once"]
   assert looped["xla_flops_per_device"] < 0.5 * whole
@@ -254,18 +255,18 @@ def test_the_cost_twin_counts_every_microbatch():
 
 def test_a_compile_that_dies_is_named_by_how():
   killed = {"crashed": True, "exit_code": -9}  # what the OOM killer leaves: XXL on a 24 GB host
-  assert fit_search._miss(killed, 0.1) == "compiler killed (SIGKILL: out of host memory?)"
-  assert fit_search._miss({**killed, "exit_code": -6}, 0.1) == "compiler crashed (exit -6)"
+  assert writers.miss(killed, 0.1) == "compiler killed (SIGKILL: out of host memory?)"
+  assert writers.miss({**killed, "exit_code": -6}, 0.1) == "compiler crashed (exit -6)"
 
 
 def test_a_recipe_repeats_the_commands_bindings_and_the_setting_wins(base_pretrain, tmp_path):
   # The command's bindings come as typed (`X=Y` from --gin.X=Y, or `X = Y`); the recipe writes
   # each once as gin does, and where the command bound what the setting binds, the setting's.
-  setting = fit_search.Setting("minimal", False, 128, 2, 1, False)
+  setting = cost.Setting("minimal", False, 128, 2, 1, False)
   report = {"peak_bytes_per_device": 2**34, "hbm_bytes_per_chip": 95 * 2**30, "headroom": 0.8,
             "counted_once": False, "roofline_step_s": 0.05, "roofline_mfu": 0.5}
-  winner = fit_search.Trial(setting, 0.05, 2**34, 0.0, 0.0, report=report)
-  text = fit_search.recipe(winner, base_pretrain, "v5p-8", 1, ["runs/pretrain.gin"],
+  winner = search.Trial(setting, 0.05, 2**34, 0.0, 0.0, report=report)
+  text = writers.recipe(winner, base_pretrain, "v5p-8", 1, ["runs/pretrain.gin"],
                            ["TrainConfig.num_steps=10", "InputSpec.inputs_length = 256",
                             "TrainConfig.microbatches =4"])
   body = [line for line in text.splitlines() if not line.startswith(("#", "include"))]
@@ -278,7 +279,7 @@ def test_a_recipe_repeats_the_commands_bindings_and_the_setting_wins(base_pretra
   assert (config.num_steps, config.data.inputs_length, config.microbatches) == (10, 256, 2)
   assert "roofline 50.0 ms a step, MFU at most 50%." in text
   twinned = {**report, "roofline_from": "its microbatch loop unrolled"}
-  text = fit_search.recipe(fit_search.Trial(setting, 0.05, 2**34, 0.0, 0.0, report=twinned),
+  text = writers.recipe(search.Trial(setting, 0.05, 2**34, 0.0, 0.0, report=twinned),
                            base_pretrain, "v5p-8", 1, ["runs/pretrain.gin"])
   assert "roofline 50.0 ms a step (its microbatch loop unrolled), MFU at most 50%." in text
 
@@ -305,7 +306,7 @@ def test_each_shipped_recipe_is_the_run_fit_chose(name):
   assert (config.data.inputs_length, config.data.targets_length) == (512, 114)
   assert config.model_overrides.get("dropout_rate", 0.0) == (0.1 if row["run"] == "finetune"
                                                              else 0.0)
-  setting = fit_search.Setting(**row["fit"]["setting"])
+  setting = cost.Setting(**row["fit"]["setting"])
   assert setting.apply(config) == config  # every field the setting sets, the recipe sets
 
 

@@ -106,9 +106,10 @@ def step_outputs(model_name: str, fused: bool, microbatches: int):
   with partitioning.sharding_context(mesh):
     state, shardings = train_step.create_train_state(model, tx, mesh, seed=0)
     step = train_step.jit_train_step(
-        mesh, shardings, model=model, tx=tx, loss_cfg=loss_cfg,
-        task_weights_k=loss_cfg.weights_vector(["a", "b"]), microbatches=microbatches,
-        schedule=optim.learning_rate_schedule(opt))
+        mesh, shardings, train_step.StepSettings(
+            model=model, tx=tx, loss_cfg=loss_cfg,
+            task_weights_k=loss_cfg.weights_vector(["a", "b"]), microbatches=microbatches,
+            schedule=optim.learning_rate_schedule(opt)))
     state, metrics = step(state, partitioning.host_batch_to_global(batch, mesh))
   return jax.device_get((metrics, state.params))
 

@@ -9,7 +9,7 @@ import pytest
 
 from t5jax import checkpoint
 from t5jax import config as gin_config
-from t5jax.train import loop
+from t5jax.train import loop, run_config
 
 FLAGS = ["TrainConfig.model='t5_1_0_tiny'", "TrainConfig.batch_size=8",
          "InputSpec.inputs_length=32", "InputSpec.targets_length=32",
@@ -18,7 +18,7 @@ FLAGS = ["TrainConfig.model='t5_1_0_tiny'", "TrainConfig.batch_size=8",
 
 def _train(run_dir, gin_files, *bindings):
   gin_config.parse_gin(gin_files, FLAGS + list(bindings))
-  return loop.train(str(run_dir), loop.TrainConfig())
+  return loop.train(str(run_dir), run_config.TrainConfig())
 
 
 @pytest.fixture(scope="module")

@@ -40,9 +40,10 @@ class Stepper:
       self.state, self.shardings = train_step.create_train_state(
           self.model, self.tx, self.mesh, seed=0, task_state=self.task_state)
       self._step = train_step.jit_train_step(
-          self.mesh, self.shardings, model=self.model, tx=self.tx, loss_cfg=loss_cfg,
-          task_weights_k=loss_cfg.weights_vector(TASKS), microbatches=1,
-          schedule=optim.learning_rate_schedule(opt))
+          self.mesh, self.shardings, train_step.StepSettings(
+              model=self.model, tx=self.tx, loss_cfg=loss_cfg,
+              task_weights_k=loss_cfg.weights_vector(TASKS), microbatches=1,
+              schedule=optim.learning_rate_schedule(opt)))
 
   def step(self, state, batch):
     """(new state, metrics as numpy); `state` is donated."""
@@ -257,9 +258,9 @@ def gin_cleared_after():
 
 def _train(run_dir, *bindings):
   from t5jax import config as gin_config
-  from t5jax.train import loop as train
+  from t5jax.train import loop, run_config
   gin_config.parse_gin(["runs/demo.gin"], RUN + list(bindings))
-  train.train(run_dir, train.TrainConfig())
+  loop.train(run_dir, run_config.TrainConfig())
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
     return [r for r in map(json.loads, f) if r["split"] == "train"]
 
