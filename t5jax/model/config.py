@@ -99,7 +99,7 @@ class T5Config:
       become 3 x 96 MiB with 128). Same result; 0 computes all queries at once.
     attention_row_by_row: on a single CPU device, the einsums' attention over rows
       of at least 128 x 128 query-key pairs per head runs one input row at a time,
-      so that a row's scores stay in the CPU's cache (see layers._attend_row_by_row).
+      so that a row's scores stay in the CPU's cache (attention_kernels.attend_row_by_row).
       Same result; False computes the whole batch at once everywhere.
     lora_rank: LoRA (Hu et al. 2021) on the projections named in lora_targets: W x +
       (lora_alpha / lora_rank) B A dropout(x), A [in, r] and B [r, out] (B zero at

@@ -136,12 +136,12 @@ def test_a_step_traced_for_a_tpu_slice_leaves_out_the_cpu_only_paths():
   # reported 93 GiB a chip for T5 1.1 base where the step needs far less).
   script = """
 import jax, numpy as np
-from t5jax.model import layers
+from t5jax.model import devices
 from t5jax.parallel import partitioning, topology
 seen = {}
 def probe(name):
   def f(x):
-    seen[name] = layers.on_one_cpu_device()
+    seen[name] = devices.on_one_cpu_device()
     return x
   return f
 jax.jit(probe("host")).lower(jax.ShapeDtypeStruct((4,), np.float32))
