@@ -192,8 +192,8 @@ class T5Config:
       raise ValueError(f"adapter_dim must be >= 0, got {self.adapter_dim}.")
     if self.has_task_parameters and not self.task_slots:
       raise ValueError("task_specific, adapter_dim and peft_per_task need task_slots (one per "
-                       "task or task group), e.g. model_overrides={'task_slots': ('glue_.*', "
-                       "'scitldr')}.")
+                       "task or task group), e.g. ModelSettings.task_slots = ('glue_.*', "
+                       "'scitldr').")
     for slot in self.task_slots:
       try:
         re.compile(slot)
@@ -232,8 +232,8 @@ class T5Config:
     if self.peft_per_task and not (self.lora_rank or self.prompt_length):
       # (Its task_slots are checked with the other per-task parameters'.)
       raise ValueError("peft_per_task needs LoRA (lora_rank) or a prompt (prompt_length), e.g. "
-                       "model_overrides={'task_slots': ('glue_.*', 'scitldr'), 'lora_rank': 8, "
-                       "'peft_per_task': True}.")
+                       "PeftConfig.lora_rank = 8 with PeftConfig.per_task = True and "
+                       "ModelSettings.task_slots = ('glue_.*', 'scitldr').")
   def lora_fans(self, target: str) -> tuple[int, int]:
     """(inputs, outputs) of the projection a LoRA target adapts."""
     inner = self.num_heads * self.d_kv

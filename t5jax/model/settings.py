@@ -27,16 +27,17 @@ def _check_field(name: str, value) -> None:
   want = _TYPES[name]
   wrong_bool = isinstance(value, bool) and want is not bool  # True is an int in Python
   if wrong_bool or not isinstance(value, _ACCEPTS.get(want, want)):
-    raise ValueError(f"ModelSettings.{name}={value!r} is not a {want.__name__} (e.g. "
-                     f"{_FIELDS[name].default!r}); None keeps the model size's value.")
+    raise ValueError(f"ModelSettings.{name}={value!r} is a {type(value).__name__}, not a "
+                     f"{want.__name__} (e.g. {_FIELDS[name].default!r}); None keeps the model "
+                     "size's value.")
 
 
-def unknown_field_error(name: str, where: str) -> ValueError:
+def _unknown_field_error(name: str, where: str) -> ValueError:
   """The one-line error for `name`, which is no T5Config field, naming the closest ones."""
   close = difflib.get_close_matches(name, _FIELDS, n=3, cutoff=0.6)
-  hint = f" Did you mean {', '.join(close)}?" if close else ""
-  return ValueError(f"{where} has no field {name!r}.{hint} Fields: T5Config's "
-                    f"({', '.join(_FIELDS)}).")
+  hint = (f"Did you mean {', '.join(close)}?" if close else
+          f"Its fields are T5Config's: {', '.join(_FIELDS)}.")
+  return ValueError(f"{where} has no field {name!r}. {hint}")
 
 
 class _Settings:
@@ -51,25 +52,27 @@ class _Settings:
       if isinstance(value, list):  # frozen and hashable, like T5Config
         object.__setattr__(self, name, tuple(value))
 
+  def __repr__(self) -> str:  # the fields set: the others say nothing
+    set_fields = ", ".join(f"{name}={value!r}" for name, value in self.changes().items())
+    return f"ModelSettings({set_fields})"
+
   def changes(self) -> dict:
     """The fields set (not None), as T5Config keyword arguments."""
     return {name: getattr(self, name) for name in _FIELDS if getattr(self, name) is not None}
 
-  def apply(self, cfg: T5Config) -> T5Config:
-    """`cfg` with the set fields changed."""
-    return cfg.replace(**self.changes())
 
-
-ModelSettings = dataclasses.make_dataclass(
-    "ModelSettings",
-    [(name, f"{f.type} | None", dataclasses.field(default=None)) for name, f in _FIELDS.items()],
-    bases=(_Settings,), frozen=True, module=__name__)
-ModelSettings.__doc__ = """Changes to a model size's T5Config, one field at a time.
+_DOC = """Changes to a model size's T5Config, one field at a time.
 
 Every T5Config field (see its docstring) is a field here, None by default: the model size's
 value is kept. A set field must have the T5Config field's type; its value is checked with the
 whole T5Config when the model is made.
 """
+# Made from T5Config's fields, so that every field is here and none that is not.
+ModelSettings = dataclasses.make_dataclass(
+    "ModelSettings",
+    [(name, f"{f.type} | None", dataclasses.field(default=None)) for name, f in _FIELDS.items()],
+    bases=(_Settings,), frozen=True, repr=False,
+    namespace={"__module__": __name__, "__doc__": _DOC})
 
 
 def from_dict(changes: dict, where: str = "TrainConfig.model_overrides") -> ModelSettings:
@@ -80,5 +83,5 @@ def from_dict(changes: dict, where: str = "TrainConfig.model_overrides") -> Mode
   """
   for name in changes:
     if name not in _FIELDS:
-      raise unknown_field_error(name, where)
+      raise _unknown_field_error(name, where)
   return ModelSettings(**changes)

@@ -64,9 +64,9 @@ class Setting:
     parts.append("data-parallel" if self.replicated else f"fsdp tensor={self.tensor}")
     return " ".join(parts)
 
-  def model_overrides(self, config) -> dict:
-    return {**config.model_overrides, "remat_policy": self.remat_policy,
-            "scan_layers": self.scan_layers,
+  def model_changes(self) -> dict:
+    """The ModelSettings fields the setting sets."""
+    return {"remat_policy": self.remat_policy, "scan_layers": self.scan_layers,
             "attention_query_block": self.attention_query_block}
 
   def mesh(self, config) -> dict:
@@ -76,13 +76,17 @@ class Setting:
 
   def apply(self, config):
     mesh = dataclasses.replace(config.mesh, **self.mesh(config))
-    return dataclasses.replace(config, model_overrides=self.model_overrides(config),
-                               microbatches=self.microbatches, mesh=mesh)
+    changes = self.model_changes()
+    # model_overrides, applied after the settings, must not undo the setting's choices.
+    overrides = {k: v for k, v in config.model_overrides.items() if k not in changes}
+    return dataclasses.replace(
+        config, model_settings=dataclasses.replace(config.model_settings, **changes),
+        model_overrides=overrides, microbatches=self.microbatches, mesh=mesh)
 
   def bindings(self, config) -> list[str]:
     """The setting as gin bindings (`Configurable.field = value`)."""
-    return [f"TrainConfig.model_overrides = {self.model_overrides(config)!r}",
-            f"TrainConfig.microbatches = {self.microbatches}"] + [
+    return [f"ModelSettings.{name} = {value!r}" for name, value in self.model_changes().items()
+           ] + [f"TrainConfig.microbatches = {self.microbatches}"] + [
                 f"MeshConfig.{axis} = {size}" for axis, size in self.mesh(config).items()]
 
   def gin_bindings(self, config) -> list[str]:
@@ -90,13 +94,14 @@ class Setting:
     flags = []
     for binding in self.bindings(config):
       name, value = binding.split(" = ", 1)
-      flags.append(f'--gin.{name}="{value}"' if " " in value else f"--gin.{name}={value}")
+      quote = " " in value or "'" in value  # the shell keeps a string's quotes for gin
+      flags.append(f'--gin.{name}="{value}"' if quote else f"--gin.{name}={value}")
     return flags
 
 
 def candidates(config, chips: int) -> list[Setting]:
   """Every setting the search may try for `config` on `chips` chips (all valid shapes)."""
-  cfg = model_config.get_config(config.model, **config.model_overrides)
+  cfg = config.model_config()
   data = max(config.mesh.data, 1)
   blocks = [0] + ([QUERY_BLOCK] if config.data.inputs_length > QUERY_BLOCK else [])
   splits = [(1, True)] + [(t, False) for t in (1, 2, 4, 8)]
@@ -156,7 +161,7 @@ def estimate_bytes(config, setting: Setting, chips: int,
     counts: `parameter_counts(config)`, when the caller has it.
   """
   counts = counts or parameter_counts(config)
-  cfg = model_config.get_config(config.model, **setting.model_overrides(config))
+  cfg = setting.apply(config).model_config()
   t = setting.tensor
   rows = config.batch_size / setting.microbatches / (chips / t)
   li, lt = config.data.inputs_length, config.data.targets_length
@@ -192,7 +197,7 @@ def estimate_seconds(config, setting: Setting, chip: topology.Chip, chips: int,
   activation all-reduces (per layer). A frozen parameter costs no weight gradient: the
   backward of a run that trains a fraction p of them is (1 + p) forwards, not 2."""
   counts = counts or parameter_counts(config)
-  cfg = model_config.get_config(config.model, **setting.model_overrides(config))
+  cfg = setting.apply(config).model_config()
   li, lt = config.data.inputs_length, config.data.targets_length
   flops = model_flops_per_step(cfg, config.batch_size, li, lt)["total"] / chips
   flops *= (2.0 + counts.trained / counts.total) / 3.0

@@ -98,7 +98,7 @@ def test_missing_libtpu_is_one_line_naming_the_extra(tmp_path):
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed: pip install 't5jax[tpu]'")
 def test_scanned_layers_claim_no_mfu_bound_and_libtpu_stays_quiet():
   result = _compile(["--topology", "v5litepod-4", *TINY,
-                     "--gin.TrainConfig.model_overrides={'scan_layers': True}"])
+                     "--gin.ModelSettings.scan_layers=True"])
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["scan_layers"] and "no MFU bound" in result.stdout
