@@ -8,6 +8,7 @@ The package flows in stages; each folder may import the ones below it, never abo
   decode/    greedy / sampling / beam decoding, the Predictor, evaluation
   interop/   Hugging Face checkpoints in and out
   model/ data/ parallel/   the ground: the Flax T5, SeqIO tasks and batches, the mesh
+  store/     the example store (data/ stands on it; it imports no SeqIO, TensorFlow or stage)
   checkpoint.py  Orbax checkpoints, used by train/, decode/ and interop/ alike
   config.py      gin files and bindings (read only by cli/ and train/)
   fs.py          a run's files on local disk or gs://, below everything (imports no t5jax)

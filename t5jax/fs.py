@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import sys
 import tempfile
 import time
 import uuid
@@ -61,6 +62,24 @@ def _configure() -> None:
   for protocol in ("gcs", "gs"):
     # Several hosts write one run: a listing must never come from a stale cache.
     fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False
+  sys.unraisablehook = _without_late_storage_callbacks(sys.unraisablehook)
+
+
+def _without_late_storage_callbacks(hook):
+  """`hook`, but silent about one harmless case: a TensorStore write that a run gave up on
+  (a save abandoned during a storage outage, already reported in one line) completes later
+  on TensorStore's own thread and hands its result to the asyncio loop that awaited it, closed
+  by then; TensorStore reports that RuntimeError as unraisable, with a traceback."""
+  def filtered(unraisable):
+    error, tb = unraisable.exc_value, unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+      tb = tb.tb_next
+    if (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+        and unraisable.object is None and tb is not None
+        and tb.tb_frame.f_code.co_filename.endswith(os.path.join("asyncio", "base_events.py"))):
+      return
+    hook(unraisable)
+  return filtered
 
 
 _configure()

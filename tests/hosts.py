@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,14 +51,19 @@ def host_env(root: pathlib.Path, server_url: str, devices: int) -> tuple[dict, p
              JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), str(TESTS),
                                                       os.environ.get("PYTHONPATH")])),
-             **compile_cache_env())
+             PYTHONFAULTHANDLER="1")
   return env, root / "work"
 
 
-def compile_cache_env() -> dict:
+def compile_cache_env(num_processes: int = 1) -> dict:
   """The test session's persistent compilation cache (conftest.py), for t5jax processes the
   tests start: a test-speed aid only (what a process compiles does not depend on it), so a
-  command run again does not compile its steps again."""
+  command run again does not compile its steps again. Processes of one jax.distributed job
+  get none: each would read entries that another test's job is writing, a source of
+  difference between the job's processes that a test should not have (and no measured
+  gain)."""
+  if num_processes > 1:
+    return {}
   import jax  # pylint: disable=g-import-not-at-top
   directory = jax.config.jax_compilation_cache_dir
   if not directory:
@@ -74,6 +80,7 @@ def launch(root: pathlib.Path, server_url: str, args: list[str], num_processes: 
   procs = []
   for i in range(num_processes):
     env, cwd = host_env(root / f"host{i}", server_url, devices)
+    env.update(compile_cache_env(num_processes))
     cmd = [sys.executable, "-m", "t5jax", *args]
     if num_processes > 1:
       cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
@@ -84,15 +91,28 @@ def launch(root: pathlib.Path, server_url: str, args: list[str], num_processes: 
 
 
 def wait_all(procs, timeout: float = 1200, ok: bool = True) -> list[str]:
-  """Each process's output; asserts exit status 0 unless `ok` is False."""
+  """Each process's output; asserts exit status 0 unless `ok` is False. A process still
+  running after `timeout` seconds is a hang: every process is stopped with SIGABRT, so
+  Python's fault handler (PYTHONFAULTHANDLER, set by `process_env`) prints where each
+  thread of each one was, and the test fails with all their outputs."""
+  deadline = time.monotonic() + timeout
   outs = []
   for p in procs:
     try:
-      out, _ = p.communicate(timeout=timeout)
+      out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
       for q in procs:
-        q.kill()
-      raise
+        if q.poll() is None:
+          q.send_signal(signal.SIGABRT)
+      stacks = []
+      for i, q in enumerate(procs):
+        try:
+          stacks.append(f"--- process {i}:\n{q.communicate(timeout=60)[0][-6000:]}")
+        except subprocess.TimeoutExpired:
+          q.kill()
+          stacks.append(f"--- process {i}: no answer to SIGABRT")
+      raise AssertionError(f"{len(procs)} process(es) still running after {timeout:.0f} s; "
+                           "where each was:\n" + "\n".join(stacks)) from None
     if ok:
       assert p.returncode == 0, out[-4000:]
     outs.append(out)

@@ -1,6 +1,8 @@
 """t5jax.fs: a run's files on local disk and in a bucket (a real GCS API server on localhost),
 the same calls for both; TensorBoard events that TensorFlow's reader reads back."""
 
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -69,3 +71,35 @@ def test_a_missing_bucket_is_one_line():
   with pytest.raises(fs.StorageError, match=r"^--run_dir gs://no-such-bucket-t5jax/run is not "
                      r"writable: bucket gs://no-such-bucket-t5jax does not exist: create it"):
     fs.check_writable("gs://no-such-bucket-t5jax/run", "--run_dir")
+
+
+LATE_COMPLETION = """
+import asyncio, tensorstore as ts
+from t5jax import fs
+promise, future = ts.Promise.new()   # a TensorStore write still in flight
+loop = asyncio.new_event_loop()
+async def give_up():                 # the run awaits it, then gives up (one-line error)
+  asyncio.ensure_future(future)
+  await asyncio.sleep(0.01)
+loop.run_until_complete(give_up())
+loop.close()
+promise.set_result(1)                # the write completes later, into the closed loop
+{other}
+print("finished")
+"""
+
+
+@pytest.mark.parametrize("other, printed", [
+    ("", False),
+    # Any other unraisable error is still printed with its traceback.
+    ("class C:\n  def __del__(self):\n    raise ValueError('kept')\nC()", True)],
+    ids=["alone", "beside_another_error"])
+def test_a_write_completing_after_the_run_gave_up_prints_no_traceback(other, printed):
+  """What a storage outage left behind in the pod test's output: TensorStore completing an
+  abandoned write into asyncio's closed loop printed a bare traceback after the one-line
+  error. That case alone is silent."""
+  done = subprocess.run([sys.executable, "-c", LATE_COMPLETION.format(other=other)],
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0 and "finished" in done.stdout, done.stderr[-2000:]
+  assert "Event loop is closed" not in done.stderr, done.stderr[-2000:]
+  assert ("ValueError: kept" in done.stderr) == printed, done.stderr[-2000:]

@@ -134,15 +134,13 @@ def score(args, unused_strategy=None, mesh=None) -> None:
   lengths = dict(max_input_length=args.max_input_length,
                  max_target_length=args.max_target_length, batch_size=args.batch_size,
                  task=args.task)
-  scores = predictor.score(*pairs, **lengths)
-  tokens = predictor.score_tokens(*pairs, **lengths) if args.token_scores else None
+  scored = predictor.score_with_tokens(*pairs, **lengths)  # one pass gives both
   if not _primary():
     return
   with files.open_output(args.output) as out:
-    for n, (record, value) in enumerate(zip(records, scores)):
+    for record, (value, ids, logprobs) in zip(records, scored):
       record = {**record, "log_likelihood": value}
-      if tokens is not None:
-        ids, logprobs = tokens[n]
+      if args.token_scores:
         record.update(target_tokens=predictor.pieces(ids), token_scores=logprobs)
       files.write_record(out, record)
   _report_truncation(predictor, "input(s) or target(s)", args.max_input_length)

@@ -137,8 +137,8 @@ def _check_paths(args) -> None:
     if args.workers < 0:
       raise ValueError(f"--workers={args.workers} must be >= 0 (0 builds in this process).")
     if args.data_dir:
-      from t5jax.data import store_io
-      os.environ["T5JAX_DATA_DIR"] = store_io.normalize(args.data_dir)  # Checked first.
+      from t5jax import store
+      os.environ["T5JAX_DATA_DIR"] = store.normalize(args.data_dir)  # Checked first.
 
 
 def _inference_mesh(args, bindings: list[str]):

@@ -13,7 +13,7 @@ with their randomness keyed by (seed, task, k) (`index_random`). The steps t5jax
   and its noise are keyed by k (`t5jax.data.ul2`);
 * `seqio.preprocessors.append_eos_after_trim` and `append_eos`.
 
-`t5jax.data.task_cache.recipe` refuses, in one line, a task with another step after its cache
+`t5jax.data.task_recipe.recipe` refuses, in one line, a task with another step after its cache
 point. `TaskRecipe` is plain data (JSON), so worker processes rebuild a `TaskView` with numpy
 alone (no SeqIO, no TensorFlow).
 """
@@ -25,7 +25,7 @@ import json
 
 import numpy as np
 
-from t5jax.data import example_store
+from t5jax import store
 from t5jax.data import index_random
 from t5jax.data import noise
 from t5jax.data import ul2
@@ -76,7 +76,7 @@ class TaskView:
 
   def __init__(self, r: TaskRecipe):
     self.recipe = r
-    self._store = example_store.ExampleStore.open(r.store)
+    self._store = store.ExampleStore.open(r.store)
     ops = list(r.ops)
     self._span = self._ul2 = None
     if ops and ops[0][0] == UL2:

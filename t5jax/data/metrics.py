@@ -4,13 +4,12 @@ Targets are single strings/ints, or lists of references for the multi-reference 
 """
 
 import collections
+import functools
 import re
 import string
 from typing import Sequence, Union
 
 import numpy as np
-import sacrebleu
-from rouge_score import rouge_scorer
 
 Refs = Union[str, Sequence[str]]
 
@@ -21,6 +20,7 @@ def _as_list(refs: Refs) -> list[str]:
 
 def bleu(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
   """Corpus BLEU (sacrebleu, 13a tokenization), 0-100."""
+  import sacrebleu  # pylint: disable=g-import-not-at-top  (imported when scored: see _scorer)
   return {"bleu": sacrebleu.corpus_bleu(list(predictions), [list(targets)]).score}
 
 
@@ -40,14 +40,19 @@ def matthews_corrcoef(targets: Sequence[int], predictions: Sequence[int]) -> dic
   return {"matthews_corrcoef": 100.0 * ((tp * tn - fp * fn) / denom if denom else 0.0)}
 
 
-_SCORER = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+@functools.cache
+def _scorer():
+  """The ROUGE scorer, built at the first score: its import (NLTK, SciPy) would otherwise be
+  part of every command's start, evaluation or not."""
+  from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
+  return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
 
 
 def rouge(targets: Sequence[Refs], predictions: Sequence[str]) -> dict[str, float]:
   """Mean ROUGE-1/2/L F-measure x 100, each prediction scored against its best reference."""
   totals = collections.defaultdict(float)
   for refs, prediction in zip(targets, predictions):
-    scores = _SCORER.score_multi(_as_list(refs), prediction)
+    scores = _scorer().score_multi(_as_list(refs), prediction)
     for name, score in scores.items():
       totals[name] += score.fmeasure
   n = max(len(predictions), 1)

@@ -3,7 +3,7 @@ constant time, with the same rows whatever the number of processes.
 
 How a global batch of B rows is made (`t5jax.data.packing` has the details):
   * Each task's SeqIO preprocessing up to its cache point runs once into an on-disk example
-    store (`task_cache`); the random per-example steps (span corruption, EOS) run in numpy on
+    store (`task_store`); the random per-example steps (span corruption, EOS) run in numpy on
     the example being read (`example_ops`), keyed by its position in the task's stream.
   * Row r of every batch is its own stream: mixture draws keyed by (seed, r, draw), and
     position k = r + B * count of each task's endless stream, whose epoch k // n is a fresh
@@ -27,7 +27,7 @@ import seqio
 
 from t5jax.data import packing
 from t5jax.data import registry
-from t5jax.data import task_cache
+from t5jax.data import task_recipe
 from t5jax.data import tf_devices
 from t5jax.data import workers
 
@@ -158,7 +158,7 @@ def _producer(spec: InputSpec, provider, global_batch_size: int, process_index: 
   if sum(rates) <= 0:
     raise ValueError(f"mixture {spec.mixture_or_task!r} has no task with a positive rate")
   lengths = {"inputs": spec.inputs_length, "targets": spec.targets_length}
-  recipes = [task_cache.recipe(t, spec.split, lengths, process_index) for t in tasks]
+  recipes = [task_recipe.recipe(t, spec.split, lengths, process_index) for t in tasks]
   local = global_batch_size // process_count
   rows = np.arange(process_index * local, (process_index + 1) * local)
   if state is None:

@@ -10,7 +10,7 @@ import threading
 
 import tensorflow_datasets as tfds
 
-from t5jax.data import store_io
+from t5jax import store
 from t5jax.data import tf_devices
 from t5jax.data import tfds_builders
 
@@ -27,7 +27,7 @@ def data_location() -> str:
   """`$T5JAX_DATA_DIR` if set (a local path, or a `gs://` URL kept as one), else
   `~/.cache/t5jax/tfds`: where example stores live (read at each call)."""
   env = os.environ.get(DATA_DIR_ENV)
-  return store_io.normalize(env) if env else str(_DEFAULT)
+  return store.normalize(env) if env else str(_DEFAULT)
 
 
 def data_dir() -> pathlib.Path:

@@ -20,7 +20,7 @@ class ShippedTfdsSource(seqio.TfdsDataSource):
   `$T5JAX_DATA_DIR` may be set after `t5jax.data.tasks` is imported. A shard is a contiguous
   slice of the serialized records (its index may be a tensor). With `shuffle`, the shard's
   records are shuffled anew each epoch (seeded, so deterministic). The batch pipeline reads
-  each split once, in file order, into its example store (`task_cache`).
+  each split once, in file order, into its example store (`task_store`).
   """
 
   def __init__(self, dataset: str, splits=None):

@@ -287,9 +287,9 @@ class Predictor:
             batch_size: int = 32, task: str | None = None) -> list[float]:
     """Log-likelihood of each target given its input: the sum of the target
     tokens' log-probabilities, EOS included."""
-    return [float(x) for x, _ in self._score_rows(
-        inputs, targets, self.log_likelihood_tokens, max_input_length, max_target_length,
-        batch_size, task)]
+    return [total for total, _, _ in self.score_with_tokens(
+        inputs, targets, max_input_length=max_input_length,
+        max_target_length=max_target_length, batch_size=batch_size, task=task)]
 
   def score_tokens(self, inputs: Sequence[str], targets: Sequence[str], *,
                    max_input_length: int = 512, max_target_length: int = 512,
@@ -297,14 +297,25 @@ class Predictor:
                    ) -> list[tuple[list[int], list[float]]]:
     """Per target: its token ids (EOS last) and each one's log-probability given the
     input and the tokens before it (t5x's score with intermediates)."""
-    return [(ids, [float(x) for x in row[:len(ids)]]) for row, ids in self._score_rows(
-        inputs, targets, self.token_log_probs, max_input_length, max_target_length,
-        batch_size, task)]
+    return [(ids, logprobs) for _, ids, logprobs in self.score_with_tokens(
+        inputs, targets, max_input_length=max_input_length,
+        max_target_length=max_target_length, batch_size=batch_size, task=task)]
+
+  def score_with_tokens(self, inputs: Sequence[str], targets: Sequence[str], *,
+                        max_input_length: int = 512, max_target_length: int = 512,
+                        batch_size: int = 32, task: str | None = None
+                        ) -> list[tuple[float, list[int], list[float]]]:
+    """Per target: (its log-likelihood, its token ids, each token's log-probability),
+    all from one teacher-forced pass (what `score` and `score_tokens` each give)."""
+    return [(float(total), ids, [float(x) for x in logprobs[:len(ids)]])
+            for (total, logprobs), ids in self._score_rows(
+                inputs, targets, self.target_scores, max_input_length, max_target_length,
+                batch_size, task)]
 
   def _score_rows(self, inputs, targets, fn, max_input_length, max_target_length,
                   batch_size, task) -> list:
     """(fn's row, the target's token ids) per pair, in order; fn(enc [B, S], tgt [B, T],
-    task) runs on batches of similar length."""
+    task) runs on batches of similar length and returns arrays whose rows are the pairs."""
     if len(inputs) != len(targets):
       raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets; give one each.")
     enc_rows = self.encode(inputs, max_input_length)
@@ -316,7 +327,7 @@ class Predictor:
       tgt = self._pad([dec_rows[i] for i in batch], batch_size, max_target_length)
       result = fn(enc, tgt, task)
       for row, i in enumerate(batch):
-        out[i] = (result[row], dec_rows[i])
+        out[i] = (tuple(x[row] for x in result), dec_rows[i])
     return out
 
   def generate_tokens(self, encoder_input_tokens: np.ndarray,
@@ -351,21 +362,26 @@ class Predictor:
         encoder_input_tokens, target_tokens, slots)
     return tuple(np.asarray(x) for x in out)
 
+  def target_scores(self, encoder_input_tokens: np.ndarray, target_tokens: np.ndarray,
+                    task: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher-forced scores of padded [B, S] inputs and [B, T] targets, from one compiled
+    program: (each row's log-likelihood [B], each target token's log-probability [B, T],
+    0 on padding); EOS included."""
+    slots = self.task_slots(task, encoder_input_tokens.shape[0])
+    out = self._run(
+        lambda enc, tgt, slots_b: _target_scores(self.model, self.params, enc, tgt, slots_b),
+        encoder_input_tokens, target_tokens, slots)
+    return tuple(np.asarray(x) for x in out)
+
   def log_likelihood_tokens(self, encoder_input_tokens: np.ndarray,
                             target_tokens: np.ndarray, task: str | None = None) -> np.ndarray:
     """Teacher-forced log-likelihood [B] of padded target tokens (EOS included)."""
-    slots = self.task_slots(task, encoder_input_tokens.shape[0])
-    return np.asarray(self._run(
-        lambda enc, tgt, slots_b: _log_likelihood(self.model, self.params, enc, tgt, slots_b),
-        encoder_input_tokens, target_tokens, slots))
+    return self.target_scores(encoder_input_tokens, target_tokens, task)[0]
 
   def token_log_probs(self, encoder_input_tokens: np.ndarray, target_tokens: np.ndarray,
                       task: str | None = None) -> np.ndarray:
     """Teacher-forced log-probability [B, T] of each padded target token (0 on padding)."""
-    slots = self.task_slots(task, encoder_input_tokens.shape[0])
-    return np.asarray(self._run(
-        lambda enc, tgt, slots_b: _token_log_probs(self.model, self.params, enc, tgt, slots_b),
-        encoder_input_tokens, target_tokens, slots))
+    return self.target_scores(encoder_input_tokens, target_tokens, task)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "strategy"))
@@ -395,19 +411,10 @@ def _teacher_forced(model, params, encoder_tokens, targets, task_slots_b):
           jnp.sum(correct, axis=-1, dtype=jnp.int32))
 
 
-def _target_log_probs(model, params, encoder_tokens, targets, task_slots_b):
-  """Teacher-forced log p(target token) [B, T], 0 on padding."""
+@functools.partial(jax.jit, static_argnames=("model",))
+def _target_scores(model, params, encoder_tokens, targets, task_slots_b):
+  """(sum of log p(target token) over non-padding targets [B], each one [B, T], 0 on
+  padding): one program, so a row's sum is the sum of the tokens it reports."""
   _, token_logp = _forward(model, params, encoder_tokens, targets, task_slots_b)
-  return token_logp * (targets > 0)
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _token_log_probs(model, params, encoder_tokens, targets, task_slots_b):
-  return _target_log_probs(model, params, encoder_tokens, targets, task_slots_b)
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _log_likelihood(model, params, encoder_tokens, targets, task_slots_b):
-  """Teacher-forced sum of log p(target token) over non-padding targets [B]."""
-  return jnp.sum(_target_log_probs(model, params, encoder_tokens, targets, task_slots_b),
-                 axis=-1)
+  token_logp = token_logp * (targets > 0)
+  return jnp.sum(token_logp, axis=-1), token_logp

@@ -13,11 +13,20 @@ import socket
 import struct
 import time
 
+import google_crc32c
 import numpy as np
-from tensorboardX.proto import event_pb2, summary_pb2
-from tensorboardX.record_writer import masked_crc32c
+# TensorFlow's own protocol buffers: TensorFlow is loaded already (SeqIO runs on it), where
+# tensorboardX's would load its writer and with it PyTorch: seconds of every run's start.
+from tensorflow.core.framework import summary_pb2
+from tensorflow.core.util import event_pb2
 
 from t5jax import fs
+
+
+def masked_crc32c(data: bytes) -> int:
+  """TFRecord's checksum: CRC-32C, rotated right by 15 bits plus a constant."""
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def _record(data: bytes) -> bytes:

@@ -11,7 +11,7 @@ import tensorflow as tf
 from t5jax.data import example_ops
 from t5jax.data import index_random
 from t5jax.data import pipeline
-from t5jax.data import task_cache
+from t5jax.data import task_recipe
 from t5jax.data.pipeline import InputSpec
 
 # glue_rte's 2,490 training examples; short lengths keep one example per row cheap to read.
@@ -105,7 +105,7 @@ def test_packing_matches_seqio_feature_converter(t5jax_data_dir):
   rows = 2
   batch = next(pipeline.make_batches(spec, rows, example_ids=True))
   task = seqio.get_mixture_or_task("multi30k_en_fr")
-  view = example_ops.TaskView(task_cache.recipe(task, "train", {"inputs": 64, "targets": 64}))
+  view = example_ops.TaskView(task_recipe.recipe(task, "train", {"inputs": 64, "targets": 64}))
   for pack in (True, False):
     b = batch if pack else next(pipeline.make_batches(
         InputSpec("multi30k_en_fr", inputs_length=64, targets_length=64, shuffle=False,

@@ -4,7 +4,6 @@ resumed together, and a clear exit instead of a hang when one process dies."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,18 +23,12 @@ FLAGS = [
 TOTAL_DEVICES = 4
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def launch(run_dir, num_processes, steps=STEPS, extra=()):
   """Starts `num_processes` training processes sharing TOTAL_DEVICES CPU devices."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count="
-             f"{TOTAL_DEVICES // num_processes}", JAX_PLATFORMS="cpu",
-             **hosts.compile_cache_env())
-  port = free_port()
+             f"{TOTAL_DEVICES // num_processes}", JAX_PLATFORMS="cpu", PYTHONFAULTHANDLER="1",
+             **hosts.compile_cache_env(num_processes))
+  port = hosts.free_port()
   procs = []
   for pid in range(num_processes):
     cmd = [sys.executable, "-m", "t5jax", "train", f"--run_dir={run_dir}",
@@ -48,13 +41,8 @@ def launch(run_dir, num_processes, steps=STEPS, extra=()):
   return procs
 
 
-def wait_all(procs, timeout=600):
-  outs = []
-  for p in procs:
-    out, _ = p.communicate(timeout=timeout)
-    assert p.returncode == 0, out[-3000:]
-    outs.append(out)
-  return outs
+def wait_all(procs, timeout=900):
+  return hosts.wait_all(procs, timeout=timeout)
 
 
 def losses(run_dir):

@@ -1,4 +1,4 @@
-"""Where example stores live: a local directory or a `gs://` URL, reached through TensorStore.
+"""The store's bottom layer: a local directory or a `gs://` URL, reached through TensorStore.
 
 Every byte of a store goes through a TensorStore key-value store (`file` for local paths,
 `gcs` for `gs://bucket/prefix`), so the same code reads a store on the host's disk and one on

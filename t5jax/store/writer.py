@@ -14,8 +14,8 @@ import hashlib
 import numpy as np
 import tensorstore as ts
 
-from t5jax.data import example_store
-from t5jax.data import store_io
+from t5jax.store import kvstore
+from t5jax.store import layout
 
 # Room for the arrays' shapes while the shard's length is unknown (resized at commit).
 _MAX_LENGTH = 1 << 44
@@ -25,16 +25,15 @@ class _Array:
   """One growing 1-D zarr3 array, written in whole sharding objects."""
 
   def __init__(self, location: str, shard: int, feature: str, kind: str, dtype: str):
-    self.where = store_io.join(location, example_store.shard_name(shard), f"{feature}.{kind}")
-    self.object = example_store.TOKENS_OBJECT if kind == "tokens" else \
-        example_store.OFFSETS_OBJECT
+    self.where = kvstore.join(location, layout.shard_name(shard), f"{feature}.{kind}")
+    self.object = layout.TOKENS_OBJECT if kind == "tokens" else layout.OFFSETS_OBJECT
     self.dtype = np.dtype(dtype)
     try:
       self.array = ts.open(
-          example_store.array_spec(location, shard, feature, kind, dtype, _MAX_LENGTH),
-          context=store_io.context(), create=True, delete_existing=True).result()
+          layout.array_spec(location, shard, feature, kind, dtype, _MAX_LENGTH),
+          context=kvstore.context(), create=True, delete_existing=True).result()
     except Exception as e:  # noqa: BLE001
-      raise store_io.explain(self.where, e, "cannot create") from None
+      raise kvstore.explain(self.where, e, "cannot create") from None
     self.written = 0
     self.buffer: list[np.ndarray] = []
     self.buffered = 0
@@ -56,7 +55,7 @@ class _Array:
       try:
         self.array[self.written:self.written + n].write(data[:n]).result()
       except Exception as e:  # noqa: BLE001
-        raise store_io.explain(self.where, e, "cannot write") from None
+        raise kvstore.explain(self.where, e, "cannot write") from None
     self.written += n
     self.buffer = [data[n:]] if n < len(data) else []
     self.buffered = len(data) - n
@@ -67,7 +66,7 @@ class _Array:
       self.array.resize(exclusive_max=[self.written], resize_metadata_only=True,
                         shrink_only=True).result()
     except Exception as e:  # noqa: BLE001
-      raise store_io.explain(self.where, e, "cannot finish") from None
+      raise kvstore.explain(self.where, e, "cannot finish") from None
     return self.written
 
 
@@ -103,5 +102,5 @@ class ShardWriter:
       record["sha256"][f] = self.tokens[f].sha256.hexdigest()
       record["bytes"] += record["num_tokens"][f] * self.tokens[f].dtype.itemsize + \
           (self.num_examples + 1) * 8
-    store_io.Directory(self.location).write_json(example_store.commit_key(self.index), record)
+    kvstore.Directory(self.location).write_json(layout.commit_key(self.index), record)
     return record

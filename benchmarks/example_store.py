@@ -1,6 +1,6 @@
 """The example-store build and read at corpus scale, measured in one run.
 
-    python benchmarks/task_cache.py --sizes_gb 0.25 1 4 --workers 1 2 --out results/task_cache.jsonl
+    python benchmarks/example_store.py --sizes_gb 0.25 1 4 --workers 1 2 --out results/example_store.jsonl
 
 For each size, a plain-text corpus (documents of real English sentences from the shipped
 WikiText-2, one document a line, in 64 MB files) is synthesized, then `t5jax cache` builds

@@ -1,4 +1,5 @@
-"""A task's source cut into units of parallel work, and each unit's examples as batches.
+"""A task's source cut into units of parallel work (one shard of its store each), and each
+unit's examples as batches.
 
 A unit is plain JSON, so that a Beam worker anywhere can run it from the task's name:
 
@@ -15,15 +16,20 @@ whatever the number of workers: the store does not depend on how it was built.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
 import itertools
 import os
+import sys
 from typing import Iterator
 
 import numpy as np
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from t5jax.data import task_steps
 
 # A unit of a large text file; about 16 M T5 tokens of English, a minute of one core.
 RANGE_BYTES = 64 << 20
@@ -264,3 +270,33 @@ def feature_names(task: seqio.Task, ds: tf.data.Dataset) -> list[str]:
         f"task {task.name!r} produces none of its output features {list(task.output_features)} "
         "before its CacheDatasetPlaceholder; tokenize before the placeholder")
   return names
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitExamples:
+  """A task's units' examples for its store's build (`t5jax.store.Job.examples`): unit ->
+  (feature names, the largest vocabulary's size, `examples`' batches).
+
+  Plain data, which Beam pickles: a worker finds the task by name after importing t5jax's
+  tasks and the user's `modules` (from `cwd`); a build in this process is given the `task`.
+  """
+  task_name: str
+  split: str
+  modules: tuple = ()
+  threads: int = 0
+  cwd: str = ""
+  task: seqio.Task | None = None
+
+  def _find(self) -> seqio.Task:
+    from t5jax.data import tasks  # noqa: F401 pylint: disable=g-import-not-at-top,unused-import
+    if self.cwd and self.cwd not in sys.path:
+      sys.path.insert(0, self.cwd)  # A user's module beside the command, as on the driver.
+    for module in self.modules:
+      importlib.import_module(module)
+    return seqio.get_mixture_or_task(self.task_name)
+
+  def __call__(self, unit: dict) -> tuple:
+    task = self.task or self._find()
+    pre, _ = task_steps.split_preprocessors(task)
+    names, batches = examples(task, self.split, unit, pre, self.threads)
+    return names, max(task.output_features[k].vocabulary.vocab_size for k in names), batches

@@ -1,19 +1,8 @@
-"""Random access to a task's tokenized examples: a sharded, jagged token store.
+"""Random access to a store's tokenized examples: a sharded, jagged token store.
 
-A store is a directory, on local disk or at a `gs://` URL (`store_io`):
-
-    plan.json                    what the build will write (task, split, units, fingerprint)
-    shard-00000/targets.tokens   zarr3 array: the shard's examples' tokens, concatenated
-    shard-00000/targets.offsets  zarr3 array, int64 [rows + 1]: where each example starts
-    commits/shard-00000.json     written when the shard is complete (counts, sha256)
-    manifest.json                written last: the shards, counts, fingerprint
-
-Tokens are uint16 where the vocabulary fits (T5's 32,128 ids), uint32 otherwise (mT5's
-250k). Each array is one zarr3 "sharding" object per 2^23 tokens (2^18 offsets), made of
-4,096-token chunks with a crc32c each, so that a random read fetches a few KB, a torn or
-damaged chunk fails its checksum instead of being read, and TensorStore reads the bytes
-where they lie (`store_io`). Only a manifest makes a store: a build killed half way leaves
-none, and its committed shards are kept for the resume (`cache_build`).
+The store's files are `layout`'s, read through TensorStore where they lie (`kvstore`). Only
+a manifest makes a store: a build killed half way leaves none, and its committed shards are
+kept for the resume (`beam_build`).
 
 Example `i` of the split is row `i - first[s]` of shard `s = searchsorted(first, i)`:
 O(log shards). Small local stores are read whole into memory at open (fast slicing for the
@@ -28,60 +17,17 @@ import os
 import numpy as np
 import tensorstore as ts
 
-from t5jax.data import store_io
+from t5jax.store import layout
+from t5jax.store import kvstore
 
-FORMAT = 2
-MANIFEST = "manifest.json"
-PLAN = "plan.json"
-COMMITS = "commits/"
-# Tokens per zarr3 sharding object and per chunk inside it; offsets likewise.
-TOKENS_OBJECT, TOKENS_CHUNK = 1 << 23, 1 << 12
-OFFSETS_OBJECT, OFFSETS_CHUNK = 1 << 18, 1 << 9
 # Local stores up to this size are read whole into memory when opened.
 IN_MEMORY_BYTES_ENV = "T5JAX_STORE_IN_MEMORY_BYTES"
 IN_MEMORY_BYTES = 32 << 20
 
 
-def token_dtype(vocab_size: int) -> str:
-  return "uint16" if vocab_size <= 1 << 16 else "uint32"
-
-
-def shard_name(index: int) -> str:
-  return f"shard-{index:05d}"
-
-
-def array_spec(location: str, shard: int, feature: str, kind: str, dtype: str,
-               length: int | None = None) -> dict:
-  """TensorStore spec of one shard's `kind` ("tokens"/"offsets") array of `feature`."""
-  obj, chunk = (TOKENS_OBJECT, TOKENS_CHUNK) if kind == "tokens" else (OFFSETS_OBJECT,
-                                                                      OFFSETS_CHUNK)
-  spec = {
-      "driver": "zarr3",
-      "kvstore": store_io.kvstore_spec(
-          store_io.join(location, shard_name(shard), f"{feature}.{kind}")),
-  }
-  if length is not None:
-    spec["metadata"] = {
-        "shape": [length],
-        "data_type": dtype,
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [obj]}},
-        "codecs": [{"name": "sharding_indexed", "configuration": {
-            "chunk_shape": [chunk],
-            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
-                       {"name": "crc32c"}],
-            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
-                             {"name": "crc32c"}]}}],
-    }
-  return spec
-
-
-def commit_key(index: int) -> str:
-  """The key of shard `index`'s commit record, under the store's location."""
-  return f"{COMMITS}{shard_name(index)}.json"
-
-
-def rebuild_hint(task: str, split: str) -> str:
-  return f"t5jax cache --task {task} --split {split} --rebuild"
+def exists(location) -> bool:
+  """Whether a complete store (one with a manifest) is at `location`."""
+  return kvstore.Directory(location).read(layout.MANIFEST) is not None
 
 
 @dataclasses.dataclass
@@ -108,7 +54,7 @@ class ExampleStore:
         for f in self.features}
     self._shards: dict[int, _Shard] = {}
     limit = int(os.environ.get(IN_MEMORY_BYTES_ENV, IN_MEMORY_BYTES))
-    self.in_memory = not store_io.is_gcs(location) and int(manifest["bytes"]) <= limit
+    self.in_memory = not kvstore.is_gcs(location) and int(manifest["bytes"]) <= limit
 
   def num_tokens(self, feature: str) -> int:
     return int(self._first_token[feature][-1])
@@ -122,23 +68,24 @@ class ExampleStore:
     """Opens a complete store (one with a manifest).
 
     Raises:
-      store_io.StoreError: (one line) no manifest, an old format, or an unreadable location.
+      kvstore.StoreError: (one line) no manifest, an old format, or an unreadable location.
     """
-    location = store_io.normalize(location)
-    directory = store_io.Directory(location)
-    manifest = directory.read_json(MANIFEST)
+    location = kvstore.normalize(location)
+    directory = kvstore.Directory(location)
+    manifest = directory.read_json(layout.MANIFEST)
     if manifest is None:
       if directory.read("info.json") is not None:
-        raise store_io.StoreError(
+        raise kvstore.StoreError(
             f"{location} is an example store of t5jax's old format (one .npy per feature); "
             "delete it and run `t5jax cache` (or train: small stores rebuild on first use)")
-      raise store_io.StoreError(
-          f"no example store at {location} (no {MANIFEST}: never built, or its build did not "
-          "finish); run `t5jax cache --task TASK --split SPLIT`")
-    if manifest.get("format") != FORMAT:
-      raise store_io.StoreError(
+      raise kvstore.StoreError(
+          f"no example store at {location} (no {layout.MANIFEST}: never built, or its build did "
+          "not finish); run `t5jax cache --task TASK --split SPLIT`")
+    if manifest.get("format") != layout.FORMAT:
+      hint = layout.rebuild_hint(manifest.get("task"), manifest.get("split"))
+      raise kvstore.StoreError(
           f"{location} is an example store of format {manifest.get('format')}, this t5jax "
-          f"reads format {FORMAT}; run `{rebuild_hint(manifest.get('task'), manifest.get('split'))}`")
+          f"reads format {layout.FORMAT}; run `{hint}`")
     return cls(location, manifest)
 
   def _shard(self, s: int) -> _Shard:
@@ -154,9 +101,9 @@ class ExampleStore:
             ("tokens", self.manifest["dtype"], tokens, record["num_tokens"][f])):
           # A committed shard never changes: what was cached since this open is not
           # revalidated (on GCS, a request saved per cached chunk and shard index).
-          arr = ts.open({**array_spec(self.location, s, f, kind, dtype),
+          arr = ts.open({**layout.array_spec(self.location, s, f, kind, dtype),
                          "recheck_cached_data": "open", "recheck_cached_metadata": "open"},
-                        context=store_io.context(), open=True).result()
+                        context=kvstore.context(), open=True).result()
           if arr.shape != (length,):
             raise ValueError(f"{f}.{kind} has shape {arr.shape}, the manifest says ({length},):"
                              " it does not match")
@@ -166,17 +113,17 @@ class ExampleStore:
     shard = self._shards[s] = _Shard(s, tokens, offsets)
     return shard
 
-  def _error(self, s: int, error: BaseException) -> store_io.StoreError:
+  def _error(self, s: int, error: BaseException) -> kvstore.StoreError:
     """One line for a shard that cannot be read: missing or damaged ones name the rebuild."""
-    where = store_io.join(self.location, shard_name(s))
+    where = kvstore.join(self.location, layout.shard_name(s))
     text = " ".join(str(error).split())
     low = text.lower()
     if any(k in low for k in ("not found", "not_found", "does not match", "digest", "data_loss",
                               "checksum")):
-      return store_io.StoreError(
+      return kvstore.StoreError(
           f"cannot read shard {where} of the manifest ({text[:200]}); run "
-          f"`{rebuild_hint(self.manifest['task'], self.manifest['split'])}`")
-    return store_io.explain(where, error, "cannot read shard")
+          f"`{layout.rebuild_hint(self.manifest['task'], self.manifest['split'])}`")
+    return kvstore.explain(where, error, "cannot read shard")
 
   def _read(self, parts: list[tuple[_Shard, str, int, int]]) -> list[np.ndarray]:
     """Token ranges [(shard, feature, start, stop)] as int32 arrays, read concurrently."""
