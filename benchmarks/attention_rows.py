@@ -1,7 +1,7 @@
 """Row-by-row attention on one CPU device against the batched einsums, in one process.
 
-layers.attend() takes long rows one input row at a time on a single CPU device
-(see layers._attend_row_by_row). This times, with the two sides taking turns call
+attention_kernels.attend() takes long rows one input row at a time on a single CPU device
+(attention_kernels.attend_row_by_row). This times, with the two sides taking turns call
 by call (decode.paired_times): the attention alone (forward, and forward plus
 backward), the encoder of a t5jax model, and greedy decoding (encoder included),
 each once with config.attention_row_by_row and once without. Random weights;
@@ -23,7 +23,7 @@ import numpy as np
 
 from t5jax.decode import decoding
 from t5jax.model import config as model_config
-from t5jax.model import layers, t5
+from t5jax.model import attention_kernels, devices, t5
 
 import decode  # noqa: E402 (benchmarks/decode.py, beside this script)
 
@@ -57,7 +57,7 @@ def paired(name: str, fns: dict, args, repeats: int, check) -> dict:
 
 def main(argv=None):
   args = parse_args(argv)
-  if not layers.on_one_cpu_device():
+  if not devices.on_one_cpu_device():
     raise SystemExit(f"Row-by-row attention runs only on one CPU device; this process has "
                      f"{jax.device_count()} {jax.default_backend()} device(s). Unset "
                      "XLA_FLAGS=--xla_force_host_platform_device_count (or JAX_PLATFORMS=cpu "
@@ -83,7 +83,7 @@ def main(argv=None):
   all_close = lambda got, want: [close(g, w) for g, w in zip(got, want)]
   same_tokens = np.testing.assert_array_equal
   per_side = lambda make: {side: make(cfgs[side], models[side]) for side in cfgs}
-  attend = lambda c: lambda q, k, v, bias: layers.attend(c, q, k, v, mask_bss, bias)
+  attend = lambda c: lambda q, k, v, bias: attention_kernels.attend(c, q, k, v, mask_bss, bias)
   grads = lambda c: jax.grad(lambda *a: jnp.sum(attend(c)(*a) * probe), argnums=(0, 1, 2, 3))
   strategy = decoding.DecodeConfig("greedy")
   print(f"{args.model} ({cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers) float32, "

@@ -9,9 +9,10 @@ With --recipes and no --case, it writes the recipes and the table of what --out 
 
 Each case is MODEL:RUN:TYPE. RUN `pretrain` is runs/pretrain.gin (batch 128, 512/114,
 bf16, no dropout); `finetune` is runs/finetune.gin at T5's fine-tuning batch (128,
-512/114) in bf16 with its dropout of 0.1. Searches run one process at a time; their compile
-reports are cached (~/.cache/t5jax/compile_reports, or $T5JAX_COMPILE_CACHE), so a rerun
-only compiles what is new. One JSON line per case, and a markdown table at the end.
+512/114) with its dropout of 0.1, in bf16 (not the CPU demo's float32 it inherits).
+Searches run one process at a time; their compile reports are cached
+(~/.cache/t5jax/compile_reports, or $T5JAX_COMPILE_CACHE), so a rerun only compiles what
+is new. One JSON line per case, and a markdown table at the end.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ RUNS = {
     "pretrain": ["--gin_file=runs/pretrain.gin"],
     "finetune": ["--gin_file=runs/finetune.gin", "--gin.TrainConfig.batch_size=128",
                  "--gin.InputSpec.inputs_length=512", "--gin.InputSpec.targets_length=114",
-                 "--gin.TrainConfig.model_overrides={'dropout_rate': 0.1}"],
+                 "--gin.ModelSettings.dtype='bfloat16'"],
+}
+# Why a recipe binds what it does where the run's gin files say otherwise: written above
+# the binding.
+NOTES = {
+    "ModelSettings.dtype = 'bfloat16'": (
+        "# bfloat16 activations, as `--fit` compiled this run (the peak above is theirs); without\n"
+        "# this line runs/finetune.gin's float32, meant for the CPU demo, would apply."),
 }
 
 
@@ -123,7 +131,9 @@ def write_recipe(row: dict, recipes: str) -> pathlib.Path:
                         fit["estimated_bytes"], 0.0, 0.0, report=fit["report"])
   path = pathlib.Path(recipes) / accelerator_type / f"{model}_{run}.gin"
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(writers.recipe(winner, train_config, accelerator_type, 1, gin_files, extra))
+  text = writers.recipe(winner, train_config, accelerator_type, 1, gin_files, extra)
+  path.write_text("\n".join(f"{NOTES[line]}\n{line}" if line in NOTES else line
+                            for line in text.split("\n")))
   return path
 
 

@@ -47,18 +47,16 @@ PRIMARY_METRIC = {
     "multi30k_en_fr": "bleu", "scitldr": "rougeL", "xquad_en": "f1",
 }
 BASE_GIN = "experiments/supervised_base.gin"
-MODEL_BASE = "'dtype': 'float32', 'dropout_rate': 0.0"
-SLOTS = "'task_slots': (" + ", ".join(f"'{t}'" for t in TASKS) + ",)"
+SLOTS = "ModelSettings.task_slots = (" + ", ".join(f"'{t}'" for t in TASKS) + ",)"
 
 # name: (description, gin bindings)
 VARIANTS = {
     "hard": ("hard sharing (T5): every parameter shared", []),
     "soft": ("soft sharing: decoder layers per task, lambda = 0.01",
-             [f"TrainConfig.model_overrides = {{{MODEL_BASE}, {SLOTS}, "
-              "'task_specific': ('decoder.layer',)}",
+             [SLOTS, "ModelSettings.task_specific = ('decoder.layer',)",
               "LossConfig.soft_sharing_l2 = 0.01"]),
     "adapters": ("adapters: a 32-wide adapter per task after every layer",
-                 [f"TrainConfig.model_overrides = {{{MODEL_BASE}, {SLOTS}, 'adapter_dim': 32}}"]),
+                 [SLOTS, "ModelSettings.adapter_dim = 32"]),
     "uncertainty": ("hard sharing + uncertainty weighting (per-task mean losses)",
                     ["LossConfig.normalization = 'per_task'",
                      "LossConfig.task_weighting = 'uncertainty'"]),

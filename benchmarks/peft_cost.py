@@ -126,13 +126,12 @@ def tpu_memory(model_name: str, accelerator_type: str, batch: int) -> dict:
   full remat, bf16 activations), per variant: peak bytes per chip and whether it fits."""
   out = {}
   for variant, gin_files in GIN.items():
-    overrides = {"dtype": "bfloat16", "dropout_rate": 0.1, "scan_layers": True,
-                 "remat_policy": "full"}
+    settings = {"dtype": "bfloat16", "scan_layers": True, "remat_policy": "full"}
     cmd = [sys.executable, "-m", "t5jax", "compile", "--topology", accelerator_type,
            "--gin_file=runs/finetune.gin", *[f"--gin_file={g}" for g in gin_files],
            f"--gin_file=models/{model_name}.gin", f"--gin.TrainConfig.batch_size={batch}",
            "--gin.InputSpec.inputs_length=512", "--gin.InputSpec.targets_length=114",
-           f"--gin.TrainConfig.model_overrides={overrides!r}"]
+           *[f"--gin.ModelSettings.{name}={value!r}" for name, value in settings.items()]]
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode:

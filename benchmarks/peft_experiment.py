@@ -43,15 +43,12 @@ VARIANTS = {
     "lora": ("LoRA r=8 on q, v (one for all tasks)", ["runs/finetune.gin", "runs/lora.gin"], []),
     "lora_per_task": ("LoRA r=8 on q, v, one per task",
                       ["runs/finetune.gin", "runs/lora.gin"],
-                      ["PeftConfig.per_task=True",
-                       "TrainConfig.model_overrides={'dtype': 'float32', 'dropout_rate': 0.1, "
-                       f"'task_slots': {SLOTS}}}"]),
+                      ["PeftConfig.per_task=True", f"ModelSettings.task_slots={SLOTS}"]),
     "lora_lr3e-3": ("LoRA as above, AdamW 3e-3 (one for all tasks)",
                     ["runs/finetune.gin", "runs/lora.gin"], ["OptimizerConfig.learning_rate=0.003"]),
     "lora_per_task_lr3e-3": ("LoRA per task, AdamW 3e-3", ["runs/finetune.gin", "runs/lora.gin"],
                              ["OptimizerConfig.learning_rate=0.003", "PeftConfig.per_task=True",
-                              "TrainConfig.model_overrides={'dtype': 'float32', "
-                              f"'dropout_rate': 0.1, 'task_slots': {SLOTS}}}"]),
+                              f"ModelSettings.task_slots={SLOTS}"]),
     "lora_all_r2": ("LoRA r=2 on every projection (q, k, v, o, wi, wo), AdamW 3e-3, one "
                     "for all tasks", ["runs/finetune.gin", "runs/lora.gin"],
                     ["OptimizerConfig.learning_rate=0.003", "PeftConfig.lora_rank=2",

@@ -22,10 +22,10 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SETTINGS = {
     "plain": [],
-    "scan_full": ["--gin.TrainConfig.model_overrides={'scan_layers': True, "
-                  "'remat_policy': 'full'}"],
-    "full": ["--gin.TrainConfig.model_overrides={'remat_policy': 'full'}"],
-    "qblock": ["--gin.TrainConfig.model_overrides={'attention_query_block': 128}"],
+    "scan_full": ["--gin.ModelSettings.scan_layers=True",
+                  "--gin.ModelSettings.remat_policy='full'"],
+    "full": ["--gin.ModelSettings.remat_policy='full'"],
+    "qblock": ["--gin.ModelSettings.attention_query_block=128"],
 }
 
 

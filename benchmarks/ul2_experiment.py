@@ -46,7 +46,7 @@ def pretrain(args, name: str, task: str) -> str:
                f"--gin.TrainConfig.batch_size={args.batch}",
                f"--gin.TrainConfig.num_steps={args.steps}", "--gin.TrainConfig.log_every=10",
                "--gin.TrainConfig.num_sample_predictions=0",
-               "--gin.TrainConfig.model_overrides={'dtype': 'float32', 'dropout_rate': 0.0}",
+               "--gin.ModelSettings.dtype='float32'", "--gin.ModelSettings.dropout_rate=0.0",
                "--gin.OptimizerConfig.decay_start=100", "--gin.OptimizerConfig.warmup_steps=10",
                f"--gin.CheckpointConfig.every_steps={args.steps}"])
   return run_dir

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
 import os
+import re
 import tokenize
 from pathlib import Path
 
@@ -61,7 +63,22 @@ def _set_include_search_paths() -> None:
 
 def _first_line(error: Exception) -> str:
   text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
+  return _with_close_parameters(text.splitlines()[0]) if text else type(error).__name__
+
+
+_UNKNOWN_PARAMETER = re.compile(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'")
+
+
+def _with_close_parameters(message: str) -> str:
+  """gin's message for a misspelt parameter, with the configurable's closest parameters."""
+  match = _UNKNOWN_PARAMETER.search(message)
+  # gin has no public way to read a configurable's parameters, hence its private registry.
+  found = match and gin.config._REGISTRY.get_match(match.group(1))  # noqa: SLF001
+  if not found:
+    return message
+  close = difflib.get_close_matches(match.group(2), inspect.signature(found.wrapped).parameters,
+                                    n=3, cutoff=0.6)
+  return f"{message} Did you mean {', '.join(close)}?" if close else message
 
 
 class _QuietIncludeLookups(logging.Filter):

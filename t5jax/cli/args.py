@@ -124,7 +124,7 @@ def _compile(sub) -> None:
                    help="compile a decoding batch instead of the train step: what `t5jax eval` "
                    "and `infer` need per device (EvalConfig's batch_size, lengths and "
                    "strategy; bfloat16 parameters with "
-                   "--gin.TrainConfig.model_overrides=\"{'param_dtype': 'bfloat16'}\")")
+                   "--gin.ModelSettings.param_dtype=\"'bfloat16'\")")
   aot.add_argument("--fit", action="store_true",
                    help="with --topology: search remat, scanned layers, the attention's query "
                    "block, microbatches and the FSDP/tensor split for the fastest estimated "

@@ -22,7 +22,7 @@ import numpy as np
 
 from t5jax.decode import beam_search, vocab_reduce
 from t5jax.decode.logits_processors import RepetitionGuard
-from t5jax.model import layers
+from t5jax.model import devices, layers
 
 PAD_ID = 0  # T5 starts decoding from the pad id
 EOS_ID = 1
@@ -135,7 +135,7 @@ def prepare_weights(model, params):
   that much memory, so make them once per set of weights (as inference.Predictor
   does), not per call.
   """
-  if isinstance(params, DecodeWeights) or not layers.on_one_cpu_device():
+  if isinstance(params, DecodeWeights) or not devices.on_one_cpu_device():
     return params
   decoder = params["decoder"]
   if model.config.has_task_parameters:
@@ -392,7 +392,7 @@ def _logits_vocab_major(model, params, rows: int) -> bool:
   out [V, rows] (t5.Decoder's choice: a tied embedding, or an untied output
   kernel's [out, in] copy, on one CPU device, for rows that layers.reads_out_in)."""
   cfg = model.config
-  if not (layers.on_one_cpu_device() and layers.reads_out_in(rows, cfg.vocab_size)):
+  if not (devices.on_one_cpu_device() and layers.reads_out_in(rows, cfg.vocab_size)):
     return False
   return cfg.tie_word_embeddings or (
       isinstance(params, DecodeWeights) and "logits_dense" in params.layouts.get("decoder", {}))

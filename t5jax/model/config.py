@@ -99,7 +99,7 @@ class T5Config:
       become 3 x 96 MiB with 128). Same result; 0 computes all queries at once.
     attention_row_by_row: on a single CPU device, the einsums' attention over rows
       of at least 128 x 128 query-key pairs per head runs one input row at a time,
-      so that a row's scores stay in the CPU's cache (see layers._attend_row_by_row).
+      so that a row's scores stay in the CPU's cache (attention_kernels.attend_row_by_row).
       Same result; False computes the whole batch at once everywhere.
     lora_rank: LoRA (Hu et al. 2021) on the projections named in lora_targets: W x +
       (lora_alpha / lora_rank) B A dropout(x), A [in, r] and B [r, out] (B zero at
@@ -192,8 +192,8 @@ class T5Config:
       raise ValueError(f"adapter_dim must be >= 0, got {self.adapter_dim}.")
     if self.has_task_parameters and not self.task_slots:
       raise ValueError("task_specific, adapter_dim and peft_per_task need task_slots (one per "
-                       "task or task group), e.g. model_overrides={'task_slots': ('glue_.*', "
-                       "'scitldr')}.")
+                       "task or task group), e.g. ModelSettings.task_slots = ('glue_.*', "
+                       "'scitldr').")
     for slot in self.task_slots:
       try:
         re.compile(slot)
@@ -232,8 +232,8 @@ class T5Config:
     if self.peft_per_task and not (self.lora_rank or self.prompt_length):
       # (Its task_slots are checked with the other per-task parameters'.)
       raise ValueError("peft_per_task needs LoRA (lora_rank) or a prompt (prompt_length), e.g. "
-                       "model_overrides={'task_slots': ('glue_.*', 'scitldr'), 'lora_rank': 8, "
-                       "'peft_per_task': True}.")
+                       "PeftConfig.lora_rank = 8 with PeftConfig.per_task = True and "
+                       "ModelSettings.task_slots = ('glue_.*', 'scitldr').")
   def lora_fans(self, target: str) -> tuple[int, int]:
     """(inputs, outputs) of the projection a LoRA target adapts."""
     inner = self.num_heads * self.d_kv

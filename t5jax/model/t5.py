@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5jax.model import layers, peft, task_routing
+from t5jax.model import devices, layers, peft, task_routing
 from t5jax.model.config import T5Config
 
 constrain = nn.with_logical_constraint
@@ -257,7 +257,7 @@ class Decoder(nn.Module):
     if layout == "DV":
       logits_btv = layers.dense(self, "BTD,DV->BTV", y_btd, kernel, "logits_dense",
                                 preferred_element_type=jnp.float32)
-    elif (decode and layers.on_one_cpu_device()
+    elif (decode and devices.on_one_cpu_device()
           and layers.reads_out_in(y_btd.shape[0] * t, cfg.vocab_size)):
       # A tied kernel is [V, D], [out, in] already: no copy to prepare.
       logits_btv = layers.out_in_matmul(y_btd, kernel, preferred_element_type=jnp.float32)

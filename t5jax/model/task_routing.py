@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5jax.model import layers
+from t5jax.model import attention_kernels, layers
 from t5jax.model.config import T5Config
 # The block plumbing lives in slot_blocks (LoRA routes with it too); re-exported here.
 from t5jax.model.slot_blocks import (  # noqa: F401
@@ -124,8 +124,8 @@ def _routed_attention(parent: nn.Module, name: str, slots_bt, kv_slots_bs, x_btd
   q_btnh = project(q_blocks, x_jcd, w["query"], x_btd.shape[:2])
   k_bsnh = project(kv_blocks, kv_jcd, w_kv["key"], kv_bsd.shape[:2])
   v_bsnh = project(kv_blocks, kv_jcd, w_kv["value"], kv_bsd.shape[:2])
-  out_btnh = layers.attend(cfg, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts,
-                           layers.attention_dropout_rng(parent, cfg, deterministic))
+  out_btnh = attention_kernels.attend(cfg, q_btnh, k_bsnh, v_bsnh, mask_bts, bias_nts,
+                                      layers.attention_dropout_rng(parent, cfg, deterministic))
   out_btnh = constrain(out_btnh, axes)
   # (N, H) contracted as one N*H axis, as layers.Attention does.
   out_jcnh, w_out_jnhd = dispatch(q_blocks, out_btnh), w["out"]

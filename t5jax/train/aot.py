@@ -99,7 +99,7 @@ def compile_decode(config, devices=None, accelerator_type: str | None = None,
   host's) or a TPU slice: decoding with EvalConfig.strategy a batch of
   EvalConfig.batch_size rows of EvalConfig.inputs_length tokens into targets_length,
   with the parameters in the model's param_dtype (`--param_dtype bfloat16` at inference:
-  TrainConfig.model_overrides={'param_dtype': 'bfloat16'}) sharded as in training.
+  ModelSettings.param_dtype = 'bfloat16') sharded as in training.
   Returns per-device bytes (and, for a slice, whether they fit the chip's HBM)."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from t5jax.decode import decoding  # pylint: disable=g-import-not-at-top
@@ -260,7 +260,7 @@ def format_report(r: dict) -> str:
          f"DOES NOT FIT ({-r['headroom']:.0%} over"
          + ("" if r.get("compiled", True) else
             "; libtpu refused the step, naming the temporaries it needs")
-         + "): try model_overrides {'remat_policy': 'full', 'scan_layers': True}, "
+         + "): try ModelSettings.remat_policy = 'full' and ModelSettings.scan_layers = True, "
          "TrainConfig.microbatches, more FSDP, or a larger slice"),
       f"  roofline: {r['roofline_step_s'] * 1e3:.1f} ms per step ({r['bound']}-bound: compute "
       f"{r['roofline_compute_s'] * 1e3:.1f} ms at the bf16 peak, HBM traffic "

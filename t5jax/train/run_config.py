@@ -14,9 +14,11 @@ from t5jax.train import losses, optim
 from t5jax.parallel import partitioning
 from t5jax.data import pipeline
 from t5jax.model import config as model_config
+from t5jax.model import settings
 
 InputSpec = gin.external_configurable(pipeline.InputSpec, name="InputSpec")
 MeshConfig = gin.external_configurable(partitioning.MeshConfig, name="MeshConfig")
+ModelSettings = gin.external_configurable(settings.ModelSettings, name="ModelSettings")
 
 
 PROMPT_INITS = ("vocab", "labels")
@@ -25,9 +27,9 @@ PROMPT_INITS = ("vocab", "labels")
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class PeftConfig:
-  """Parameter-efficient fine-tuning (model/peft.py), set apart from model_overrides so
+  """Parameter-efficient fine-tuning (model/peft.py), set apart from the model settings so
   that a recipe (runs/lora.gin, runs/prompt_tuning.gin) goes on top of any run. Fields
-  left at their defaults leave the model's T5Config (model_overrides included) as is.
+  left at their defaults leave the model's T5Config (ModelSettings included) as is.
 
   Attributes:
     lora_rank: LoRA rank r (0: no LoRA). PEFT's default for T5: 8.
@@ -75,8 +77,12 @@ class TrainConfig:
 
   Attributes:
     model: a size from t5jax.model.config.SIZES, e.g. "t5_1_1_base".
-    model_overrides: T5Config fields to change, e.g. {"dtype": "float32"}.
-    peft: LoRA and prompt tuning (applied over model_overrides).
+    model_settings: the T5Config fields to change, one binding each
+      (`ModelSettings.dtype = 'float32'`), so that a later gin file or flag changes one.
+    model_overrides: T5Config fields to change as one dict bound whole, e.g.
+      {"dtype": "float32"} (a later binding replaces all of it); applied after
+      model_settings. ModelSettings says the same field by field.
+    peft: LoRA and prompt tuning (applied over model_settings and model_overrides).
     data: what to read (task or mixture, lengths, packing, seed).
     batch_size: global batch size in sequences (packed rows).
     num_steps: optimizer steps.
@@ -97,6 +103,7 @@ class TrainConfig:
       `TrainConfig.sample_decoding = @samples/DecodeConfig()` with beam search).
   """
   model: str = "t5_1_0_tiny"
+  model_settings: settings.ModelSettings = dataclasses.field(default_factory=ModelSettings)
   model_overrides: dict = dataclasses.field(default_factory=dict)
   peft: PeftConfig = dataclasses.field(default_factory=PeftConfig)
   data: pipeline.InputSpec = dataclasses.field(default_factory=InputSpec)
@@ -123,6 +130,10 @@ class TrainConfig:
         raise ValueError(f"TrainConfig.{field} must be positive, got {getattr(self, field)}.")
 
   def model_config(self) -> model_config.T5Config:
-    """The model's T5Config: the size, then model_overrides, then the PEFT settings."""
-    return model_config.get_config(self.model, **{**self.model_overrides,
+    """The model's T5Config: the size, then model_settings, then model_overrides, then the
+    PEFT settings (made once from all of them: a change may need another's, e.g.
+    task_specific needs task_slots)."""
+    overrides = settings.from_dict(self.model_overrides)
+    return model_config.get_config(self.model, **{**self.model_settings.changes(),
+                                                  **overrides.changes(),
                                                   **self.peft.overrides()})

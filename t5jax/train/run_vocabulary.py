@@ -64,7 +64,7 @@ def check_model(vocabulary: seqio.Vocabulary, embedding_rows: int, model: str) -
     raise ValueError(
         f"The vocabulary ({vocab.describe(vocabulary)}) has {vocabulary.vocab_size:,} ids but "
         f"model {model} has {embedding_rows:,} embedding rows; use a model made for it or set "
-        f"model_overrides={{'vocab_size': {padded}}} (padded to a multiple of 128).")
+        f"--gin.ModelSettings.vocab_size={padded} (padded to a multiple of 128).")
 
 
 def check_same(vocabulary: seqio.Vocabulary, meta: dict, source: str, allow: bool) -> None:

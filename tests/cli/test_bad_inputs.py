@@ -100,6 +100,8 @@ CASES = [
     # Names: gin files, bindings, tasks, modules, flag values.
     (["train", "--gin_file=runs/demoo.gin"], "runs/demoo.gin"),
     (TRAIN + ["--gin.TrainConfig.num_stepz=3"], "num_stepz"),
+    (TRAIN + ["--gin_file=runs/finetune.gin", "--gin.ModelSettings.remat_polcy='full'"],
+     "Did you mean remat_policy?"),
     (TRAIN + ["--gin.NO_SUCH_BINDING_XYZ=3"], "NO_SUCH_BINDING_XYZ"),
     (TRAIN + ["--gin_file=runs/finetune.gin", "--gin.LossConfig.z_los=1"], "z_los"),
     (TRAIN + ["--gin.TrainConfig.num_steps=(("], "TrainConfig.num_steps=(("),

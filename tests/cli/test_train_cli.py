@@ -53,6 +53,45 @@ def test_every_gin_file_parses_and_builds_its_model(name, busy_cwd, monkeypatch)
   assert pipeline.task_names(config.data.mixture_or_task)
 
 
+# The model fields each run file binds, counting what it includes (the others: none).
+RUN_MODEL_SETTINGS = {
+    "runs/demo.gin": {"dtype": "float32", "dropout_rate": 0.0},
+    "runs/finetune.gin": {"dtype": "float32", "dropout_rate": 0.1},
+    "experiments/supervised_base.gin": {"dtype": "float32", "dropout_rate": 0.0},
+}
+
+
+@pytest.mark.parametrize("name", [n for n in GIN_FILES if not n.startswith("recipes/")])
+def test_each_gin_file_binds_only_the_model_fields_it_chooses(name):
+  # (The recipes: tests/train/test_fit_search.py, against the setting --fit chose.)
+  gin_config.parse_gin([name], [])
+  config = run_config.TrainConfig()
+  assert config.model_settings.changes() == RUN_MODEL_SETTINGS.get(name, {})
+  assert config.model_overrides == {}
+
+
+def _model(gin_files, bindings):
+  gin_config.parse_gin(gin_files, bindings)
+  return run_config.TrainConfig().model_config()
+
+
+def test_a_later_binding_changes_one_model_field_and_keeps_the_others():
+  cfg = _model(["runs/finetune.gin"], ["ModelSettings.remat_policy='full'"])
+  assert (cfg.remat_policy, cfg.dtype, cfg.dropout_rate) == ("full", "float32", 0.1)
+  # A later gin file: the XL fine-tuning recipe's bfloat16 over runs/finetune.gin's float32,
+  # its dropout kept; a flag after it changes the dropout alone.
+  cfg = _model(["recipes/v5p-8/t5_1_1_xl_finetune.gin"], [])
+  assert (cfg.dtype, cfg.dropout_rate, cfg.d_model) == ("bfloat16", 0.1, 2048)
+  cfg = _model(["recipes/v5p-8/t5_1_1_xl_finetune.gin"], ["ModelSettings.dropout_rate=0.2"])
+  assert (cfg.dtype, cfg.dropout_rate) == ("bfloat16", 0.2)
+  # A tuple field, and the whole-dict form, which still works and comes after the fields.
+  cfg = _model(["runs/demo.gin"], ["ModelSettings.task_slots=['multi30k_en_fr']",
+                                   "ModelSettings.remat_policy='full'",
+                                   "TrainConfig.model_overrides={'remat_policy': 'minimal'}"])
+  assert (cfg.task_slots, cfg.remat_policy, cfg.dtype) == (("multi30k_en_fr",), "minimal",
+                                                            "float32")
+
+
 FAST = ["--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8",
         "--gin.InputSpec.inputs_length=32",
         "--gin.InputSpec.targets_length=32", "--gin.TrainConfig.log_every=5",
@@ -122,6 +161,11 @@ def run_cli(args, capsys):
     ("--gin.TrainConfig.batch_size=12", "Batch size 12 "),
     ("--gin.MeshConfig.data=16", "needs 16 devices but only 8 are available"),
     ("--gin.InputSpec.mixture_or_task='multi30k_en_frr'", "multi30k_en_fr"),
+    ("--gin.ModelSettings.remat_polcy='full'", "named 'remat_polcy'. Did you mean remat_policy?"),
+    ("--gin.ModelSettings.dropout_rate='high'", "ModelSettings.dropout_rate='high' is a str, not a float"),
+    ("--gin.ModelSettings.remat_policy='fulll'", "remat_policy='fulll' is not one of"),
+    ("--gin.TrainConfig.model_overrides={'dtyp': 'float32'}",
+     "TrainConfig.model_overrides has no field 'dtyp'. Did you mean dtype?"),
 ])
 def test_bad_input_is_a_one_line_error(tmp_path, capsys, flag, message):
   code, err = run_cli(["train", f"--run_dir={tmp_path}", flag], capsys)
@@ -160,7 +204,7 @@ def test_compile_reports_per_device_memory_and_flops(capsys, monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", ""))
   code = cli.main(["compile", "--devices=8", "--gin_file=runs/demo.gin",
                    "--gin_file=models/t5_1_1_small.gin", "--gin_file=mesh/fsdp.gin",
-                   "--gin.TrainConfig.model_overrides={'scan_layers': True}"])
+                   "--gin.ModelSettings.scan_layers=True"])
   assert code == 0
   out = capsys.readouterr().out
   report = json.loads(out.strip().splitlines()[-1])
@@ -182,7 +226,7 @@ def test_compile_decode_reports_what_an_evaluation_batch_needs(capsys, monkeypat
   monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", ""))
   reports = {}
   for name, extra in (("greedy", []), ("beam", ["--gin.DecodeConfig.method='beam'"]),
-                      ("bf16", ["--gin.TrainConfig.model_overrides={'param_dtype': 'bfloat16'}"])):
+                      ("bf16", ["--gin.ModelSettings.param_dtype='bfloat16'"])):
     code = cli.main(["compile", "--decode", "--devices=8", "--gin_file=runs/demo.gin",
                      "--gin_file=mesh/fsdp.gin", "--gin.EvalConfig.batch_size=16",
                      "--gin.EvalConfig.inputs_length=64", "--gin.EvalConfig.targets_length=32",
@@ -235,8 +279,8 @@ def test_compile_t5_1_1_xl_for_a_64_device_mesh_on_this_host():
       [sys.executable, "-m", "t5jax", "compile", "--devices=64",
        "--gin_file=runs/pretrain.gin", "--gin_file=models/t5_1_1_xl.gin",
        "--gin.MeshConfig.data=1", "--gin.MeshConfig.fsdp=16", "--gin.MeshConfig.tensor=4",
-       "--gin.TrainConfig.model_overrides={'scan_layers': True, 'remat_policy': 'full', "
-       "'dtype': 'bfloat16'}", "--gin.TrainConfig.batch_size=256"],
+       "--gin.ModelSettings.scan_layers=True", "--gin.ModelSettings.remat_policy='full'",
+       "--gin.ModelSettings.dtype='bfloat16'", "--gin.TrainConfig.batch_size=256"],
       env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -304,7 +304,7 @@ def test_prepared_weights_decode_the_same_tokens_from_out_in_kernels(tiny, monke
   model, params, enc = tiny["model"], tiny["params"], tiny["enc"]
   # The 8 test devices: nothing to prepare. One CPU device: [out, in] copies.
   assert decoding.prepare_weights(model, params) is params
-  monkeypatch.setattr(decoding.layers, "on_one_cpu_device", lambda: True)
+  monkeypatch.setattr(decoding.devices, "on_one_cpu_device", lambda: True)
   prepared = decoding.prepare_weights(model, params)
   assert isinstance(prepared, decoding.DecodeWeights)
   dec, copies = params["decoder"], prepared.layouts["decoder"]
@@ -347,7 +347,7 @@ def test_a_tied_output_kernel_is_read_vocabulary_major_on_one_cpu_device(monkeyp
       jax.make_jaxpr(lambda p: first_step(p))(params))
   want = jax.jit(lambda p: first_step(p))(params)
   assert not vocab_major()
-  monkeypatch.setattr(decoding.layers, "on_one_cpu_device", lambda: True)
+  monkeypatch.setattr(decoding.devices, "on_one_cpu_device", lambda: True)
   # The embedding is the [V, D] kernel: no copy of it, and plain params read it so.
   assert "logits_dense" not in decoding.prepare_weights(model, params).layouts["decoder"]
   assert vocab_major()

@@ -64,7 +64,7 @@ def test_generate_prepares_the_weights_once_and_decodes_the_same(predictor, monk
   texts = _texts()
   want = predictor.generate(texts, batch_size=3, max_decode_length=8)
   assert predictor.decode_weights() is predictor.params  # 8 test devices: nothing to copy
-  monkeypatch.setattr(decoding.layers, "on_one_cpu_device", lambda: True)
+  monkeypatch.setattr(decoding.devices, "on_one_cpu_device", lambda: True)
   monkeypatch.setattr(predictor, "params", dict(predictor.params))  # replaced: made again
   prepared = predictor.decode_weights()
   assert isinstance(prepared, decoding.DecodeWeights)

@@ -7,7 +7,7 @@ import pytest
 
 import synthetic
 from t5jax.model import config as model_config
-from t5jax.model import layers, t5
+from t5jax.model import attention_kernels, devices, t5
 
 CFG = model_config.get_config("t5_1_1_tiny", dtype="float32", vocab_size=512, dropout_rate=0.0,
                               num_encoder_layers=1, num_decoder_layers=1, attention_impl="einsum")
@@ -35,8 +35,8 @@ def test_blocks_equal_the_unblocked_attention_and_its_gradients(mask_kind):
   def run(block):
     cfg = CFG.replace(attention_query_block=block)
     f = lambda q, k, v, bias: jnp.sum(
-        layers.attend(cfg, q, k, v, mask_bts, bias) * probe_btnh)
-    out = jax.jit(lambda *a: layers.attend(cfg, *a))(q, k, v, mask_bts, bias_nts)
+        attention_kernels.attend(cfg, q, k, v, mask_bts, bias) * probe_btnh)
+    out = jax.jit(lambda *a: attention_kernels.attend(cfg, *a))(q, k, v, mask_bts, bias_nts)
     return out, jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))(q, k, v, bias_nts)
 
   want, want_grads = run(0)
@@ -55,8 +55,8 @@ def test_dropout_in_blocks_drops_at_the_rate_with_a_fresh_mask_per_block():
   k = jnp.zeros((b, s, n, s))
   v = jnp.broadcast_to(jnp.eye(s)[None, :, None, :], (b, s, n, s))
   cfg = CFG.replace(attention_query_block=16, dropout_rate=0.25)
-  out_btnh = layers.attend(cfg, q, k, v, jnp.ones((b, 1, s), bool), None,
-                           dropout_rng=jax.random.key(3))
+  out_btnh = attention_kernels.attend(cfg, q, k, v, jnp.ones((b, 1, s), bool), None,
+                                      dropout_rng=jax.random.key(3))
   kept = np.asarray(out_btnh) > 0
   assert abs(1.0 - kept.mean() - 0.25) < 0.02
   np.testing.assert_allclose(np.asarray(out_btnh)[kept], 1.0 / (s * 0.75), rtol=1e-6)
@@ -114,10 +114,10 @@ def test_row_by_row_equals_the_batched_attention_and_its_gradients(mask_kind, wi
     out = jax.jit(lambda *a: attend(CFG, *a, mask_bts, bias_nts))(q, k, v)
     return out, jax.jit(jax.grad(f, argnums=(0, 1, 2)))(q, k, v)
 
-  batched = lambda cfg, *a: layers._attend_einsum(cfg, *a, None)  # 8 test devices: batched
-  assert not layers._row_by_row(CFG, q, k, None)
+  batched = lambda cfg, *a: attention_kernels.attend_einsum(cfg, *a, None)  # 8 test devices
+  assert not attention_kernels.runs_row_by_row(CFG, q, k, None)
   want, want_grads = run(batched)
-  got, got_grads = run(layers._attend_row_by_row)
+  got, got_grads = run(attention_kernels.attend_row_by_row)
   synthetic.assert_close(got, want)
   for g, w in zip(got_grads, want_grads):
     synthetic.assert_close(g, w)
@@ -125,21 +125,22 @@ def test_row_by_row_equals_the_batched_attention_and_its_gradients(mask_kind, wi
 
 def test_row_by_row_runs_only_on_one_cpu_device_for_long_rows_without_dropout(monkeypatch):
   q, k, _, _ = _qkv(b=2, t=128, s=128)
-  monkeypatch.setattr(layers, "on_one_cpu_device", lambda: True)
-  assert layers._row_by_row(CFG, q, k, None)
-  assert not layers._row_by_row(CFG.replace(attention_row_by_row=False), q, k, None)
-  assert not layers._row_by_row(CFG, q[:, :64], k, None)  # 64 x 128 scores per head
-  assert not layers._row_by_row(CFG, q[:1], k[:1], None)  # one row: nothing to split
-  assert not layers._row_by_row(CFG, q, k, jax.random.key(0))  # dropout: batched
-  monkeypatch.setattr(layers, "on_one_cpu_device", lambda: False)
-  assert not layers._row_by_row(CFG, q, k, None)
+  row_by_row = attention_kernels.runs_row_by_row
+  monkeypatch.setattr(devices, "on_one_cpu_device", lambda: True)
+  assert row_by_row(CFG, q, k, None)
+  assert not row_by_row(CFG.replace(attention_row_by_row=False), q, k, None)
+  assert not row_by_row(CFG, q[:, :64], k, None)  # 64 x 128 scores per head
+  assert not row_by_row(CFG, q[:1], k[:1], None)  # one row: nothing to split
+  assert not row_by_row(CFG, q, k, jax.random.key(0))  # dropout: batched
+  monkeypatch.setattr(devices, "on_one_cpu_device", lambda: False)
+  assert not row_by_row(CFG, q, k, None)
 
 
 def test_the_model_row_by_row_equals_the_model_batched(params, monkeypatch):
   batch = synthetic.packed_batch(batch_size=4, length=16)
   want, g_want = synthetic.logits_and_grads(t5.Transformer(CFG), params, batch, 512)
-  monkeypatch.setattr(layers, "on_one_cpu_device", lambda: True)
-  monkeypatch.setattr(layers, "ROW_BY_ROW_MIN_SCORES", 1)
+  monkeypatch.setattr(devices, "on_one_cpu_device", lambda: True)
+  monkeypatch.setattr(attention_kernels, "ROW_BY_ROW_MIN_SCORES", 1)
   got, g_got = synthetic.logits_and_grads(t5.Transformer(CFG), params, batch, 512)
   synthetic.assert_close(got, want)
   synthetic.assert_grads_close(g_got, g_want)

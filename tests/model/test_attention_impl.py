@@ -10,7 +10,7 @@ import pytest
 import synthetic
 from t5jax.decode import decoding
 from t5jax.model import config as model_config
-from t5jax.model import layers, t5
+from t5jax.model import attention_kernels, t5
 
 CFG = model_config.get_config("t5_1_1_tiny", dtype="float32", vocab_size=512, dropout_rate=0.0,
                               num_encoder_layers=1, num_decoder_layers=1)
@@ -42,10 +42,11 @@ def test_dot_product_attention_decodes_like_the_einsums(params):
 def test_auto_picks_the_fused_kernel_only_where_it_applies():
   bf16 = CFG.replace(dtype="bfloat16")
   on_gpu = jax.default_backend() == "gpu"
-  assert layers.attention_kernel(bf16, with_dropout=False) == ("cudnn" if on_gpu else "einsum")
-  assert layers.attention_kernel(CFG, with_dropout=False) == "einsum"  # fp32
+  select = attention_kernels.select
+  assert select(bf16, with_dropout=False) == ("cudnn" if on_gpu else "einsum")
+  assert select(CFG, with_dropout=False) == "einsum"  # fp32
   dropping = bf16.replace(attention_impl="cudnn", dropout_rate=0.1)
-  assert layers.attention_kernel(dropping, with_dropout=True) == "einsum"
-  assert layers.attention_kernel(dropping, with_dropout=False) == "cudnn"
+  assert select(dropping, with_dropout=True) == "einsum"
+  assert select(dropping, with_dropout=False) == "cudnn"
   with pytest.raises(ValueError, match="attention_impl='flash' is not one of"):
     CFG.replace(attention_impl="flash")

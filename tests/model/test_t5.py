@@ -158,7 +158,7 @@ def test_scanned_layers_compute_what_unrolled_layers_compute(remat, monkeypatch)
     want_beams = beams(model, params)
     np.testing.assert_array_equal(beams(scan_model, stacked), want_beams)
     # Prepared weights: their stacked copies are sliced per layer like the params.
-    monkeypatch.setattr(decoding.layers, "on_one_cpu_device", lambda: True)
+    monkeypatch.setattr(decoding.devices, "on_one_cpu_device", lambda: True)
     prepared = decoding.prepare_weights(scan_model, stacked)
     assert prepared.layouts["decoder"]["layers"]["layer"]["mlp"]["wo"].shape[0] == 3
     np.testing.assert_array_equal(beams(scan_model, prepared), want_beams)

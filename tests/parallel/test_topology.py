@@ -98,7 +98,7 @@ def test_missing_libtpu_is_one_line_naming_the_extra(tmp_path):
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed: pip install 't5jax[tpu]'")
 def test_scanned_layers_claim_no_mfu_bound_and_libtpu_stays_quiet():
   result = _compile(["--topology", "v5litepod-4", *TINY,
-                     "--gin.TrainConfig.model_overrides={'scan_layers': True}"])
+                     "--gin.ModelSettings.scan_layers=True"])
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["scan_layers"] and "no MFU bound" in result.stdout
@@ -136,12 +136,12 @@ def test_a_step_traced_for_a_tpu_slice_leaves_out_the_cpu_only_paths():
   # reported 93 GiB a chip for T5 1.1 base where the step needs far less).
   script = """
 import jax, numpy as np
-from t5jax.model import layers
+from t5jax.model import devices
 from t5jax.parallel import partitioning, topology
 seen = {}
 def probe(name):
   def f(x):
-    seen[name] = layers.on_one_cpu_device()
+    seen[name] = devices.on_one_cpu_device()
     return x
   return f
 jax.jit(probe("host")).lower(jax.ShapeDtypeStruct((4,), np.float32))

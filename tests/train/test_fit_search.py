@@ -207,7 +207,7 @@ def test_among_close_estimates_the_compilers_roofline_picks(base_pretrain, tmp_p
   assert any(t.verdict == "fits; slower" for t in tried)
   assert all(t.verdict in ("fits; slower", "over HBM") for t in tried if t is not winner)
   table = writers.format_table(winner, tried, base_pretrain, search.HEADROOM)
-  assert "--gin.TrainConfig.model_overrides" in table and winner.setting.label in table
+  assert "--gin.ModelSettings.remat_policy=" in table and winner.setting.label in table
   for t in twinned:
     assert f"| {t.report['roofline_step_s'] * 1e3:.1f} |" in table
 
@@ -304,10 +304,16 @@ def test_each_shipped_recipe_is_the_run_fit_chose(name):
   config = _train_config([name])
   assert (config.model, config.batch_size) == (row["model"], 128)
   assert (config.data.inputs_length, config.data.targets_length) == (512, 114)
-  assert config.model_overrides.get("dropout_rate", 0.0) == (0.1 if row["run"] == "finetune"
-                                                             else 0.0)
+  model = config.model_config()
+  assert model.dropout_rate == (0.1 if row["run"] == "finetune" else 0.0)
+  assert model.dtype == "bfloat16"  # as compiled: a finetune recipe says so over the CPU's float32
   setting = cost.Setting(**row["fit"]["setting"])
   assert setting.apply(config) == config  # every field the setting sets, the recipe sets
+  # The recipe binds its setting's fields and, fine-tuning, the dtype; the rest it inherits
+  # (runs/finetune.gin: float32 from runs/demo.gin, then dropout 0.1).
+  inherited = {"dtype": "bfloat16", "dropout_rate": 0.1} if row["run"] == "finetune" else {}
+  assert config.model_settings.changes() == {**inherited, **setting.model_changes()}
+  assert config.model_overrides == {}
 
 
 def test_the_recipes_cover_every_case_that_fit():

@@ -42,9 +42,9 @@ class Setting:
     parts.append("data-parallel" if self.replicated else f"fsdp tensor={self.tensor}")
     return " ".join(parts)
 
-  def model_overrides(self, config) -> dict:
-    return {**config.model_overrides, "remat_policy": self.remat_policy,
-            "scan_layers": self.scan_layers,
+  def model_changes(self) -> dict:
+    """The ModelSettings fields the setting sets."""
+    return {"remat_policy": self.remat_policy, "scan_layers": self.scan_layers,
             "attention_query_block": self.attention_query_block}
 
   def mesh(self, config) -> dict:
@@ -54,13 +54,17 @@ class Setting:
 
   def apply(self, config):
     mesh = dataclasses.replace(config.mesh, **self.mesh(config))
-    return dataclasses.replace(config, model_overrides=self.model_overrides(config),
-                               microbatches=self.microbatches, mesh=mesh)
+    changes = self.model_changes()
+    # model_overrides, applied after the settings, must not undo the setting's choices.
+    overrides = {k: v for k, v in config.model_overrides.items() if k not in changes}
+    return dataclasses.replace(
+        config, model_settings=dataclasses.replace(config.model_settings, **changes),
+        model_overrides=overrides, microbatches=self.microbatches, mesh=mesh)
 
   def bindings(self, config) -> list[str]:
     """The setting as gin bindings (`Configurable.field = value`)."""
-    return [f"TrainConfig.model_overrides = {self.model_overrides(config)!r}",
-            f"TrainConfig.microbatches = {self.microbatches}"] + [
+    return [f"ModelSettings.{name} = {value!r}" for name, value in self.model_changes().items()
+           ] + [f"TrainConfig.microbatches = {self.microbatches}"] + [
                 f"MeshConfig.{axis} = {size}" for axis, size in self.mesh(config).items()]
 
   def gin_bindings(self, config) -> list[str]:
@@ -68,7 +72,8 @@ class Setting:
     flags = []
     for binding in self.bindings(config):
       name, value = binding.split(" = ", 1)
-      flags.append(f'--gin.{name}="{value}"' if " " in value else f"--gin.{name}={value}")
+      quote = " " in value or "'" in value  # the shell keeps a string's quotes for gin
+      flags.append(f'--gin.{name}="{value}"' if quote else f"--gin.{name}={value}")
     return flags
 
 
