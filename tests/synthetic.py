@@ -1,5 +1,4 @@
 """Packed encoder-decoder batches with known structure, for model-level tests."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,13 +60,6 @@ def logits_and_grads(model, params, batch, vocab):
   logits = jax.jit(lambda p: model.apply({"params": p}, *args))
   loss = lambda p: jnp.sum(logits(p) * weights_btv)
   return logits(params), jax.jit(jax.grad(loss))(params)
-
-
-def init_params(cfg):
-  """Unboxed parameters of a Transformer with config `cfg`, from key 0."""
-  from t5jax.model import t5
-  tokens = jnp.ones((1, 8), jnp.int32)
-  return nn.meta.unbox(t5.Transformer(cfg).init(jax.random.key(0), tokens, tokens)["params"])
 
 
 def assert_close(got, want, rtol=1e-5, atol_of_max=1e-5, err_msg=""):

@@ -4,18 +4,17 @@ import json
 
 import numpy as np
 import pytest
+
+import tiny
 import torch
 import transformers
 
 from t5jax.cli import main as cli
 from t5jax.decode.predictor import Predictor
-from t5jax.interop import convert
 from t5jax.model import task_params
 
-FAST = ["--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8",
-        "--gin.InputSpec.inputs_length=32",
-        "--gin.InputSpec.targets_length=32", "--gin.TrainConfig.log_every=5",
-        "--gin.TrainConfig.num_sample_predictions=2"]
+FAST = tiny.flags("TrainConfig.log_every=5",
+                  "TrainConfig.num_sample_predictions=2")
 MODEL = ("--gin.TrainConfig.model_overrides={'dtype': 'float32', 'dropout_rate': 0.0, "
          "'task_slots': ('multi30k_en_fr', 'multi30k_en_de'), %s}")
 SOFT = MODEL % "'task_specific': ('decoder.mlp', 'encoder.attention')"

@@ -1,5 +1,4 @@
 """End to end: gin files, the `t5jax` CLI on the shipped data, overfitting, errors."""
-import dataclasses
 import json
 import os
 import pathlib
@@ -8,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import tiny
 
 from t5jax.cli import main as cli
 from t5jax.train import losses, optim, step as train_step
@@ -92,10 +93,8 @@ def test_a_later_binding_changes_one_model_field_and_keeps_the_others():
                                                             "float32")
 
 
-FAST = ["--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8",
-        "--gin.InputSpec.inputs_length=32",
-        "--gin.InputSpec.targets_length=32", "--gin.TrainConfig.log_every=5",
-        "--gin.CheckpointConfig.every_steps=0"]
+FAST = tiny.flags("TrainConfig.log_every=5",
+                  "CheckpointConfig.every_steps=0")
 
 
 def test_cli_trains_on_shipped_data_and_writes_logs(tmp_path, capsys):

@@ -6,16 +6,16 @@ import os
 import numpy as np
 import pytest
 
+import tiny
+
 from t5jax import checkpoint
 from t5jax.cli import main as cli
 from t5jax import config as gin_config
 from t5jax.train import loop, run_config
 
-# The demo's model at two layers per stack (t5_1_0_tiny): the same code, half the work.
-FAST = ["TrainConfig.model='t5_1_0_tiny'", "TrainConfig.batch_size=8",
-        "InputSpec.inputs_length=32", "InputSpec.targets_length=32",
-        "TrainConfig.log_every=5", "TrainConfig.num_sample_predictions=0",
-        "OptimizerConfig.warmup_steps=0"]
+FAST = tiny.bindings("TrainConfig.log_every=5",
+                     "TrainConfig.num_sample_predictions=0",
+                     "OptimizerConfig.warmup_steps=0")
 
 
 @pytest.fixture(scope="module")

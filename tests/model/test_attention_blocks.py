@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import synthetic
+import tiny
 from t5jax.model import config as model_config
 from t5jax.model import attention_kernels, devices, t5
 
@@ -66,7 +67,7 @@ def test_dropout_in_blocks_drops_at_the_rate_with_a_fresh_mask_per_block():
 
 @pytest.fixture(scope="module")
 def params():
-  return synthetic.init_params(CFG)
+  return tiny.init_params(CFG)
 
 
 def test_the_model_with_query_blocks_equals_the_model_without(params):

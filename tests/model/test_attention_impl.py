@@ -3,11 +3,11 @@ kernel, run with its "xla" implementation on CPU) computes what the einsums comp
 with T5's relative-position bias, no 1/sqrt(d) scaling, and packing, causal and
 decode-cache masks."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import synthetic
+import tiny
 from t5jax.decode import decoding
 from t5jax.model import config as model_config
 from t5jax.model import attention_kernels, t5
@@ -18,7 +18,7 @@ CFG = model_config.get_config("t5_1_1_tiny", dtype="float32", vocab_size=512, dr
 
 @pytest.fixture(scope="module")
 def params():
-  return synthetic.init_params(CFG)
+  return tiny.init_params(CFG)
 
 
 def test_dot_product_attention_equals_the_einsums_on_packed_rows(params):

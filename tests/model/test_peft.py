@@ -1,12 +1,13 @@
 """LoRA and prompt tuning in the model: step 0 is the base model, a frozen base gets no
 gradient nor optimizer state, per-task LoRA routes each token through its own task's
 branch at one branch's cost, and bad settings are one-line errors."""
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
+import tiny
 
 from t5jax.model import config as model_config
 from t5jax.model import peft, t5, task_params, trainable
@@ -28,8 +29,7 @@ def _slots(k_b, length):
 
 
 def _init(cfg, enc, dec, **kw):
-  return flax.linen.meta.unbox(t5.Transformer(cfg).init(jax.random.key(0), enc, dec,
-                                                         **kw)["params"])
+  return tiny.init_params(cfg, 0, enc, dec, **kw)
 
 
 def test_lora_at_initialisation_is_the_base_model():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import synthetic
+import tiny
 from t5jax.model import config as model_config
 from t5jax.model import layers, t5
 from t5jax.decode import decoding
@@ -68,10 +69,7 @@ def test_bad_feed_forward_is_rejected(name):
 
 
 def _init(cfg, seed=0):
-  model = t5.Transformer(cfg)
-  tokens = jnp.ones((1, 8), jnp.int32)
-  params = nn.meta.unbox(model.init(jax.random.key(seed), tokens, tokens)["params"])
-  return model, params
+  return t5.Transformer(cfg), tiny.init_params(cfg, seed)
 
 
 @pytest.mark.parametrize("size", ["t5_1_0_tiny", "t5_1_1_tiny"])

@@ -11,15 +11,13 @@ import time
 import pytest
 
 import hosts
+import tiny
 
 STEPS = 6
-FLAGS = [
-    "--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8",
-    "--gin.InputSpec.inputs_length=32",
-    "--gin.InputSpec.targets_length=32", "--gin.TrainConfig.log_every=1",
-    "--gin.TrainConfig.num_sample_predictions=0", "--gin.CheckpointConfig.every_steps=3",
-    "--gin.OptimizerConfig.warmup_steps=0",
-]
+FLAGS = tiny.flags("TrainConfig.log_every=1",
+                   "TrainConfig.num_sample_predictions=0",
+                   "CheckpointConfig.every_steps=3",
+                   "OptimizerConfig.warmup_steps=0")
 TOTAL_DEVICES = 4
 
 

@@ -10,7 +10,6 @@ compiles, and no local folder named `gs:` anywhere.
 """
 
 import json
-import os
 import pathlib
 import signal
 
@@ -18,19 +17,20 @@ import pytest
 
 import gcs_server
 import hosts
+import tiny
 from t5jax.cli import main as cli
 
 STEPS = 12
-FLAGS = [
-    "--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8",
-    "--gin.InputSpec.inputs_length=32", "--gin.InputSpec.targets_length=32",
-    "--gin.TrainConfig.log_every=1", "--gin.TrainConfig.num_sample_predictions=0",
-    "--gin.CheckpointConfig.every_steps=2", "--gin.OptimizerConfig.warmup_steps=0",
-    f"--gin.TrainConfig.num_steps={STEPS}",
-    # Evaluation during training, across the processes (at the last step).
-    f"--gin.EvalConfig.every_steps={STEPS}", "--gin.EvalConfig.max_examples=4",
-    "--gin.EvalConfig.batch_size=4", "--gin.EvalConfig.targets_length=8",
-]
+FLAGS = tiny.flags("TrainConfig.log_every=1",
+                   "TrainConfig.num_sample_predictions=0",
+                   "CheckpointConfig.every_steps=2",
+                   "OptimizerConfig.warmup_steps=0",
+                   f"TrainConfig.num_steps={STEPS}",
+                   # Evaluation during training, across the processes (at the last step).
+                   f"EvalConfig.every_steps={STEPS}",
+                   "EvalConfig.max_examples=4",
+                   "EvalConfig.batch_size=4",
+                   "EvalConfig.targets_length=8")
 RUN_PREFIX = "pod"
 
 

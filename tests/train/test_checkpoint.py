@@ -15,19 +15,17 @@ import pytest
 
 import hosts
 import synthetic
+import tiny
 from t5jax import checkpoint
 from t5jax.train import losses, optim, step as train_step
 from t5jax.parallel import partitioning
 from t5jax.model import config as model_config
 from t5jax.model import t5
 
-FLAGS = [
-    "--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8",
-    "--gin.InputSpec.inputs_length=32",
-    "--gin.InputSpec.targets_length=32", "--gin.TrainConfig.num_steps=12",
-    "--gin.TrainConfig.log_every=1", "--gin.CheckpointConfig.every_steps=4",
-    "--gin.TrainConfig.num_sample_predictions=0",
-]
+FLAGS = tiny.flags("TrainConfig.num_steps=12",
+                   "TrainConfig.log_every=1",
+                   "CheckpointConfig.every_steps=4",
+                   "TrainConfig.num_sample_predictions=0")
 
 
 # The subprocess runs train on a mixture of UL2 (short denoisers) and English->French, so

@@ -7,13 +7,14 @@ import os
 import numpy as np
 import pytest
 
+import tiny
+
 from t5jax import checkpoint
 from t5jax import config as gin_config
 from t5jax.train import loop, run_config
 
-FLAGS = ["TrainConfig.model='t5_1_0_tiny'", "TrainConfig.batch_size=8",
-         "InputSpec.inputs_length=32", "InputSpec.targets_length=32",
-         "TrainConfig.log_every=1", "TrainConfig.num_sample_predictions=0"]
+FLAGS = tiny.bindings("TrainConfig.log_every=1",
+                      "TrainConfig.num_sample_predictions=0")
 
 
 def _train(run_dir, gin_files, *bindings):

@@ -13,6 +13,7 @@ import optax
 import pytest
 
 import synthetic
+import tiny
 from t5jax import checkpoint
 from t5jax.train import losses, optim, step as train_step, task_weighting
 from t5jax.parallel import partitioning
@@ -243,10 +244,10 @@ def test_task_state_is_checkpointed_and_resumes_exactly(cfg, tmp_path):
 
 # ------------------------------------------------------ end to end, real data
 
-RUN = ["TrainConfig.model='t5_1_0_tiny'", "TrainConfig.batch_size=8",
-       "InputSpec.inputs_length=32", "InputSpec.targets_length=32",
-       "TrainConfig.num_steps=8", "TrainConfig.log_every=2",
-       "TrainConfig.num_sample_predictions=0", "LossConfig.dwa_window=2"]
+RUN = tiny.bindings("TrainConfig.num_steps=8",
+                    "TrainConfig.log_every=2",
+                    "TrainConfig.num_sample_predictions=0",
+                    "LossConfig.dwa_window=2")
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+
+import tiny
 import seqio
 
 from t5jax import checkpoint, fs
@@ -20,11 +22,11 @@ from t5jax.data import assets, registry, user_tasks, vocab
 from t5jax.decode.predictor import Predictor
 from t5jax.model import config as model_config, param_tree, t5
 
-TINY = ["--gin.TrainConfig.model='t5_1_0_tiny'", "--gin.TrainConfig.batch_size=8",
-        "--gin.InputSpec.inputs_length=32", "--gin.InputSpec.targets_length=32",
-        "--gin.TrainConfig.log_every=5", "--gin.CheckpointConfig.every_steps=0",
-        "--gin.TrainConfig.num_sample_predictions=2", "--gin.TrainConfig.max_decode_length=16",
-        "--gin.OptimizerConfig.warmup_steps=0"]
+TINY = tiny.flags("TrainConfig.log_every=5",
+                  "CheckpointConfig.every_steps=0",
+                  "TrainConfig.num_sample_predictions=2",
+                  "TrainConfig.max_decode_length=16",
+                  "OptimizerConfig.warmup_steps=0")
 ROWS = 1152  # 1,000 pieces + 100 sentinels, padded to a multiple of 128
 GERMAN = [*TINY, f"--gin.TrainConfig.model_overrides={{'dtype': 'float32', 'vocab_size': {ROWS}}}",
           "--gin.InputSpec.mixture_or_task='test_de'"]
