@@ -15,14 +15,18 @@ import argparse
 import json
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from t5jax.cli import lib_logs
 
-from t5jax.model import config as model_config
-from t5jax.model import t5
-from t5jax.parallel import partitioning
-from t5jax.train import losses, optim, step as train_step
+lib_logs.quiet_stderr()  # before TensorFlow and JAX load: their C++ start-up lines go
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from t5jax.model import config as model_config  # noqa: E402
+from t5jax.model import t5  # noqa: E402
+from t5jax.parallel import partitioning  # noqa: E402
+from t5jax.train import losses, optim, step as train_step  # noqa: E402
 
 
 def _compile_seconds(fn, *args) -> float:
